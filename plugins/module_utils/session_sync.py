@@ -1,0 +1,134 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Plan how to bring a host's session table to a desired set of sessions (pure, no kernel).
+
+A session is identified by its zone and original tuple; its *binding* is the translated reply
+tuple. Two entries with the same identity and binding are the same session: timeouts and TCP
+state move on by themselves and never make a re-run report a change.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from collections import namedtuple
+
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
+    TCP_STATES,
+    is_icmp,
+    translation,
+)
+
+Plan = namedtuple("Plan", ["create", "delete", "unchanged", "conflicts"])
+
+# A desired session the host cannot take as it is: `existing` is the entry in the way.
+Conflict = namedtuple("Conflict", ["wanted", "existing", "reason"])
+
+
+def session_key(entry):
+    return (entry.zone, entry.orig)
+
+
+def reply_key(entry):
+    return (entry.zone, entry.reply)
+
+
+def plan(existing, selected, desired, state):
+    """Operations that make the host hold `desired`.
+
+    existing: every entry on the host (for collisions with sessions outside the selection).
+    selected: the entries of `existing` that belong to the network function.
+    state: merged (add what is missing), replaced (the selection becomes exactly `desired`),
+    deleted (remove `desired`, or the whole selection when `desired` is None).
+    """
+    by_key = {session_key(e): e for e in existing}
+    if state == "deleted":
+        if desired is None:
+            return Plan([], list(selected), [], [])
+        delete = [by_key[session_key(w)] for w in desired if session_key(w) in by_key]
+        return Plan([], delete, [], [])
+
+    selected_keys = set(session_key(e) for e in selected)
+    wanted_keys = set(session_key(w) for w in desired)
+    delete = []
+    if state == "replaced":
+        delete = [e for e in selected if session_key(e) not in wanted_keys]
+
+    # A reply tuple names the translated address and port: two sessions may not share one.
+    replies_in_use = {reply_key(e): e for e in existing}
+    for gone in delete:
+        replies_in_use.pop(reply_key(gone), None)
+
+    create, unchanged, conflicts = [], [], []
+    for wanted in desired:
+        key = session_key(wanted)
+        current = by_key.get(key)
+        if current is not None and current.reply == wanted.reply:
+            unchanged.append(wanted)
+            continue
+        if current is not None:
+            if state == "replaced" and key in selected_keys:
+                delete.append(current)
+                replies_in_use.pop(reply_key(current), None)
+            else:
+                conflicts.append(Conflict(wanted, current, "exists with a different binding"))
+                continue
+        holder = replies_in_use.get(reply_key(wanted))
+        if holder is not None and session_key(holder) != key:
+            conflicts.append(Conflict(wanted, holder, "its translated address and port are taken"))
+            continue
+        replies_in_use[reply_key(wanted)] = wanted
+        create.append(wanted)
+    return Plan(create, delete, unchanged, conflicts)
+
+
+def describe(entry):
+    """One line naming a session, for errors and reports: proto src:port -> dst:port [nat]."""
+    orig = entry.orig
+    proto = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(orig.proto, str(orig.proto))
+    if is_icmp(orig):
+        text = "%s %s -> %s id %s" % (proto, orig.src, orig.dst, orig.sport)
+    else:
+        text = "%s %s -> %s" % (proto, _endpoint(orig.src, orig.sport), _endpoint(orig.dst, orig.dport))
+    nat_src, nat_dst = translation(entry)
+    if nat_src:
+        text += " snat %s" % _endpoint(*nat_src)
+    if nat_dst:
+        text += " dnat %s" % _endpoint(*nat_dst)
+    if entry.zone:
+        text += " zone %d" % entry.zone
+    return text
+
+
+def _endpoint(address, port):
+    if port is None:
+        return address
+    return "[%s]:%d" % (address, port) if ":" in address else "%s:%d" % (address, port)
+
+
+def render_command(entry, action="create"):
+    """The operation as the conntrack(8) command line an operator would type, for review."""
+    orig = entry.orig
+    family = "ipv6" if ":" in orig.src else "ipv4"
+    argv = ["conntrack", "-I" if action == "create" else "-D", "-f", family, "-p", str(orig.proto),
+            "-s", orig.src, "-d", orig.dst]
+    if is_icmp(orig):
+        argv += ["--icmp-type", str(orig.icmp_type), "--icmp-code", str(orig.icmp_code),
+                 "--icmp-id", str(orig.sport)]
+    else:
+        argv += ["--sport", str(orig.sport), "--dport", str(orig.dport)]
+    if entry.zone:
+        argv += ["-w", str(entry.zone)]
+    if action == "create":
+        nat_src, nat_dst = translation(entry)
+        if nat_src:
+            argv += ["--src-nat", _endpoint(*nat_src)]
+        if nat_dst:
+            argv += ["--dst-nat", _endpoint(*nat_dst)]
+        argv += ["-t", str(entry.timeout)]
+        if entry.tcp_state is not None:
+            argv += ["--state", TCP_STATES[entry.tcp_state].upper().replace("-", "_")]
+        if entry.mark:
+            argv += ["-m", str(entry.mark)]
+    return " ".join(argv)

@@ -1,0 +1,316 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: nat_sessions
+short_description: Gather and re-create a NAT's live sessions (Linux conntrack) in the ietf-nat model
+version_added: 0.1.0
+description:
+  - Reads the translated sessions of the host's kernel connection tracking table through netlink and
+    expresses them as C(mapping-entry) items of RFC 8512's C(ietf-nat) model, augmented by the
+    C(nfstate-nat) YANG module with what a faithful re-creation needs (TCP state, window scaling,
+    mark, zone, labels).
+  - Re-creates sessions from such a document with their NAT binding, so that established connections
+    keep their translated address and port when their traffic reaches this host.
+  - Only the network function's state is touched. Sessions the kernel did not translate (the host's own
+    connections, the controller's SSH session among them) are never gathered, re-created or deleted.
+  - Runs on the managed host with Python's standard library only.
+  - When O(config) is given, the action plugin validates it against the YANG model on the controller
+    before anything reaches the host.
+version_added_collection: nfstate.migration
+author:
+  - nfstate.migration contributors
+options:
+  state:
+    description:
+      - V(gathered) reads the host's sessions into a document (returned as RV(gathered), or written to O(dest)).
+      - V(parsed) turns the text of C(conntrack -L -o xml) given in O(running_config) into a document
+        without touching the host.
+      - V(rendered) returns the operations that V(merged) would apply, as C(conntrack) command lines,
+        without touching the host.
+      - V(merged) creates the document's sessions that are missing. A session that exists with the same
+        binding is left alone; one that exists with a different binding is an error (see O(best_effort)).
+      - V(replaced) makes the selected sessions exactly the document's: others are deleted, those with a
+        different binding are re-created.
+      - V(deleted) deletes the document's sessions or, without a document, every selected session.
+    type: str
+    choices: [gathered, parsed, rendered, merged, replaced, deleted]
+    default: merged
+  config:
+    description:
+      - The state document (RFC 7951 JSON of C(ietf-nat:nat)) for V(merged), V(replaced), V(deleted) and
+        V(rendered). Suited to small tables; large ones travel as files, see O(src).
+      - Mutually exclusive with O(src).
+    type: dict
+  src:
+    description:
+      - Path on the managed host of the state document to apply, as JSON, or gzip-compressed JSON when the
+        name ends in C(.gz).
+    type: path
+  dest:
+    description:
+      - With V(gathered), write the document to this path on the managed host (mode 0600, gzip-compressed
+        when the name ends in C(.gz)) instead of returning it.
+    type: path
+  running_config:
+    description:
+      - With V(parsed), the output of C(conntrack -L -o xml).
+    type: str
+  instance_name:
+    description:
+      - Name of the NAT instance in gathered and parsed documents.
+    type: str
+    default: nat
+  selectors:
+    description:
+      - Narrow what belongs to the network function. Translated sessions only are ever considered; these
+        narrow them further. A session matches when it matches every selector given.
+    type: dict
+    suboptions:
+      addresses:
+        description:
+          - Prefixes of the addresses the NAT owns. A source-translated session matches by its translated
+            source address, a destination-translated one by the address the client connected to.
+        type: list
+        elements: str
+      zone:
+        description: Conntrack zone of the sessions.
+        type: int
+      mark:
+        description: Conntrack mark of the sessions, compared under O(selectors.mark_mask).
+        type: int
+      mark_mask:
+        description: Mask applied to the session's mark before comparing it with O(selectors.mark).
+        type: int
+        default: 4294967295
+  best_effort:
+    description:
+      - Apply what can be applied: sessions in conflict with the host, or that the kernel refuses, are
+        skipped and listed in RV(conflicts) and RV(failed_sessions) instead of failing the task and rolling
+        back what was created.
+    type: bool
+    default: false
+  liberal:
+    description:
+      - Mark re-created TCP sessions liberal in both directions, so that a window tracked slightly
+        differently on the target does not reset the connection. The host-wide sysctl is not touched.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    description: Computes the operations and reports them, without touching the kernel.
+  diff_mode:
+    support: full
+    description: Lists the sessions created and deleted.
+  platform:
+    platforms: linux
+    description: Needs a Linux kernel with nf_conntrack_netlink; run as root.
+notes:
+  - The kernel translates re-created sessions only in a network namespace where a NAT chain or nat table
+    rule is loaded. Apply the rules (M(nfstate.migration.nat_rules)) before the sessions.
+  - NAT bindings can only be given when a session is created. V(replaced) re-creates a session whose
+    binding differs.
+seealso:
+  - module: nfstate.migration.nat_rules
+  - name: RFC 8512, A YANG Module for Network Address Translation (NAT) and Network Prefix Translation (NPT)
+    link: https://www.rfc-editor.org/rfc/rfc8512
+"""
+
+EXAMPLES = r"""
+- name: Gather the NAT's sessions into a compressed file on the source
+  nfstate.migration.nat_sessions:
+    state: gathered
+    dest: /var/tmp/nfstate/sessions.json.gz
+    selectors:
+      addresses: [203.0.113.1/32]
+
+- name: Re-create them on the target (the file was copied there after validation)
+  nfstate.migration.nat_sessions:
+    state: merged
+    src: /var/tmp/nfstate/sessions.json.gz
+
+- name: Review what would be created from a small document
+  nfstate.migration.nat_sessions:
+    state: rendered
+    config: "{{ lookup('ansible.builtin.file', 'snapshot.json') | from_json }}"
+  register: review
+
+- name: Read a capture of conntrack -L -o xml without touching any host
+  nfstate.migration.nat_sessions:
+    state: parsed
+    running_config: "{{ lookup('ansible.builtin.file', 'conntrack.xml') }}"
+
+- name: Remove the migrated sessions from the source after the target serves
+  nfstate.migration.nat_sessions:
+    state: deleted
+    selectors:
+      addresses: [203.0.113.1/32]
+"""
+
+RETURN = r"""
+gathered:
+  description: The document of the host's sessions (V(gathered) without O(dest)).
+  returned: state is gathered and dest is not given
+  type: dict
+  sample: {"ietf-nat:nat": {"instances": {"instance": [{"id": 1, "name": "nat", "mapping-table": {"mapping-entry": []}}]}}}
+parsed:
+  description: The document parsed from O(running_config).
+  returned: state is parsed
+  type: dict
+  sample: {"ietf-nat:nat": {"instances": {"instance": [{"id": 1, "name": "nat", "mapping-table": {"mapping-entry": []}}]}}}
+rendered:
+  description: The operations V(merged) would apply, as conntrack command lines.
+  returned: state is rendered
+  type: list
+  elements: str
+  sample: ["conntrack -I -f ipv4 -p 6 -s 192.0.2.10 -d 203.0.113.20 --sport 40000 --dport 5001 --src-nat 203.0.113.1:20001 -t 431999 --state ESTABLISHED"]
+dest:
+  description: Where the gathered document was written.
+  returned: state is gathered and dest is given
+  type: str
+  sample: /var/tmp/nfstate/sessions.json.gz
+sessions:
+  description: Number of sessions gathered, parsed or in the applied document.
+  returned: always
+  type: int
+  sample: 1204
+before:
+  description: Number of selected sessions on the host before the task.
+  returned: state is merged, replaced or deleted
+  type: int
+  sample: 12
+after:
+  description: Number of selected sessions on the host after the task.
+  returned: state is merged, replaced or deleted
+  type: int
+  sample: 1216
+created:
+  description: Number of sessions created.
+  returned: state is merged, replaced or deleted
+  type: int
+  sample: 1204
+deleted:
+  description: Number of sessions deleted.
+  returned: state is merged, replaced or deleted
+  type: int
+  sample: 0
+unchanged:
+  description: Number of the document's sessions that were already present with the same binding.
+  returned: state is merged or replaced
+  type: int
+  sample: 12
+commands:
+  description: The operations applied (or, in check mode, that would be), as conntrack command lines; the first 1000.
+  returned: state is merged, replaced or deleted
+  type: list
+  elements: str
+  sample: ["conntrack -I -f ipv4 -p 6 -s 192.0.2.10 -d 203.0.113.20 --sport 40000 --dport 5001 --src-nat 203.0.113.1:20001 -t 431999"]
+conflicts:
+  description: Sessions of the document the host could not take as they are, with the reason.
+  returned: state is merged or replaced
+  type: list
+  elements: str
+  sample: ["tcp 192.0.2.10:40000 -> 203.0.113.20:5001 snat 203.0.113.1:20001: exists with a different binding"]
+failed_sessions:
+  description: Sessions the kernel refused, with its error (only with O(best_effort)).
+  returned: state is merged or replaced
+  type: list
+  elements: str
+  sample: ["udp 192.0.2.10:5353 -> 203.0.113.20:53 snat 203.0.113.1:20002: No space left on device"]
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document
+from ansible_collections.nfstate.migration.plugins.module_utils.session_apply import (
+    SessionApplyError,
+    apply_sessions,
+    gather_sessions,
+    parse_sessions,
+    render_sessions,
+)
+
+COMMANDS_SHOWN = 1000
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", default="merged",
+                       choices=["gathered", "parsed", "rendered", "merged", "replaced", "deleted"]),
+            config=dict(type="dict"),
+            src=dict(type="path"),
+            dest=dict(type="path"),
+            running_config=dict(type="str"),
+            instance_name=dict(type="str", default="nat"),
+            selectors=dict(type="dict", options=dict(
+                addresses=dict(type="list", elements="str"),
+                zone=dict(type="int"),
+                mark=dict(type="int"),
+                mark_mask=dict(type="int", default=0xFFFFFFFF),
+            )),
+            best_effort=dict(type="bool", default=False),
+            liberal=dict(type="bool", default=True),
+        ),
+        mutually_exclusive=[("config", "src")],
+        required_if=[("state", "parsed", ["running_config"]),
+                     ("state", "rendered", ("config", "src"), True),
+                     ("state", "merged", ("config", "src"), True),
+                     ("state", "replaced", ("config", "src"), True)],
+        supports_check_mode=True,
+    )
+    params = module.params
+    state = params["state"]
+    selectors = params["selectors"] or {}
+    try:
+        if state == "parsed":
+            result = parse_sessions(params["running_config"], params["instance_name"])
+        elif state == "gathered":
+            result = gather_sessions(selectors, params["instance_name"], params["dest"], module.check_mode)
+        elif state == "rendered":
+            result = render_sessions(_document(module))
+        else:
+            document = _document(module) if (params["config"] or params["src"]) else None
+            result = apply_sessions(
+                document, state, selectors,
+                best_effort=params["best_effort"], liberal=params["liberal"], check_mode=module.check_mode,
+            )
+    except SessionApplyError as error:
+        module.fail_json(msg=str(error), **error.details)
+
+    commands = result.pop("all_commands", None)
+    if commands is not None:
+        result["commands"] = commands[:COMMANDS_SHOWN]
+        if module._diff:
+            result["diff"] = {
+                "before": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -D " in c),
+                "after": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -I " in c),
+            }
+    module.exit_json(**result)
+
+
+def _document(module):
+    """The document to apply: given inline, or read from a file on the host."""
+    if module.params["config"] is not None:
+        return module.params["config"]
+    path = module.params["src"]
+    if not os.path.exists(path):
+        module.fail_json(msg="state document %s does not exist on the host" % path)
+    try:
+        return read_document(path)
+    except (OSError, ValueError) as error:
+        module.fail_json(msg="cannot read state document %s: %s" % (path, error))
+
+
+if __name__ == "__main__":
+    main()
