@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # Copyright: nfstate.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A lab of network namespaces in which a NAT service moves from one host to another.
@@ -217,9 +217,10 @@ def send_unsolicited_na(dev, addresses):
             sock.close()
 
 
-def nat_ruleset(implementation, inside, outside):
+def nat_ruleset(implementation, outside):
     """The source's NAT rules as [(argv, stdin)]: SNAT of the inside network to the service's
-    external address with a port range (v4 and v6), and a TCP port forward to the client."""
+    external address with a port range (v4 and v6), and a TCP port forward to the client. The
+    rules match the outside device only, as a NAT in front of a single LAN does."""
     low, high = SNAT_PORTS
     if implementation == "nftables":
         tables = []
@@ -258,7 +259,6 @@ def nat_ruleset(implementation, inside, outside):
             "COMMIT", "",
         ]
         steps.append((["%s-%s-restore" % (tool, backend)], "\n".join(rules)))
-    del inside  # the rules match on the outside device only, as a NAT in front of one LAN does
     return steps
 
 
@@ -390,7 +390,7 @@ class Lab:
         self._choose_mgmt_block()
         self._save_state(built=False)
         self._namespaces()
-        self._links()
+        self._build_links()
         self._mgmt_links()
         self._configure_addresses()
         self._place_service("nat-a", "nat-b")
@@ -450,7 +450,7 @@ class Lab:
             self.run(role, ["sysctl", "-qw"] + common + extra.get(role, []))
             self._ip_batch(role, ["link set lo up"])
 
-    def _links(self):
+    def _build_links(self):
         sw = self.ns("sw")
         sw_links = _links(sw)
         batch = []
@@ -522,15 +522,19 @@ class Lab:
         return self.devices[host][0 if role == "inside" else 1]
 
     def _place_service(self, holder, other):
-        """Service addresses on holder only (no announcement: used while building)."""
+        """Service addresses on holder only; announced when they came back from the other host,
+        so that neighbours do not keep sending to the other host's MAC address."""
         present = _addresses(self.ns(other))
-        self._ip_batch(other, [
-            "addr del %s dev %s" % (a["address"], self._service_device(other, a["role"]))
-            for a in SERVICE_ADDRESSES if a["address"] in present.get(self._service_device(other, a["role"]), ())])
+        removed = [a for a in SERVICE_ADDRESSES
+                   if a["address"] in present.get(self._service_device(other, a["role"]), ())]
+        self._ip_batch(other, ["addr del %s dev %s" % (a["address"], self._service_device(other, a["role"]))
+                               for a in removed])
         self._ip_batch(holder, [
             "addr replace %s dev %s%s" % (a["address"], self._service_device(holder, a["role"]),
                                           " nodad" if ":" in a["address"] else "")
             for a in SERVICE_ADDRESSES])
+        if removed:
+            self.announce(holder)
 
     def service_holder(self):
         """Which NAT host holds the service addresses: a host name, None, or "split"."""
@@ -562,8 +566,7 @@ class Lab:
         for host in NAT_HOSTS:
             self._clear_nat(host)
             if host == "nat-a" or self.target_rules:
-                inside, outside = self.devices[host]
-                for argv, text in nat_ruleset(self.implementation(host), inside, outside):
+                for argv, text in nat_ruleset(self.implementation(host), self.devices[host][1]):
                     self.run(host, argv, input_text=text)
 
     # ---- ssh --------------------------------------------------------------------------------
@@ -725,7 +728,7 @@ class Lab:
         v6 = []
         for a in SERVICE_ADDRESSES:
             dev = self._service_device(host, a["role"])
-            address = a["address"].split("/")[0]
+            address = a["address"].split("/", maxsplit=1)[0]
             if ":" in address:
                 v6 += [dev, address]
             else:

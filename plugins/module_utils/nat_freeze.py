@@ -11,7 +11,8 @@ own traffic (the controller's SSH session) goes through input/output and is neve
 The freeze lifts itself when its deadline passes, with no process left behind to do it:
 - nftables: a rule `ct state new iifname @frozen_iifs drop` in our own table `inet nfstate_freeze`;
   the interfaces are elements of a set with a timeout, and the kernel expires them on a monotonic
-  clock (sub-second precision, immune to wall clock steps).
+  clock, immune to wall clock steps (libnftables JSON takes whole seconds, so it lifts within the
+  second before the deadline).
 - iptables: our own chain NFSTATE-FREEZE in the filter table, jumped to from the top of FORWARD,
   with one DROP rule per interface limited by `-m time --datestop` (UTC). The kernel compares the
   wall clock at second resolution; legacy xt_time and iptables-nft's native translation both keep
@@ -143,9 +144,10 @@ def nft_rule_expr():
 
 
 def nft_timeout(wanted, now):
-    """Whole seconds for the kernel timer (libnftables JSON takes integer seconds only: it
-    silently drops a fractional or text timeout, which would freeze for ever)."""
-    return max(1, int(round(wanted.expires_at - now)))
+    """Whole seconds for the kernel timer: libnftables JSON takes integer seconds only (it silently
+    drops a fractional or text timeout, which would freeze for ever). Rounded down, so the kernel
+    lifts the freeze within the second before `expires_at`, never after it."""
+    return max(1, int(math.floor(wanted.expires_at - now)))
 
 
 def nft_freeze_commands(wanted, now):
@@ -307,11 +309,16 @@ def _parse_ipt_rule(tokens):
 
 
 def parse_iptables_save(text):
-    """IptablesView of `iptables-save -t filter` output (legacy or nft backend)."""
+    """IptablesView of the filter table in `iptables-save` output (legacy or nft backend)."""
     chain_exists, jumps, forward, rules = False, 0, [], []
+    table = None
     for line in text.splitlines():
         line = line.strip()
-        if line.startswith(":%s " % IPT_CHAIN):
+        if line.startswith("*"):
+            table = line[1:]
+        elif table != "filter":
+            continue
+        elif line.startswith(":%s " % IPT_CHAIN):
             chain_exists = True
         elif line.startswith("-A FORWARD "):
             forward.append(line)
@@ -325,8 +332,8 @@ def iptables_state(view, now):
     installed = view.chain_exists or view.jumps > 0
     if not installed:
         return NOT_INSTALLED
-    devices = set(device for device, _ in view.rules)
-    expiries = set(expires_at for _, expires_at in view.rules)
+    devices = set(rule[0] for rule in view.rules)
+    expiries = set(rule[1] for rule in view.rules)
     ours = bool(view.rules) and None not in devices and len(expiries) == 1
     intact = ours and view.chain_exists and view.jumps == 1 and view.jump_on_top \
         and len(devices) == len(view.rules)
@@ -389,23 +396,23 @@ class IptablesRunner:
         self.module = module
         if families is None:
             families = ("iptables", "ip6tables") if ipv6_enabled() else ("iptables",)
-        self.tools = [
-            (module.get_bin_path("%s-%s-save" % (family, backend), required=True),
-             module.get_bin_path("%s-%s-restore" % (family, backend), required=True))
-            for family in families
-        ]
+        self.saves = [module.get_bin_path("%s-%s-save" % (family, backend), required=True) for family in families]
+        self.restores = [module.get_bin_path("%s-%s-restore" % (family, backend), required=True)
+                         for family in families]
 
     def _views(self):
         views = []
-        for save, _ in self.tools:
-            rc, out, err = self.module.run_command([save, "-t", "filter"])
+        for save in self.saves:
+            # No `-t filter`: naming the table would load it (legacy) and so change the host on a
+            # mere read; without it, save lists only the tables that exist.
+            rc, out, err = self.module.run_command([save])
             if rc != 0:
-                raise FreezeError("%s -t filter failed: %s" % (save, err.strip()))
+                raise FreezeError("%s failed: %s" % (save, err.strip()))
             views.append(parse_iptables_save(out))
         return views
 
     def _restore(self, restore, text):
-        rc, _, err = self.module.run_command([restore, "-w", "5", "--noflush"], data=text)
+        rc, dummy, err = self.module.run_command([restore, "-w", "5", "--noflush"], data=text)
         if rc != 0:
             raise FreezeError("%s failed: %s\ninput was:\n%s" % (restore, err.strip(), text))
 
@@ -413,11 +420,11 @@ class IptablesRunner:
         return combine_states([iptables_state(view, now) for view in self._views()])
 
     def freeze(self, wanted, now):
-        for (_, restore), view in zip(self.tools, self._views()):
+        for restore, view in zip(self.restores, self._views()):
             self._restore(restore, ipt_freeze_restore(wanted, view))
 
     def unfreeze(self):
-        for (_, restore), view in zip(self.tools, self._views()):
+        for restore, view in zip(self.restores, self._views()):
             if view.chain_exists or view.jumps:
                 self._restore(restore, ipt_unfreeze_restore(view))
 

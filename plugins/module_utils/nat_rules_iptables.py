@@ -149,7 +149,7 @@ def parse_save(text, family, interfaces, include_builtin=False):
                 rules.append(rule)
     if include_builtin:
         for chain in ("INPUT", "OUTPUT"):
-            for line, _ in bodies.get(chain, []):
+            for line, dummy in bodies.get(chain, []):
                 unsupported.append({"rule": line, "reason": "NAT of the host's own traffic is not modelled"})
     return NatTable(family, canonical(rules), unsupported, sorted(own), jumps)
 
@@ -282,7 +282,7 @@ def _port(text):
 
 
 def _one_range(text, sep):
-    first, _, last = text.partition(sep)
+    first, dummy, last = text.partition(sep)
     first = _port(first)
     return (first, _port(last) if last else first)
 
@@ -295,19 +295,19 @@ def _nat_spec(spec, family):
     """'A[-B][:P[-Q]]' (IPv6: '[A[-B]]:P[-Q]' or 'A[-B]') -> ((first, last), ports or None)."""
     ports = None
     if spec.startswith("["):
-        addrs, _, rest = spec[1:].partition("]")
+        addrs, dummy, rest = spec[1:].partition("]")
         if rest:
             if not rest.startswith(":"):
                 raise _Unsupported("address %r" % spec)
             ports = _one_range(rest[1:], "-")
     elif family == "ipv4" and ":" in spec:
-        addrs, _, port_text = spec.partition(":")
+        addrs, dummy, port_text = spec.partition(":")
         ports = _one_range(port_text, "-")
     else:
         addrs = spec
     if not addrs:
         raise _Unsupported("a translation without an address")
-    first, _, last = addrs.partition("-")
+    first, dummy, last = addrs.partition("-")
     try:
         first = normalize_address(first, family)
         last = normalize_address(last, family) if last else first
@@ -385,10 +385,10 @@ def restore_payload(rules, family, interfaces, current=None):
     for hook in HOOKS:
         lines.append(":%s - [0:0]" % OWN_CHAINS[hook])
     for hook in HOOKS:
-        for _ in range(jumps.get(hook, 0), 1):
+        count = jumps.get(hook, 0)
+        if count == 0:
             lines.append("-I %s 1 -j %s" % (BUILTIN_CHAINS[hook], OWN_CHAINS[hook]))
-        for _ in range(1, jumps.get(hook, 0)):
-            lines.append("-D %s -j %s" % (BUILTIN_CHAINS[hook], OWN_CHAINS[hook]))
+        lines.extend(["-D %s -j %s" % (BUILTIN_CHAINS[hook], OWN_CHAINS[hook])] * max(count - 1, 0))
     grouped = by_hook(rules, family)
     for hook in HOOKS:
         for rule in grouped[hook]:
@@ -401,8 +401,7 @@ def remove_payload(current):
     """`iptables-restore --noflush` input removing our jumps and chains (None when none exist)."""
     lines = []
     for hook in HOOKS:
-        for _ in range(current.jumps.get(hook, 0)):
-            lines.append("-D %s -j %s" % (BUILTIN_CHAINS[hook], OWN_CHAINS[hook]))
+        lines.extend(["-D %s -j %s" % (BUILTIN_CHAINS[hook], OWN_CHAINS[hook])] * current.jumps.get(hook, 0))
     for chain in current.chains:
         lines.append("-F %s" % chain)
     for chain in current.chains:

@@ -335,7 +335,7 @@ def _read_pool(readers, key, family, path):
         reader.require("pool-id", int)
         nets.append((ipaddress.ip_network(_read_prefix(reader, key, family)), reader.at(key)))
     nets.sort(key=lambda item: item[0].network_address)
-    for (prev, _), (net, where) in zip(nets, nets[1:]):
+    for (prev, dummy), (net, where) in zip(nets, nets[1:]):
         if int(net.network_address) != int(prev.broadcast_address) + 1:
             raise ModelError(
                 where, "the pool is not one contiguous address range (%s does not follow %s)"
@@ -470,7 +470,7 @@ def from_policy(policies, path="policy"):
         seen_orders[order] = where
         keyed.append((order, pid, rule))
     keyed.sort(key=lambda item: (item[0], item[1]))
-    return [rule for _, _, rule in keyed]
+    return [item[2] for item in keyed]
 
 
 def policies_of(config):

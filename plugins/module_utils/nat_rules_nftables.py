@@ -18,7 +18,7 @@ import json
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
-    HOOKS, PORT_PROTOCOLS, NatRule, by_hook, canonical, merge_port_ranges, normalize_address,
+    HOOK_OF_KIND, PORT_PROTOCOLS, NatRule, canonical, merge_port_ranges, normalize_address,
     normalize_prefix, protocol_number, rule_problems,
 )
 
@@ -96,7 +96,7 @@ def _chain_hook(chain):
     """The hook of one of our chains when it is set up as we set it up, else None."""
     if not chain or chain.get("name") not in CHAINS:
         return None
-    hook, _ = CHAINS[chain["name"]]
+    hook = CHAINS[chain["name"]][0]
     if chain.get("type") != "nat" or chain.get("hook") != hook:
         return None
     return hook
@@ -329,13 +329,10 @@ def render_commands(rules, interfaces):
         cmds.append({"add": {"chain": _chain(name, type="nat", hook=hook, prio=prio, policy="accept")}})
     for name in sorted(CHAINS):
         cmds.append({"flush": {"chain": _chain(name)}})
-    for family in ("ipv4", "ipv6"):
-        grouped = by_hook(rules, family)
-        for hook in HOOKS:
-            for rule in grouped[hook]:
-                cmds.append({"add": {"rule": {
-                    "family": TABLE_FAMILY, "table": TABLE_NAME, "chain": hook,
-                    "expr": rule_exprs(rule, interfaces)}}})
+    for rule in canonical(rules):
+        cmds.append({"add": {"rule": {
+            "family": TABLE_FAMILY, "table": TABLE_NAME, "chain": HOOK_OF_KIND[rule.kind],
+            "expr": rule_exprs(rule, interfaces)}}})
     return {"nftables": cmds}
 
 

@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -53,15 +54,21 @@ NLMSG_HDRLEN = NLMSGHDR.size
 NFNL_HDRLEN = NLMSG_HDRLEN + NFGENMSG.size
 SEQ_OFFSET = 8
 _SEQ = struct.Struct("=I")
+_FLAGS_LOW_BYTE = 6 if sys.byteorder == "little" else 7  # NLM_F_ACK lives in nlmsg_flags' low byte
+_TIMEVAL = struct.Struct("@ll")
 _ERR_SEQ = struct.Struct("=iIHHI")  # error, then the echoed request's len, type, flags, seq
 
 # Acknowledgements are small datagrams, but the kernel charges each one's buffer overhead against
 # the receive buffer; this is a generous estimate of that charge, used to size batches so that no
 # acknowledgement is ever dropped for lack of room.
-ACK_COST = 2048
+ACK_COST = 2048  # measured here: about 830 bytes each
+# Past a few thousand requests per sendmsg nothing gets faster; memory keeps growing.
+MAX_BATCH = 4096
 
 _BIG_BUFFER = 32 << 20
 _RECV_SIZE = 1 << 20
+# A request the kernel drops without answering must not hang us forever.
+RECV_TIMEOUT = 30
 
 
 class NetlinkError(OSError):
@@ -139,6 +146,7 @@ class NetfilterSocket(object):
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.rcvbuf = self._grow(socket.SO_RCVBUF, SO_RCVBUFFORCE, buffer_size)
             self.sndbuf = self._grow(socket.SO_SNDBUF, SO_SNDBUFFORCE, min(buffer_size, 4 << 20))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(RECV_TIMEOUT, 0))
         except Exception:
             self.sock.close()
             raise
@@ -164,61 +172,59 @@ class NetfilterSocket(object):
 
     def batch_limits(self):
         """(messages, bytes) one sendmsg may carry without losing an acknowledgement."""
-        return max(16, self.rcvbuf // ACK_COST), max(4096, self.sndbuf // 2 - 4096)
+        return max(16, min(MAX_BATCH, self.rcvbuf // ACK_COST)), max(4096, self.sndbuf // 2 - 4096)
 
-    def transact(self, messages, max_messages=None):
-        """Send requests (each flagged NLM_F_ACK by the caller) and collect their acknowledgements.
+    def transact(self, messages, ack_each=False, max_messages=None):
+        """Send requests and map the kernel's answers back to them.
 
-        messages: an iterable of packed messages; their seq fields are overwritten. Many go in one
-        sendmsg; the kernel handles a sendmsg synchronously, so its acknowledgements are all queued
-        when it returns and are read before the next send. Returns [(index, errno)] for the
-        requests the kernel refused, index counting from 0 in the order given.
+        messages: an iterable of packed messages (their seq fields are overwritten). Many go in
+        one sendmsg, which the kernel handles synchronously, in order, answering into our receive
+        buffer; batches are sized so those answers always fit. The kernel reports every failed
+        request whether or not it asked for an acknowledgement, so by default only the last request
+        of a sendmsg carries NLM_F_ACK: its answer proves all before it were handled, and the
+        acknowledgements of the successful ones (half the kernel's work) are never made.
+        ack_each=True asks for one per request instead.
+        Returns [(index, errno)] for the refused requests, index counting from 0 in given order.
         """
         count_limit, byte_limit = self.batch_limits()
         if max_messages:
             count_limit = min(count_limit, max_messages)
         failures = []
-        pending = []
-        size = 0
-        index = 0
+        data = bytearray()
+        count = index = last = 0
+        seq0 = self._next_seq(count_limit)
         for message in messages:
-            if pending and (len(pending) >= count_limit or size + len(message) > byte_limit):
-                self._send_batch(pending, index - len(pending), failures)
-                pending = []
-                size = 0
-            pending.append(message)
-            size += len(message)
+            if count and (count >= count_limit or len(data) + len(message) > byte_limit):
+                self._exchange(data, last, seq0, count, index - count, failures)
+                data = bytearray()
+                count = 0
+                seq0 = self._next_seq(count_limit)
+            last = len(data)
+            data += message
+            _SEQ.pack_into(data, last + SEQ_OFFSET, seq0 + count)
+            if ack_each:
+                data[last + _FLAGS_LOW_BYTE] |= NLM_F_ACK
+            count += 1
             index += 1
-        if pending:
-            self._send_batch(pending, index - len(pending), failures)
+        if count:
+            self._exchange(data, last, seq0, count, index - count, failures)
         return failures
 
-    def _send_batch(self, messages, first_index, failures):
-        data = bytearray(b"".join(messages))
-        seq0 = self._seq
-        self._seq = (seq0 + len(messages)) & 0x7FFFFFFF or 1
-        pack_seq = _SEQ.pack_into
-        offset = 0
-        seq = seq0
-        for message in messages:
-            pack_seq(data, offset + SEQ_OFFSET, seq)
-            offset += len(message)
-            seq += 1
+    def _next_seq(self, count):
+        if self._seq + count >= 0x7FFFFFFF:
+            self._seq = 1
+        seq, self._seq = self._seq, self._seq + count
+        return seq
+
+    def _exchange(self, data, last, seq0, count, first_index, failures):
+        data[last + _FLAGS_LOW_BYTE] |= NLM_F_ACK
         self._sendall(data)
-        self._collect_acks(seq0, len(messages), first_index, failures)
-
-    def _sendall(self, data):
-        sent = self.sock.send(data)
-        if sent != len(data):
-            raise NetlinkError(errno.EMSGSIZE, "netlink accepted %d of %d bytes" % (sent, len(data)))
-
-    def _collect_acks(self, seq0, count, first_index, failures):
         buf = self._buf
         recv_into = self.sock.recv_into
         unpack_err = _ERR_SEQ.unpack_from
         len_type = NLMSG_LEN_TYPE.unpack_from
-        remaining = count
-        while remaining:
+        last_seq = seq0 + count - 1
+        while True:
             try:
                 nbytes = recv_into(buf)
             except OSError as exc:
@@ -230,13 +236,22 @@ class NetfilterSocket(object):
                     raise NetlinkError(errno.EPROTO, "malformed netlink message")
                 if mtype == NLMSG_ERROR:
                     error, _l, _t, _f, seq = unpack_err(buf, offset + NLMSG_HDRLEN)
-                    position = (seq - seq0) & 0x7FFFFFFF
-                    if position >= count:
-                        raise NetlinkError(errno.EPROTO, "acknowledgement for unknown sequence %d" % seq)
+                    position = seq - seq0
+                    if not 0 <= position < count:
+                        raise NetlinkError(errno.EPROTO, "answer for unknown sequence number %d" % seq)
                     if error:
                         failures.append((first_index + position, -error))
-                    remaining -= 1
+                    if seq == last_seq:
+                        return
                 offset += nla_align(length)
+
+    def _sendall(self, data):
+        try:
+            sent = self.sock.send(data)
+        except OSError as exc:
+            raise NetlinkError(exc.errno, "netlink send: %s" % os.strerror(exc.errno))
+        if sent != len(data):
+            raise NetlinkError(errno.EMSGSIZE, "netlink accepted %d of %d bytes" % (sent, len(data)))
 
     def dump(self, request):
         """Send a dump request and yield (buffer, start, end) for each received chunk of messages.
@@ -246,8 +261,7 @@ class NetfilterSocket(object):
         an error or the dump was interrupted or lost data (the receive buffer overran).
         """
         data = bytearray(request)
-        _SEQ.pack_into(data, SEQ_OFFSET, self._seq)
-        self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
+        _SEQ.pack_into(data, SEQ_OFFSET, self._next_seq(1))
         self._sendall(data)
         buf = self._buf
         recv_into = self.sock.recv_into

@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import gc
 import socket
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
@@ -58,6 +59,7 @@ TCP_FLAG_NAMES = (
 )
 
 SUPPORTED_PROTOCOLS = (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6)
+_SUPPORTED = frozenset(SUPPORTED_PROTOCOLS)
 
 _TCP_STATE_NUMBER = dict((name, number) for number, name in enumerate(TCP_STATES))
 _FLAGS_TEXT = tuple(
@@ -121,42 +123,50 @@ def entry_to_mapping(entry, index):
     proto = orig.proto
     suffix = _PREFIX_SUFFIX[orig.family]
     icmp = proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6
-    # "near" is the packet as the initiator sent it, "far" as it left the NAT (the reply read
-    # backwards). For ICMP the query identifier is the source port of both tuples, no dst port.
-    near_src = {"start-port-number": orig.sport}
-    far_src = {"start-port-number": reply.sport if icmp else reply.dport}
-    side = initiator(entry)
+    # The original tuple is the packet as the initiator sent it; the reply tuple read backwards
+    # is the packet as it left the NAT. ICMP: the query identifier is the source "port" of both
+    # tuples and there is no destination port.
+    near_src, near_dst = orig.src + suffix, orig.dst + suffix
+    far_src, far_dst = reply.dst + suffix, reply.src + suffix
+    near_sport = {"start-port-number": orig.sport}
+    far_sport = {"start-port-number": reply.sport if icmp else reply.dport}
+    # initiator(), inlined: this runs once per session of a table of 100k.
+    if reply.src != orig.dst or (not icmp and reply.sport != orig.dport):
+        side = EXTERNAL
+    elif entry.status & IPS_DST_NAT and not entry.status & IPS_SRC_NAT and far_src == near_src \
+            and far_sport["start-port-number"] == orig.sport:
+        side = EXTERNAL
+    else:
+        side = INTERNAL
+    mapping = {"index": index, "type": SESSION_TYPE, "transport-protocol": proto}
     if side == INTERNAL:
-        first, second = "internal", "external"
+        mapping["internal-src-address"] = near_src
+        mapping["internal-src-port"] = near_sport
+        mapping["external-src-address"] = far_src
+        mapping["external-src-port"] = far_sport
+        mapping["internal-dst-address"] = near_dst
+        if not icmp:
+            mapping["internal-dst-port"] = {"start-port-number": orig.dport}
+        mapping["external-dst-address"] = far_dst
+        if not icmp:
+            mapping["external-dst-port"] = {"start-port-number": reply.sport}
     else:
-        first, second = "external", "internal"
-    mapping = {
-        "index": index,
-        "type": SESSION_TYPE,
-        "transport-protocol": proto,
-    }
-    src_addr = {first: orig.src + suffix, second: reply.dst + suffix}
-    dst_addr = {first: orig.dst + suffix, second: reply.src + suffix}
-    src_port = {first: near_src, second: far_src}
-    mapping["internal-src-address"] = src_addr["internal"]
-    mapping["internal-src-port"] = src_port["internal"]
-    mapping["external-src-address"] = src_addr["external"]
-    mapping["external-src-port"] = src_port["external"]
-    if icmp:
-        mapping["internal-dst-address"] = dst_addr["internal"]
-        mapping["external-dst-address"] = dst_addr["external"]
-    else:
-        dst_port = {first: {"start-port-number": orig.dport},
-                    second: {"start-port-number": reply.sport}}
-        mapping["internal-dst-address"] = dst_addr["internal"]
-        mapping["internal-dst-port"] = dst_port["internal"]
-        mapping["external-dst-address"] = dst_addr["external"]
-        mapping["external-dst-port"] = dst_port["external"]
+        mapping["internal-src-address"] = far_src
+        mapping["internal-src-port"] = far_sport
+        mapping["external-src-address"] = near_src
+        mapping["external-src-port"] = near_sport
+        mapping["internal-dst-address"] = far_dst
+        if not icmp:
+            mapping["internal-dst-port"] = {"start-port-number": reply.sport}
+        mapping["external-dst-address"] = near_dst
+        if not icmp:
+            mapping["external-dst-port"] = {"start-port-number": orig.dport}
     if entry.timeout is not None:
         mapping["lifetime"] = entry.timeout
+    status = entry.status
     mapping[INITIATOR] = side
-    mapping[SEEN_REPLY] = bool(entry.status & IPS_SEEN_REPLY)
-    mapping[ASSURED] = bool(entry.status & IPS_ASSURED)
+    mapping[SEEN_REPLY] = bool(status & IPS_SEEN_REPLY)
+    mapping[ASSURED] = bool(status & IPS_ASSURED)
     mapping[MARK] = entry.mark or 0
     mapping[ZONE] = entry.zone or 0
     if entry.labels is not None:
@@ -165,21 +175,43 @@ def entry_to_mapping(entry, index):
         tcp = {}
         if entry.tcp_state is not None:
             tcp["state"] = TCP_STATES[entry.tcp_state]
-        original = _tcp_side(entry.tcp_wscale_orig, entry.tcp_flags_orig)
-        if original:
-            tcp["original"] = original
-        reply_side = _tcp_side(entry.tcp_wscale_reply, entry.tcp_flags_reply)
-        if reply_side:
-            tcp["reply"] = reply_side
+        if entry.tcp_wscale_orig is not None or entry.tcp_flags_orig is not None:
+            tcp["original"] = _tcp_side(entry.tcp_wscale_orig, entry.tcp_flags_orig)
+        if entry.tcp_wscale_reply is not None or entry.tcp_flags_reply is not None:
+            tcp["reply"] = _tcp_side(entry.tcp_wscale_reply, entry.tcp_flags_reply)
         mapping[TCP] = tcp
     elif icmp:
         mapping[ICMP] = {"type": orig.icmp_type, "code": orig.icmp_code or 0}
     return mapping
 
 
+class GcPaused(object):
+    """Pause the cyclic garbage collector while a big list of small objects is built.
+
+    Building 100k mapping entries allocates a million dicts; the collector would walk them all
+    again and again (it doubled the time here) although none of them can form a cycle.
+    """
+
+    def __enter__(self):
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            gc.enable()
+
+
 def entries_to_mappings(entries, first_index=1):
-    """Mapping entries for a list of kernel entries, indexed from first_index in the given order."""
-    return [entry_to_mapping(entry, index) for index, entry in enumerate(entries, first_index)]
+    """Mapping entries for kernel entries, indexed from first_index in the given order."""
+    with GcPaused():
+        return [entry_to_mapping(entry, index) for index, entry in enumerate(entries, first_index)]
+
+
+def mappings_to_entries(mappings):
+    """Kernel entries for mapping entries; raises ModelError (path relative to the entry) at the
+    first bad one. document_entries() in nat_document reports all of them with full paths."""
+    with GcPaused():
+        return [mapping_to_entry(mapping) for mapping in mappings]
 
 
 # ---------------------------------------------------------------- mapping entry -> kernel entry
@@ -237,14 +269,16 @@ def _object(value, path, members):
 
 def _port(mapping, name):
     container = mapping.get(name)
+    if container.__class__ is dict and len(container) == 1:
+        start = container.get("start-port-number")
+        if start.__class__ is int and 0 <= start <= 0xFFFF:
+            return start
     if container is None:
         raise ModelError(name, "missing (required for this protocol)")
     _object(container, name, _PORT_MEMBERS)
-    try:
-        start = container["start-port-number"]
-    except KeyError:
+    if "start-port-number" not in container:
         raise ModelError(name + "/start-port-number", "missing")
-    _uint(start, name + "/start-port-number", 0xFFFF)
+    start = _uint(container["start-port-number"], name + "/start-port-number", 0xFFFF)
     end = container.get("end-port-number")
     if end is not None and _uint(end, name + "/end-port-number", 0xFFFF) != start:
         raise ModelError(name + "/end-port-number", "a session has one port, not a range (%r..%r)" % (start, end))
@@ -266,7 +300,14 @@ def _tcp_side_state(tcp, name):
     return wscale, flags
 
 
+_flags_cache = {}
+
+
 def _flags_value(text, path):
+    try:
+        return _flags_cache[text]
+    except (KeyError, TypeError):
+        pass
     if not isinstance(text, str):
         raise ModelError(path, "expected a space-separated list of flag names, got %r" % (text,))
     value = 0
@@ -275,54 +316,93 @@ def _flags_value(text, path):
             value |= _FLAG_BIT[name]
         except KeyError:
             raise ModelError(path, "unknown TCP tracking flag %r" % name)
+    if len(_flags_cache) < 4096:
+        _flags_cache[text] = value
     return value
+
+
+def _address(mapping, name):
+    value = mapping.get(name)
+    if value is None:
+        raise ModelError(name, "missing")
+    return _parse_prefix(value, name)
+
+
+def _tcp_info(mapping):
+    tcp = mapping.get(TCP)
+    if tcp is None:
+        raise ModelError(TCP, "missing: the TCP state of the session")
+    _object(tcp, TCP, _TCP_MEMBERS)
+    state = tcp.get("state")
+    if state is None:
+        raise ModelError(TCP + "/state", "missing")
+    try:
+        number = _TCP_STATE_NUMBER[state]
+    except (KeyError, TypeError):
+        raise ModelError(TCP + "/state", "unknown TCP state %r" % (state,))
+    wscale_orig, flags_orig = _tcp_side_state(tcp, "original")
+    wscale_reply, flags_reply = _tcp_side_state(tcp, "reply")
+    return number, wscale_orig, wscale_reply, flags_orig, flags_reply
+
+
+def _icmp_info(mapping):
+    info = mapping.get(ICMP)
+    if info is None:
+        raise ModelError(ICMP, "missing: the ICMP type of the query")
+    _object(info, ICMP, _ICMP_MEMBERS)
+    if "type" not in info:
+        raise ModelError(ICMP + "/type", "missing")
+    return _uint(info["type"], ICMP + "/type", 0xFF), _uint(info.get("code", 0), ICMP + "/code", 0xFF)
+
+
+_new_tuple = tuple.__new__
+_NO_TCP = (None, None, None, None, None)
 
 
 def mapping_to_entry(mapping):
     """The kernel entry (as the kernel would dump it) that a mapping entry describes.
 
-    The reply tuple is the translated one, status carries CONFIRMED, SEEN_REPLY/ASSURED as
-    given and the NAT bits the tuples imply. Raises ModelError on anything malformed.
+    The reply tuple is the translated one; status carries CONFIRMED, SEEN_REPLY/ASSURED as given
+    and the NAT bits the tuples imply. Raises ModelError on anything malformed.
     """
-    _object(mapping, "", _ENTRY_MEMBERS)
-    if "index" not in mapping:
-        raise ModelError("index", "missing (the list key)")
-    _uint(mapping["index"], "index", _UINT32_MAX)
+    if mapping.__class__ is not dict:
+        raise ModelError("", "expected an object, got %r" % (mapping,))
+    if not _ENTRY_MEMBERS.issuperset(mapping):
+        _object(mapping, "", _ENTRY_MEMBERS)
+    index = mapping.get("index")
+    if index.__class__ is not int or not 0 <= index <= _UINT32_MAX:
+        if index is None:
+            raise ModelError("index", "missing (the list key)")
+        _uint(index, "index", _UINT32_MAX)
     kind = mapping.get("type", SESSION_TYPE)
-    if kind not in ("dynamic-implicit", "dynamic-explicit"):
+    if kind != SESSION_TYPE and kind != "dynamic-explicit":
         if kind == "static":
             raise ModelError("type", "a static mapping is configuration, not a session")
         raise ModelError("type", "unknown mapping type %r" % (kind,))
     proto = mapping.get("transport-protocol")
-    if proto is None:
-        raise ModelError("transport-protocol", "missing")
-    _uint(proto, "transport-protocol", 0xFF)
-    if proto not in SUPPORTED_PROTOCOLS:
+    if proto.__class__ is not int or proto not in _SUPPORTED:
+        if proto is None:
+            raise ModelError("transport-protocol", "missing")
+        _uint(proto, "transport-protocol", 0xFF)
         raise ModelError("transport-protocol", "protocol %d is not supported (TCP, UDP, ICMP, ICMPv6)" % proto)
     icmp = proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6
 
     side = mapping.get(INITIATOR)
-    if side is None:
-        raise ModelError(INITIATOR, "missing: which side opened the session")
     if side != INTERNAL and side != EXTERNAL:
+        if side is None:
+            raise ModelError(INITIATOR, "missing: which side opened the session")
         raise ModelError(INITIATOR, "expected 'internal' or 'external', got %r" % (side,))
 
-    family = None
-    addresses = {}
-    for name in ("internal-src-address", "external-src-address", "internal-dst-address", "external-dst-address"):
-        value = mapping.get(name)
-        if value is None:
-            raise ModelError(name, "missing")
-        fam, address = _parse_prefix(value, name)
-        if family is None:
-            family = fam
-        elif fam != family:
-            raise ModelError(name, "mixes IPv4 and IPv6 in one session")
-        addresses[name] = address
-    if proto == IPPROTO_ICMP and family != socket.AF_INET:
-        raise ModelError("transport-protocol", "ICMP (1) with IPv6 addresses: use 58 (ICMPv6)")
-    if proto == IPPROTO_ICMPV6 and family != socket.AF_INET6:
-        raise ModelError("transport-protocol", "ICMPv6 (58) with IPv4 addresses: use 1 (ICMP)")
+    family, internal_src = _address(mapping, "internal-src-address")
+    fam1, external_src = _address(mapping, "external-src-address")
+    fam2, internal_dst = _address(mapping, "internal-dst-address")
+    fam3, external_dst = _address(mapping, "external-dst-address")
+    if not family == fam1 == fam2 == fam3:
+        name = ("external-src-address" if fam1 != family else
+                "internal-dst-address" if fam2 != family else "external-dst-address")
+        raise ModelError(name, "mixes IPv4 and IPv6 in one session")
+    if icmp and (proto == IPPROTO_ICMP) != (family == socket.AF_INET):
+        raise ModelError("transport-protocol", "ICMP is protocol 1 with IPv4, 58 (ICMPv6) with IPv6")
 
     internal_sport = _port(mapping, "internal-src-port")
     external_sport = _port(mapping, "external-src-port")
@@ -335,77 +415,63 @@ def mapping_to_entry(mapping):
         internal_dport = _port(mapping, "internal-dst-port")
         external_dport = _port(mapping, "external-dst-port")
 
-    if "lifetime" not in mapping:
-        raise ModelError("lifetime", "missing: the remaining timeout is needed to re-create the session")
-    timeout = _uint(mapping["lifetime"], "lifetime", _UINT32_MAX)
+    timeout = mapping.get("lifetime")
+    if timeout.__class__ is not int or not 0 <= timeout <= _UINT32_MAX:
+        if timeout is None:
+            raise ModelError("lifetime", "missing: the remaining timeout is needed to re-create the session")
+        _uint(timeout, "lifetime", _UINT32_MAX)
 
     status = IPS_CONFIRMED
     if _boolean(mapping.get(SEEN_REPLY, False), SEEN_REPLY):
         status |= IPS_SEEN_REPLY
     if _boolean(mapping.get(ASSURED, False), ASSURED):
         status |= IPS_ASSURED
-    mark = _uint(mapping.get(MARK, 0), MARK, _UINT32_MAX)
-    zone = _uint(mapping.get(ZONE, 0), ZONE, 0xFFFF)
+    mark = mapping.get(MARK, 0)
+    if mark.__class__ is not int or not 0 <= mark <= _UINT32_MAX:
+        _uint(mark, MARK, _UINT32_MAX)
+    zone = mapping.get(ZONE, 0)
+    if zone.__class__ is not int or not 0 <= zone <= 0xFFFF:
+        _uint(zone, ZONE, 0xFFFF)
     labels = mapping.get(LABELS)
     if labels is not None:
         if not isinstance(labels, str) or len(labels) != 32 or not _HEX_DIGITS.issuperset(labels):
             raise ModelError(LABELS, "expected 32 hexadecimal digits, got %r" % (labels,))
         labels = bytes.fromhex(labels)
 
-    if side == INTERNAL:
-        near, far = "internal", "external"
-        near_sport, near_dport, far_sport, far_dport = internal_sport, internal_dport, external_sport, external_dport
-    else:
-        near, far = "external", "internal"
-        near_sport, near_dport, far_sport, far_dport = external_sport, external_dport, internal_sport, internal_dport
-    o_src, o_dst = addresses[near + "-src-address"], addresses[near + "-dst-address"]
-    r_src, r_dst = addresses[far + "-dst-address"], addresses[far + "-src-address"]
-
-    tcp_state = wscale_orig = wscale_reply = flags_orig = flags_reply = None
     if TCP in mapping and proto != IPPROTO_TCP:
         raise ModelError(TCP, "TCP state on a protocol %d session" % proto)
     if ICMP in mapping and not icmp:
         raise ModelError(ICMP, "ICMP state on a protocol %d session" % proto)
-    if icmp:
-        info = mapping.get(ICMP)
-        if info is None:
-            raise ModelError(ICMP, "missing: the ICMP type of the query")
-        _object(info, ICMP, _ICMP_MEMBERS)
-        if "type" not in info:
-            raise ModelError(ICMP + "/type", "missing")
-        icmp_type = _uint(info["type"], ICMP + "/type", 0xFF)
-        icmp_code = _uint(info.get("code", 0), ICMP + "/code", 0xFF)
-        replies = ICMP_REPLY_TYPE if proto == IPPROTO_ICMP else ICMPV6_REPLY_TYPE
-        orig = FlowTuple(family, proto, o_src, o_dst, near_sport, 0, icmp_type, icmp_code)
-        reply = FlowTuple(family, proto, r_src, r_dst, far_sport, 0, replies.get(icmp_type, icmp_type), icmp_code)
-    else:
-        orig = FlowTuple(family, proto, o_src, o_dst, near_sport, near_dport)
-        reply = FlowTuple(family, proto, r_src, r_dst, far_dport, far_sport)
-        if proto == IPPROTO_TCP:
-            tcp = mapping.get(TCP)
-            if tcp is None:
-                raise ModelError(TCP, "missing: the TCP state of the session")
-            _object(tcp, TCP, _TCP_MEMBERS)
-            state = tcp.get("state")
-            if state is None:
-                raise ModelError(TCP + "/state", "missing")
-            try:
-                tcp_state = _TCP_STATE_NUMBER[state]
-            except (KeyError, TypeError):
-                raise ModelError(TCP + "/state", "unknown TCP state %r" % (state,))
-            wscale_orig, flags_orig = _tcp_side_state(tcp, "original")
-            wscale_reply, flags_reply = _tcp_side_state(tcp, "reply")
 
-    entry = ConntrackEntry(
-        orig, reply, status, timeout, mark, zone, labels,
-        tcp_state, wscale_orig, wscale_reply, flags_orig, flags_reply,
-    )
-    nat_src, nat_dst = translation(entry)
-    if nat_src is not None:
-        status |= IPS_SRC_NAT
-    if nat_dst is not None:
-        status |= IPS_DST_NAT
-    return entry._replace(status=status)
+    # Back from the roles to the kernel's two tuples (see the module docstring).
+    if side == INTERNAL:
+        o_src, o_sport, o_dst, o_dport = internal_src, internal_sport, internal_dst, internal_dport
+        r_src, r_sport, r_dst, r_dport = external_dst, external_dport, external_src, external_sport
+    else:
+        o_src, o_sport, o_dst, o_dport = external_src, external_sport, external_dst, external_dport
+        r_src, r_sport, r_dst, r_dport = internal_dst, internal_dport, internal_src, internal_sport
+
+    if icmp:
+        icmp_type, icmp_code = _icmp_info(mapping)
+        replies = ICMP_REPLY_TYPE if proto == IPPROTO_ICMP else ICMPV6_REPLY_TYPE
+        # The translated identifier stands in the reply tuple's source field.
+        orig = _new_tuple(FlowTuple, (family, proto, o_src, o_dst, o_sport, 0, icmp_type, icmp_code))
+        reply = _new_tuple(FlowTuple, (family, proto, r_src, r_dst, r_dport, 0,
+                                       replies.get(icmp_type, icmp_type), icmp_code))
+        if r_dst != o_src or r_dport != o_sport:
+            status |= IPS_SRC_NAT
+        if r_src != o_dst:
+            status |= IPS_DST_NAT
+        tcp = _NO_TCP
+    else:
+        orig = _new_tuple(FlowTuple, (family, proto, o_src, o_dst, o_sport, o_dport, None, None))
+        reply = _new_tuple(FlowTuple, (family, proto, r_src, r_dst, r_sport, r_dport, None, None))
+        if r_dst != o_src or r_dport != o_sport:
+            status |= IPS_SRC_NAT
+        if r_src != o_dst or r_sport != o_dport:
+            status |= IPS_DST_NAT
+        tcp = _tcp_info(mapping) if proto == IPPROTO_TCP else _NO_TCP
+    return _new_tuple(ConntrackEntry, (orig, reply, status, timeout, mark, zone, labels) + tcp)
 
 
 # ---------------------------------------------------------------- identity and selection

@@ -20,22 +20,22 @@ description:
     no process left running, so a source whose controller disappears serves again on its own.
   - With O(implementation=nftables) the freeze is the table C(inet nfstate_freeze). Its rule
     C(ct state new iifname @frozen_iifs drop) sits in a forward chain at priority C(filter - 10). The
-    interfaces are elements of a set with a timeout, which the kernel expires on a monotonic clock
-    to within a fraction of a second, whatever the wall clock does. The freeze is set and refreshed
+    interfaces are elements of a set with a timeout, which the kernel expires on a monotonic clock,
+    whatever the wall clock does, within the second before RV(expires_at). The freeze is set and refreshed
     in one atomic libnftables JSON transaction, through Debian's C(python3-nftables) binding when
     the host's Python can import it, else C(nft -j -f -).
   - With O(implementation=iptables) the freeze is the chain C(NFSTATE-FREEZE) in the filter table,
     jumped to by the first rule of C(FORWARD). It holds one C(DROP) rule per interface, limited by
     C(-m time --datestop) in UTC. It uses only iptables itself and is written in one
     C(iptables-restore --noflush) commit. The kernel checks the wall clock at one-second
-    resolution, for the legacy backend (C(xt_time)) and for the nft backend (translated into a
-    native C(meta time) range) alike. The rules are also written with ip6tables when the host has
+    resolution and lifts the freeze at RV(expires_at), for the legacy backend (C(xt_time)) and for
+    the nft backend (translated into a native C(meta time) range) alike. The rules are also written with ip6tables when the host has
     IPv6.
   - Unfreezing removes exactly these objects and nothing else of the host's ruleset. After a freeze
     has lifted itself, its inert objects stay until O(state=absent) removes them.
 version_added: "1.0.0"
 author:
-  - nfstate.migration contributors
+  - nfstate.migration contributors (@nfstate)
 options:
   state:
     description:

@@ -32,7 +32,7 @@ description:
   - The result of a change is read back from the host; C(changed) compares that with what was
     there before, so a second identical run reports no change.
 author:
-  - nfstate.migration contributors
+  - nfstate.migration contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -63,7 +63,8 @@ options:
     default: legacy
   interfaces:
     description:
-      - Maps the interface roles of the model to this host's devices, for example
+      - >-
+        Maps the interface roles of the model to this host's devices, for example
         C({inside: eth1, outside: eth0}). Gathering maps the devices back to roles; a rule matching
         a device that has no role here is unsupported.
     type: dict
@@ -239,7 +240,8 @@ rendered:
   returned: when O(state=rendered)
   type: dict
   sample:
-    ipv4: "*nat\n:NFSTATE-PRE - [0:0]\n:NFSTATE-POST - [0:0]\n-I PREROUTING 1 -j NFSTATE-PRE\n-I POSTROUTING 1 -j NFSTATE-POST\n-A NFSTATE-POST -o eth0 -j MASQUERADE\nCOMMIT\n"
+    ipv4: "*nat\n:NFSTATE-PRE - [0:0]\n:NFSTATE-POST - [0:0]\n-I PREROUTING 1 -j NFSTATE-PRE\n-I POSTROUTING 1 -j NFSTATE-POST\n\
+      -A NFSTATE-POST -o eth0 -j MASQUERADE\nCOMMIT\n"
     ipv6: "*nat\n:NFSTATE-PRE - [0:0]\n:NFSTATE-POST - [0:0]\n-I PREROUTING 1 -j NFSTATE-PRE\n-I POSTROUTING 1 -j NFSTATE-POST\nCOMMIT\n"
 commands:
   description:
@@ -259,7 +261,6 @@ unsupported:
       reason: target REDIRECT
 """
 
-import gzip
 import json
 from collections import namedtuple
 
@@ -267,6 +268,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.nfstate.migration.plugins.module_utils import nat_rules_iptables as ipt
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document
 from ansible_collections.nfstate.migration.plugins.module_utils import nat_rules_nftables as nftr
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
     FAMILIES, ROLES, ModelError, canonical, rules_of, to_policy,
@@ -413,10 +415,7 @@ def read_config(params):
     """The document or policy list given by config or src."""
     if params["config"] is not None:
         return params["config"]
-    path = params["src"]
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as handle:
-        return json.load(handle)
+    return read_document(params["src"])
 
 
 def check_interfaces(module, interfaces):
@@ -474,6 +473,8 @@ def main():
     state = params["state"]
     interfaces = check_interfaces(module, params["interfaces"])
     include_builtin = params["include_builtin_chains"] and state in ("gathered", "parsed")
+    if params["include_builtin_chains"] and params["implementation"] == "nftables":
+        module.warn("include_builtin_chains only applies to implementation=iptables")
     offline = state in ("parsed", "rendered")
     if params["implementation"] == "iptables":
         nat = IptablesNat(None if offline else module, params["iptables_backend"], interfaces, include_builtin)
@@ -488,7 +489,7 @@ def main():
         except ModelError as exc:
             module.fail_json(msg="config is not a NAT rules document: %s" % exc, path=exc.path)
         except (IOError, OSError, ValueError) as exc:
-            module.fail_json(msg="cannot read %s: %s" % (params["src"], to_native(exc)))
+            module.fail_json(msg="cannot read the document %s: %s" % (params["src"], to_native(exc)))
 
     try:
         if state == "parsed":
@@ -501,11 +502,16 @@ def main():
         module.fail_json(msg=to_native(exc), **result)
 
     before = nat.gather(include_builtin)
-    report_unsupported(module, before.unsupported, result)
+    remove_all = state == "deleted" and wanted is None
+    if remove_all:
+        # Everything of ours goes, whether the model can express it or not.
+        result["unsupported"] = before.unsupported
+    else:
+        report_unsupported(module, before.unsupported, result)
     if state == "gathered":
         module.exit_json(gathered=to_policy(before.rules), **result)
 
-    if state == "deleted" and wanted is None:
+    if remove_all:
         target = None
     elif state == "merged":
         target = canonical(before.rules + [rule for rule in wanted if rule not in before.rules])

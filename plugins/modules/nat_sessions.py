@@ -26,7 +26,7 @@ description:
     before anything reaches the host.
 version_added_collection: nfstate.migration
 author:
-  - nfstate.migration contributors
+  - nfstate.migration contributors (!UNKNOWN)
 options:
   state:
     description:

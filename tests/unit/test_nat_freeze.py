@@ -77,7 +77,7 @@ def test_needs_freeze():
 
 def test_nft_freeze_commands_replace_the_table_in_one_transaction():
     wanted = Freeze(("in0", "out0"), T + 120)
-    batch = nf.nft_freeze_commands(wanted, T + 0.4)["nftables"]
+    batch = nf.nft_freeze_commands(wanted, T)["nftables"]
     table = {"family": "inet", "name": "nfstate_freeze"}
     assert batch[:3] == [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
     nft_set = batch[3]["add"]["set"]
@@ -102,8 +102,10 @@ def test_nft_rule_holds_only_new_forwarded_packets_of_frozen_interfaces():
     assert expr[2] == {"drop": None}
 
 
-def test_nft_timeout_never_below_one_second():
-    assert nf.nft_timeout(Freeze(("a",), T + 1), T + 0.9) == 1
+def test_nft_timeout_lifts_no_later_than_expires_at():
+    assert nf.nft_timeout(Freeze(("a",), T + 120), T + 0.4) == 119
+    assert nf.nft_timeout(Freeze(("a",), T + 120), T) == 120
+    assert nf.nft_timeout(Freeze(("a",), T + 1), T + 0.9) == 1  # never 0: that would mean no timeout
 
 
 def test_nft_unfreeze_deletes_only_our_table():
@@ -211,6 +213,12 @@ def test_parse_iptables_frozen_then_lifted():
     assert nf.iptables_state(view, T + 1) == FreezeState(True, True, None)
 
 
+def test_parse_iptables_reads_only_the_filter_table():
+    other = "*nat\n:NFSTATE-FREEZE - [0:0]\n-A FORWARD -j NFSTATE-FREEZE\nCOMMIT\n"
+    assert nf.parse_iptables_save(other + SAVE_EMPTY) == nf.IptablesView(False, 0, False, [])
+    assert nf.parse_iptables_save("") == nf.IptablesView(False, 0, False, [])
+
+
 def test_parse_iptables_nothing_of_ours():
     view = nf.parse_iptables_save(SAVE_EMPTY)
     assert view == nf.IptablesView(False, 0, False, [])
@@ -292,8 +300,8 @@ def test_iptables_runner_freezes_each_family_with_its_own_tools():
     runner = nf.IptablesRunner(module, "legacy", families=("iptables", "ip6tables"))
     runner.freeze(Freeze(("in0",), T + 10), T)
     assert [args for args, _ in module.calls] == [
-        ["/usr/sbin/iptables-legacy-save", "-t", "filter"],
-        ["/usr/sbin/ip6tables-legacy-save", "-t", "filter"],
+        ["/usr/sbin/iptables-legacy-save"],
+        ["/usr/sbin/ip6tables-legacy-save"],
         ["/usr/sbin/iptables-legacy-restore", "-w", "5", "--noflush"],
         ["/usr/sbin/ip6tables-legacy-restore", "-w", "5", "--noflush"],
     ]

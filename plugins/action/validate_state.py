@@ -1,0 +1,67 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Validate a state document on the controller (a snapshot file, or data) against the YANG model."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import gzip
+import json
+import os
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.nfstate.migration.plugins.plugin_utils.validation import validation_failure
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("path", "document"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        path = self._task.args.get("path")
+        document = self._task.args.get("document")
+        if (path is None) == (document is None):
+            raise AnsibleActionFail("give exactly one of path and document")
+        if path is not None:
+            document, raw, compressed = _read(path)
+            what = path
+        else:
+            raw = len(json.dumps(document, separators=(",", ":")).encode())
+            compressed = len(gzip.compress(json.dumps(document, separators=(",", ":")).encode()))
+            what = "the document"
+        failure = validation_failure(document, what)
+        if failure:
+            result.update(failure)
+            return result
+        instance = document["ietf-nat:nat"]["instances"]["instance"][0]
+        result.update(
+            changed=False,
+            valid=True,
+            sessions=len(instance.get("mapping-table", {}).get("mapping-entry", [])),
+            rules=len(instance.get("policy", [])),
+            bytes_raw=raw,
+            bytes_compressed=compressed,
+        )
+        return result
+
+
+def _read(path):
+    """The document at `path`, with its size as JSON and gzip-compressed."""
+    if not os.path.isfile(path):
+        raise AnsibleActionFail("state document %s does not exist on the controller" % path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        if path.endswith(".gz"):
+            compressed, raw_bytes = len(data), gzip.decompress(data)
+        else:
+            compressed, raw_bytes = len(gzip.compress(data)), data
+        return json.loads(raw_bytes), len(raw_bytes), compressed
+    except (OSError, ValueError) as error:
+        raise AnsibleActionFail("%s is not a JSON state document: %s" % (path, error))

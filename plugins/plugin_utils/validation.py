@@ -1,0 +1,42 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller-side checks shared by the action plugins: a document is valid, or a failure saying why."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+# How many errors a failure message spells out; all of them are in the result's `errors`.
+ERRORS_IN_MESSAGE = 10
+
+try:
+    from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model import validate
+    IMPORT_ERROR = None
+except ImportError as error:  # yangson or pyang missing on the controller
+    validate = None
+    IMPORT_ERROR = error
+
+
+def validation_errors(document):
+    """Every error of the document as 'path: message' lines (empty when valid)."""
+    if validate is None:
+        raise RuntimeError(
+            "validating state documents needs the collection's requirements on the controller "
+            "(pip install -r requirements.txt: yangson, pyang): %s" % IMPORT_ERROR)
+    return ["%s: %s" % (path, message) for path, message in validate(document)]
+
+
+def validation_failure(document, what):
+    """None when `document` is valid, else a failed task result naming every error."""
+    try:
+        errors = validation_errors(document)
+    except RuntimeError as error:
+        return dict(failed=True, msg=str(error))
+    if not errors:
+        return None
+    shown = "; ".join(errors[:ERRORS_IN_MESSAGE])
+    if len(errors) > ERRORS_IN_MESSAGE:
+        shown += "; and %d more" % (len(errors) - ERRORS_IN_MESSAGE)
+    return dict(failed=True, errors=errors,
+                msg="%s is not a valid nfstate document (%d error(s)): %s" % (what, len(errors), shown))
