@@ -33,6 +33,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPS_CONFIRMED,
     IPS_NAT_MASK,
     IPS_SEEN_REPLY,
+    describe,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
     NFNL_HDRLEN,
@@ -136,16 +137,6 @@ def _read_proc_int(name):
             return int(handle.read().strip())
     except (OSError, ValueError) as exc:
         raise ConntrackError("cannot read %s%s: %s (is nf_conntrack loaded?)" % (PROC_CONNTRACK, name, exc))
-
-
-def describe(entry):
-    """A short human-readable name of an entry, for error messages."""
-    orig = entry.orig
-    if orig.proto in _ICMP_PROTOS:
-        where = "%s -> %s id %s" % (orig.src, orig.dst, orig.sport)
-    else:
-        where = "%s:%s -> %s:%s" % (orig.src, orig.sport, orig.dst, orig.dport)
-    return "proto %s %s zone %s" % (orig.proto, where, entry.zone)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
+PROTOCOL_NAMES = {IPPROTO_ICMP: "icmp", IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMPV6: "icmpv6"}
 
 # One direction of a connection. Addresses are text (as socket.inet_ntop writes them). For TCP/UDP,
 # sport/dport are ports. For ICMP/ICMPv6, sport is the query identifier in both directions (the
@@ -95,6 +96,30 @@ def inverse(tup):
         replies = ICMP_REPLY_TYPE if tup.proto == IPPROTO_ICMP else ICMPV6_REPLY_TYPE
         return tup._replace(src=tup.dst, dst=tup.src, icmp_type=replies.get(tup.icmp_type, tup.icmp_type))
     return tup._replace(src=tup.dst, dst=tup.src, sport=tup.dport, dport=tup.sport)
+
+
+def describe(entry):
+    """One line naming a session, for errors and reports: proto src:port -> dst:port [nat]."""
+    orig = entry.orig
+    proto = PROTOCOL_NAMES.get(orig.proto, str(orig.proto))
+    if is_icmp(orig):
+        text = "%s %s -> %s id %s" % (proto, orig.src, orig.dst, orig.sport)
+    else:
+        text = "%s %s -> %s" % (proto, endpoint(orig.src, orig.sport), endpoint(orig.dst, orig.dport))
+    nat_src, nat_dst = translation(entry)
+    if nat_src:
+        text += " snat %s" % endpoint(*nat_src)
+    if nat_dst:
+        text += " dnat %s" % endpoint(*nat_dst)
+    if entry.zone:
+        text += " zone %d" % entry.zone
+    return text
+
+
+def endpoint(address, port):
+    if port is None:
+        return address
+    return "[%s]:%d" % (address, port) if ":" in address else "%s:%d" % (address, port)
 
 
 def family_name(family):

@@ -20,11 +20,14 @@ import gzip
 import json
 import os
 import tempfile
+from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
-    ModelError,
+    REMOVED,
     GcPaused,
+    ModelError,
     entries_to_mappings,
+    entry_to_mapping,
     mapping_to_entry,
     session_key,
 )
@@ -142,19 +145,23 @@ def entry_path(base, mapping, position):
     return "%s/mapping-table/mapping-entry[%d]" % (base, position)
 
 
-def document_entries(doc):
-    """Every session of the document as ConntrackEntry objects, in document order.
+Sessions = namedtuple("Sessions", ["present", "removed"])
 
-    Checks every mapping entry (mapping_to_entry) and also duplicate keys and duplicate
-    sessions; raises DocumentError listing every problem with its full path.
+
+def document_sessions(doc):
+    """The document's sessions as ConntrackEntry objects, in document order: Sessions(present, removed).
+
+    `removed` holds the entries a delta snapshot flags nfstate-nat:removed. Checks every mapping
+    entry (mapping_to_entry), duplicate keys and duplicate sessions; raises DocumentError listing
+    every problem with its full path.
     """
     inst = instance(doc)
     base = instance_path(inst)
     mappings = mapping_entries(doc)
     errors = []
-    result = []
+    present, removed = [], []
     seen_index = set()
-    seen_session = {}
+    seen_session = ({}, {})
     with GcPaused():
         for position, mapping in enumerate(mappings, 1):
             index = mapping.get("index") if isinstance(mapping, dict) else None
@@ -166,20 +173,43 @@ def document_entries(doc):
                 seen_index.add(index)
             try:
                 entry = mapping_to_entry(mapping)
+                gone = _removed_flag(mapping)
             except ModelError as exc:
                 path = entry_path(base, mapping, position)
                 errors.append((path + ("/" + exc.path if exc.path else ""), exc.message))
                 continue
             key = session_key(entry)
-            if key in seen_session:
+            if key in seen_session[gone]:
                 errors.append((entry_path(base, mapping, position),
-                               "the same session as mapping-entry index %d (zone and original tuple)" % seen_session[key]))
+                               "the same session as mapping-entry index %d (zone and original tuple)"
+                               % seen_session[gone][key]))
                 continue
-            seen_session[key] = index
-            result.append(entry)
+            seen_session[gone][key] = index
+            (removed if gone else present).append(entry)
     if errors:
         raise DocumentError(errors)
-    return result
+    return Sessions(present, removed)
+
+
+def document_entries(doc):
+    """The sessions a document holds (a delta's removed ones left out); see document_sessions."""
+    return document_sessions(doc).present
+
+
+def _removed_flag(mapping):
+    value = mapping.get(REMOVED)
+    if value is None:
+        return False
+    if value != [None]:
+        raise ModelError(REMOVED, "an empty leaf is written [null] in JSON, got %r" % (value,))
+    return True
+
+
+def removed_mapping(entry, index):
+    """The mapping entry of a delta snapshot that tells the target to delete `entry`."""
+    mapping = entry_to_mapping(entry, index)
+    mapping[REMOVED] = [None]
+    return mapping
 
 
 def _is_gzip_path(path):

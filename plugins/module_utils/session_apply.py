@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import datetime
 import errno
 import os
@@ -20,28 +21,38 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import
     Conntrack,
     conntrack_count,
     conntrack_max,
+    strerror,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import is_translated
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_xml import parse_conntrack_xml
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import describe, is_translated
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_xml import (
+    ConntrackXmlError,
+    parse_conntrack_xml,
+)
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
-    document_entries,
+    SNAPSHOT,
+    DocumentError,
+    date_and_time,
+    document_sessions,
+    instance,
     new_document,
+    read_document,
+    removed_mapping,
     set_mapping_entries,
     write_document,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     ModelError,
-    entry_to_mapping,
+    entries_to_mappings,
     select,
+    session_key,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import (
-    describe,
-    plan,
-    render_command,
-)
+from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan, render_command
 
 # How many problems an error message lists before it says "and N more".
 LISTED = 10
+# A session with less lifetime left than this when it would be applied is let go: it is ending on
+# the source as well, and re-creating it would only race its expiry.
+EXPIRY_MARGIN = 2
 
 
 class SessionApplyError(Exception):
@@ -52,52 +63,128 @@ class SessionApplyError(Exception):
         self.details = details
 
 
-def build_document(entries, instance_name, kind="full"):
-    document = new_document(
-        instance_name,
-        taken_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        source_host=socket.gethostname(),
-        kind=kind,
-        sessions=len(entries),
-    )
-    set_mapping_entries(document, [entry_to_mapping(e, i) for i, e in enumerate(entries, 1)])
+# ---------------------------------------------------------------- reading the host
+
+def build_document(entries, instance_name, base=None, kind="full"):
+    """A snapshot document of `entries`; into a copy of `base` (e.g. the rules) when given."""
+    snapshot = dict(taken_at=date_and_time(), source_host=socket.gethostname(), kind=kind)
+    if base is None:
+        document = new_document(instance_name, **snapshot)
+    else:
+        document = copy.deepcopy(base)
+        meta = instance(document).setdefault(SNAPSHOT, {})
+        meta.update(new_document(instance_name, **snapshot)["ietf-nat:nat"]["instances"]["instance"][0][SNAPSHOT])
+    set_mapping_entries(document, entries_to_mappings(entries))
     return document
 
 
-def gather_sessions(selectors, instance_name, dest=None, check_mode=False):
+def delta_document(entries, previous, instance_name, base=None):
+    """What changed since `previous` (a full snapshot's sessions): new or re-bound sessions, and the
+    ended or re-bound ones flagged removed. A session whose binding is the same is left out: its
+    timeout and TCP state move on by themselves on the target."""
+    before = dict((session_key(e), e) for e in previous)
+    now = dict((session_key(e), e) for e in entries)
+    added = [e for key, e in now.items() if key not in before or before[key].reply != e.reply]
+    removed = [e for key, e in before.items() if key not in now or now[key].reply != e.reply]
+    document = build_document(added, instance_name, base, kind="delta")
+    first = len(added) + 1
+    mappings = instance(document)["mapping-table"]["mapping-entry"]
+    mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, first))
+    set_mapping_entries(document, mappings)
+    return document, len(added), len(removed)
+
+
+def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=None, since=None):
     with Conntrack() as conntrack:
-        entries = select(conntrack.dump(translated_only=True), selectors)
-    document = build_document(entries, instance_name)
+        entries = _selected(conntrack.dump(translated_only=True), selectors)
+    result = dict(changed=False, sessions=len(entries))
+    if since is None:
+        document = build_document(entries, instance_name, base)
+    else:
+        previous = _read(since)
+        if instance(previous).get(SNAPSHOT, {}).get("kind") == "delta":
+            raise SessionApplyError("%s is a delta snapshot; give the full snapshot a delta is taken against" % since)
+        document, added, removed = delta_document(entries, _sessions(previous, since).present, instance_name, base)
+        result.update(delta_added=added, delta_removed=removed)
     if dest is None:
-        return dict(changed=False, sessions=len(entries), gathered=document)
+        result["gathered"] = document
+        return result
     if not check_mode:
         parent = os.path.dirname(dest)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent, mode=0o700)
         write_document(document, dest)
-    return dict(changed=not check_mode, sessions=len(entries), dest=dest)
+    result.update(changed=not check_mode, dest=dest)
+    return result
 
 
 def parse_sessions(xml_text, instance_name):
+    skipped = []
     try:
-        entries = parse_conntrack_xml(xml_text)
-    except ValueError as error:
+        entries = parse_conntrack_xml(xml_text, skipped=skipped)
+    except ConntrackXmlError as error:
         raise SessionApplyError("cannot parse the conntrack XML: %s" % error)
     entries = [e for e in entries if is_translated(e)]
-    return dict(changed=False, sessions=len(entries), parsed=build_document(entries, instance_name))
+    return dict(changed=False, sessions=len(entries), parsed=build_document(entries, instance_name),
+                skipped=[str(s) for s in skipped])
 
 
-def desired_sessions(document):
-    """The document's sessions, or an error listing every malformed entry with its path."""
+def render_sessions(documents):
+    wanted = _wanted(documents)
+    commands = ([render_command(e, "delete") for e in wanted.removed]
+                + [render_command(e) for e in wanted.present])
+    return dict(changed=False, sessions=len(wanted.present), rendered=commands)
+
+
+# ---------------------------------------------------------------- applying
+
+class _Wanted(object):
+    """The sessions a chain of snapshots (a full one, then deltas) asks for, at this moment."""
+
+    def __init__(self):
+        self.by_key = {}
+        self.removed = []
+        self.expired = set()
+
+    @property
+    def present(self):
+        return list(self.by_key.values())
+
+
+def _wanted(documents, now=None):
+    """Fold the documents in order; lifetimes are counted down by the time since each was taken."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    wanted = _Wanted()
+    for position, (document, label) in enumerate(documents):
+        sessions = _sessions(document, label)
+        elapsed = _age(document, now)
+        for entry in sessions.removed:
+            key = session_key(entry)
+            current = wanted.by_key.get(key)
+            if current is not None and current.reply == entry.reply:
+                del wanted.by_key[key]
+            wanted.removed.append(entry)
+        for entry in sessions.present:
+            key = session_key(entry)
+            if entry.timeout - elapsed < EXPIRY_MARGIN:
+                wanted.expired.add(key)
+                wanted.by_key.pop(key, None)
+                continue
+            wanted.expired.discard(key)
+            wanted.by_key[key] = entry._replace(timeout=entry.timeout - elapsed)
+    return wanted
+
+
+def _age(document, now):
+    """Seconds since the document's snapshot was taken (0 when it does not say)."""
+    taken_at = instance(document).get(SNAPSHOT, {}).get("taken-at")
+    if not taken_at:
+        return 0
     try:
-        return document_entries(document)
-    except ModelError as error:
-        raise SessionApplyError("the state document is not valid: %s" % error)
-
-
-def render_sessions(document):
-    entries = desired_sessions(document)
-    return dict(changed=False, sessions=len(entries), rendered=[render_command(e) for e in entries])
+        moment = datetime.datetime.fromisoformat(taken_at.replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    return max(0, int((now - moment).total_seconds()))
 
 
 def check_room(to_create, to_delete, count, maximum):
@@ -112,12 +199,15 @@ def check_room(to_create, to_delete, count, maximum):
         )
 
 
-def apply_sessions(document, state, selectors, best_effort=False, liberal=True, check_mode=False):
-    desired = desired_sessions(document) if document is not None else None
+def apply_sessions(documents, state, selectors, best_effort=False, liberal=True, check_mode=False):
+    """Bring the host's selected sessions to what `documents` (a list of (document, label)) ask."""
+    wanted = _wanted(documents) if documents else None
+    desired = wanted.present if wanted is not None else None
     with Conntrack() as conntrack:
         existing = conntrack.dump(translated_only=False)
-        selected = select([e for e in existing if is_translated(e)], selectors)
-        todo = plan(existing, selected, desired, state)
+        selected = _selected([e for e in existing if is_translated(e)], selectors)
+        todo = plan(existing, selected, desired, state,
+                    removed=wanted.removed if wanted else (), ignored=wanted.expired if wanted else ())
         conflicts = ["%s: %s (held by %s)" % (describe(c.wanted), c.reason, describe(c.existing))
                      for c in todo.conflicts]
         if conflicts and not best_effort:
@@ -131,15 +221,15 @@ def apply_sessions(document, state, selectors, best_effort=False, liberal=True, 
                     + [render_command(e, "create") for e in todo.create])
         result = dict(
             changed=bool(commands), sessions=len(desired) if desired is not None else len(selected),
-            before=len(selected), after=len(selected) - len(todo.delete) + len(todo.create),
-            created=len(todo.create), deleted=len(todo.delete), unchanged=len(todo.unchanged),
+            before=len(selected), created=len(todo.create), deleted=len(todo.delete),
+            unchanged=len(todo.unchanged), expired=len(wanted.expired) if wanted else 0,
             all_commands=commands, conflicts=conflicts, failed_sessions=[],
         )
-        if check_mode or not commands:
-            return result
-        failed = _carry_out(conntrack, todo, liberal, best_effort)
-    result["failed_sessions"] = failed
-    result["created"] -= len([f for f in failed if f.startswith("create ")])
+        if not check_mode and commands:
+            failed = _carry_out(conntrack, todo, liberal, best_effort)
+            result["failed_sessions"] = failed
+            result["created"] -= len([f for f in failed if f.startswith("create ")])
+            result["deleted"] -= len([f for f in failed if f.startswith("delete ")])
     result["after"] = result["before"] - result["deleted"] + result["created"]
     return result
 
@@ -154,8 +244,8 @@ def _carry_out(conntrack, todo, liberal, best_effort):
     if creation_failures and not best_effort:
         _restore(conntrack, todo.delete, deletion_failures, todo.create, creation_failures)
         raise _kernel_refusal("create", creation_failures)
-    return (["delete %s: %s" % (describe(e), os.strerror(code)) for e, code in deletion_failures]
-            + ["create %s: %s" % (describe(e), os.strerror(code)) for e, code in creation_failures])
+    return (["delete %s: %s" % (describe(e), strerror(code)) for e, code in deletion_failures]
+            + ["create %s: %s" % (describe(e), strerror(code)) for e, code in creation_failures])
 
 
 def _restore(conntrack, deleted, deletion_failures, created, creation_failures=()):
@@ -166,12 +256,38 @@ def _restore(conntrack, deleted, deletion_failures, created, creation_failures=(
 
 
 def _kernel_refusal(action, failures):
-    lines = ["%s: %s" % (describe(e), os.strerror(code)) for e, code in failures]
+    lines = ["%s: %s" % (describe(e), strerror(code)) for e, code in failures]
     return SessionApplyError(
         "the kernel refused to %s %d session(s); what was applied has been undone: %s"
         % (action, len(failures), _listing(lines)),
         failed_sessions=lines,
     )
+
+
+# ---------------------------------------------------------------- helpers
+
+def _read(path):
+    try:
+        return read_document(path)
+    except (OSError, ValueError) as error:
+        raise SessionApplyError("cannot read state document %s: %s" % (path, error))
+
+
+def _sessions(document, label):
+    try:
+        return document_sessions(document)
+    except DocumentError as error:
+        raise SessionApplyError("%s is not a valid state document: %s" % (label, error),
+                                errors=["%s: %s" % e for e in error.errors])
+    except ModelError as error:
+        raise SessionApplyError("%s is not a valid state document: %s" % (label, error))
+
+
+def _selected(entries, selectors):
+    try:
+        return select(entries, selectors)
+    except ModelError as error:
+        raise SessionApplyError("selectors: %s" % error)
 
 
 def _listing(lines):

@@ -47,6 +47,7 @@ ZONE = NS + "zone"
 LABELS = NS + "labels"
 TCP = NS + "tcp"
 ICMP = NS + "icmp"
+REMOVED = NS + "removed"
 
 INTERNAL = "internal"
 EXTERNAL = "external"
@@ -74,7 +75,7 @@ _ENTRY_MEMBERS = frozenset((
     "index", "type", "transport-protocol",
     "internal-src-address", "internal-src-port", "external-src-address", "external-src-port",
     "internal-dst-address", "internal-dst-port", "external-dst-address", "external-dst-port",
-    "lifetime", INITIATOR, SEEN_REPLY, ASSURED, MARK, ZONE, LABELS, TCP, ICMP,
+    "lifetime", INITIATOR, SEEN_REPLY, ASSURED, MARK, ZONE, LABELS, TCP, ICMP, REMOVED,
 ))
 _PORT_MEMBERS = frozenset(("start-port-number", "end-port-number"))
 _TCP_MEMBERS = frozenset(("state", "original", "reply"))

@@ -16,9 +16,11 @@ from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     TCP_STATES,
+    endpoint,
     is_icmp,
     translation,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
 
 Plan = namedtuple("Plan", ["create", "delete", "unchanged", "conflicts"])
 
@@ -26,40 +28,41 @@ Plan = namedtuple("Plan", ["create", "delete", "unchanged", "conflicts"])
 Conflict = namedtuple("Conflict", ["wanted", "existing", "reason"])
 
 
-def session_key(entry):
-    return (entry.zone, entry.orig)
-
-
 def reply_key(entry):
     return (entry.zone, entry.reply)
 
 
-def plan(existing, selected, desired, state):
+def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
     """Operations that make the host hold `desired`.
 
     existing: every entry on the host (for collisions with sessions outside the selection).
     selected: the entries of `existing` that belong to the network function.
     state: merged (add what is missing), replaced (the selection becomes exactly `desired`),
     deleted (remove `desired`, or the whole selection when `desired` is None).
+    removed: sessions a delta snapshot says ended; deleted where the host holds them with that binding.
+    ignored: session keys left alone by `replaced` (sessions whose lifetime ran out in transit).
     """
-    by_key = {session_key(e): e for e in existing}
+    by_key = dict((session_key(e), e) for e in existing)
     if state == "deleted":
         if desired is None:
             return Plan([], list(selected), [], [])
         delete = [by_key[session_key(w)] for w in desired if session_key(w) in by_key]
         return Plan([], delete, [], [])
 
-    selected_keys = set(session_key(e) for e in selected)
-    wanted_keys = set(session_key(w) for w in desired)
     delete = []
+    for gone in removed:
+        current = by_key.get(session_key(gone))
+        if current is not None and current.reply == gone.reply:
+            delete.append(by_key.pop(session_key(gone)))
+    selected_keys = set(session_key(e) for e in selected)
     if state == "replaced":
-        delete = [e for e in selected if session_key(e) not in wanted_keys]
+        keep = set(session_key(w) for w in desired) | set(ignored)
+        stale = [e for e in selected if session_key(e) not in keep and session_key(e) in by_key]
+        for entry in stale:
+            delete.append(by_key.pop(session_key(entry)))
 
     # A reply tuple names the translated address and port: two sessions may not share one.
-    replies_in_use = {reply_key(e): e for e in existing}
-    for gone in delete:
-        replies_in_use.pop(reply_key(gone), None)
-
+    replies_in_use = dict((reply_key(e), e) for e in by_key.values())
     create, unchanged, conflicts = [], [], []
     for wanted in desired:
         key = session_key(wanted)
@@ -68,43 +71,18 @@ def plan(existing, selected, desired, state):
             unchanged.append(wanted)
             continue
         if current is not None:
-            if state == "replaced" and key in selected_keys:
-                delete.append(current)
-                replies_in_use.pop(reply_key(current), None)
-            else:
+            if state != "replaced" or key not in selected_keys:
                 conflicts.append(Conflict(wanted, current, "exists with a different binding"))
                 continue
+            delete.append(by_key.pop(key))
+            replies_in_use.pop(reply_key(current), None)
         holder = replies_in_use.get(reply_key(wanted))
-        if holder is not None and session_key(holder) != key:
+        if holder is not None:
             conflicts.append(Conflict(wanted, holder, "its translated address and port are taken"))
             continue
         replies_in_use[reply_key(wanted)] = wanted
         create.append(wanted)
     return Plan(create, delete, unchanged, conflicts)
-
-
-def describe(entry):
-    """One line naming a session, for errors and reports: proto src:port -> dst:port [nat]."""
-    orig = entry.orig
-    proto = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(orig.proto, str(orig.proto))
-    if is_icmp(orig):
-        text = "%s %s -> %s id %s" % (proto, orig.src, orig.dst, orig.sport)
-    else:
-        text = "%s %s -> %s" % (proto, _endpoint(orig.src, orig.sport), _endpoint(orig.dst, orig.dport))
-    nat_src, nat_dst = translation(entry)
-    if nat_src:
-        text += " snat %s" % _endpoint(*nat_src)
-    if nat_dst:
-        text += " dnat %s" % _endpoint(*nat_dst)
-    if entry.zone:
-        text += " zone %d" % entry.zone
-    return text
-
-
-def _endpoint(address, port):
-    if port is None:
-        return address
-    return "[%s]:%d" % (address, port) if ":" in address else "%s:%d" % (address, port)
 
 
 def render_command(entry, action="create"):
@@ -123,9 +101,9 @@ def render_command(entry, action="create"):
     if action == "create":
         nat_src, nat_dst = translation(entry)
         if nat_src:
-            argv += ["--src-nat", _endpoint(*nat_src)]
+            argv += ["--src-nat", endpoint(*nat_src)]
         if nat_dst:
-            argv += ["--dst-nat", _endpoint(*nat_dst)]
+            argv += ["--dst-nat", endpoint(*nat_dst)]
         argv += ["-t", str(entry.timeout)]
         if entry.tcp_state is not None:
             argv += ["--state", TCP_STATES[entry.tcp_state].upper().replace("-", "_")]

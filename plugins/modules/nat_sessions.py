@@ -51,13 +51,28 @@ options:
     type: dict
   src:
     description:
-      - Path on the managed host of the state document to apply, as JSON, or gzip-compressed JSON when the
+      - Paths on the managed host of the state documents to apply, as JSON, or gzip-compressed JSON when the
         name ends in C(.gz).
-    type: path
+      - Several are applied as one, in order: a full snapshot, then the deltas taken after it (O(since)).
+      - A session's lifetime is counted down by the time since its snapshot was taken; one that has run out
+        (or has under two seconds left) is let go, as it is on the source.
+    type: list
+    elements: path
   dest:
     description:
       - With V(gathered), write the document to this path on the managed host (mode 0600, gzip-compressed
         when the name ends in C(.gz)) instead of returning it.
+    type: path
+  base:
+    description:
+      - With V(gathered), a document (such as the rules gathered by M(nfstate.migration.nat_rules)) whose
+        instance receives the sessions, so that one document holds the NAT's rules and its sessions.
+    type: dict
+  since:
+    description:
+      - With V(gathered), the path on the managed host of an earlier full snapshot. The document written is
+        then a delta against it: sessions that are new or whose binding changed, and sessions that ended,
+        flagged C(nfstate-nat:removed). Sessions whose binding is unchanged are left out.
     type: path
   running_config:
     description:
@@ -177,6 +192,27 @@ dest:
   returned: state is gathered and dest is given
   type: str
   sample: /var/tmp/nfstate/sessions.json.gz
+delta_added:
+  description: With O(since), the number of new or re-bound sessions in the delta.
+  returned: state is gathered and since is given
+  type: int
+  sample: 14
+delta_removed:
+  description: With O(since), the number of sessions the delta flags removed.
+  returned: state is gathered and since is given
+  type: int
+  sample: 3
+expired:
+  description: Sessions of the documents whose lifetime ran out since their snapshot; they are not applied.
+  returned: state is merged, replaced or deleted
+  type: int
+  sample: 0
+skipped:
+  description: Entries of O(running_config) that could not be read as sessions (the XML has no ICMP identifiers).
+  returned: state is parsed
+  type: list
+  elements: str
+  sample: ["icmp 192.0.2.10 -> 203.0.113.20: the XML carries no ICMP type, code or identifier"]
 sessions:
   description: Number of sessions gathered, parsed or in the applied document.
   returned: always
@@ -249,8 +285,10 @@ def main():
             state=dict(type="str", default="merged",
                        choices=["gathered", "parsed", "rendered", "merged", "replaced", "deleted"]),
             config=dict(type="dict"),
-            src=dict(type="path"),
+            src=dict(type="list", elements="path"),
             dest=dict(type="path"),
+            base=dict(type="dict"),
+            since=dict(type="path"),
             running_config=dict(type="str"),
             instance_name=dict(type="str", default="nat"),
             selectors=dict(type="dict", options=dict(
@@ -276,13 +314,14 @@ def main():
         if state == "parsed":
             result = parse_sessions(params["running_config"], params["instance_name"])
         elif state == "gathered":
-            result = gather_sessions(selectors, params["instance_name"], params["dest"], module.check_mode)
+            result = gather_sessions(selectors, params["instance_name"], params["dest"], module.check_mode,
+                                     base=params["base"], since=params["since"])
         elif state == "rendered":
-            result = render_sessions(_document(module))
+            result = render_sessions(_documents(module))
         else:
-            document = _document(module) if (params["config"] or params["src"]) else None
+            documents = _documents(module) if (params["config"] or params["src"]) else None
             result = apply_sessions(
-                document, state, selectors,
+                documents, state, selectors,
                 best_effort=params["best_effort"], liberal=params["liberal"], check_mode=module.check_mode,
             )
     except SessionApplyError as error:
@@ -299,17 +338,19 @@ def main():
     module.exit_json(**result)
 
 
-def _document(module):
-    """The document to apply: given inline, or read from a file on the host."""
+def _documents(module):
+    """The documents to apply, with a label each for messages: given inline, or read on the host."""
     if module.params["config"] is not None:
-        return module.params["config"]
-    path = module.params["src"]
-    if not os.path.exists(path):
-        module.fail_json(msg="state document %s does not exist on the host" % path)
-    try:
-        return read_document(path)
-    except (OSError, ValueError) as error:
-        module.fail_json(msg="cannot read state document %s: %s" % (path, error))
+        return [(module.params["config"], "config")]
+    documents = []
+    for path in module.params["src"]:
+        if not os.path.exists(path):
+            module.fail_json(msg="state document %s does not exist on the host" % path)
+        try:
+            documents.append((read_document(path), path))
+        except (OSError, ValueError) as error:
+            module.fail_json(msg="cannot read state document %s: %s" % (path, error))
+    return documents
 
 
 if __name__ == "__main__":

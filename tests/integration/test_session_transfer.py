@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -27,10 +28,8 @@ BINDING_FIELDS = ("transport-protocol", "internal-src-address", "internal-src-po
 
 
 def ansible_playbook(lab, *args):
-    command = [os.path.join(os.path.dirname(os.path.realpath(os.sys.executable)), "ansible-playbook")]
-    if not os.path.exists(command[0]):
-        command = ["ansible-playbook"]
-    return subprocess.run(command + list(args), env=lab.env, capture_output=True, text=True, timeout=300)
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook")] + list(args)
+    return subprocess.run(command, env=lab.env, capture_output=True, text=True, timeout=300)
 
 
 def load(path):

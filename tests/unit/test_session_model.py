@@ -343,8 +343,9 @@ def test_bad_selectors(selectors, path):
 def _many(count):
     entries = []
     for i in range(count):
-        orig = FlowTuple(V4, 6, "192.0.2.%d" % (i % 250 + 1), "203.0.113.%d" % (i % 200 + 1), 1024 + i % 60000, 443)
-        reply = FlowTuple(V4, 6, orig.dst, "198.51.100.1", 443, 20000 + i % 40000)
+        # Distinct sessions, as in a real table: no two share an original or a reply tuple.
+        orig = FlowTuple(V4, 6, "192.0.2.%d" % (i // 60000 + 1), "203.0.113.%d" % (i % 200 + 1), 1024 + i % 60000, 443)
+        reply = FlowTuple(V4, 6, orig.dst, "198.51.100.%d" % (i // 60000 + 1), 443, 1024 + i % 60000)
         entries.append(ConntrackEntry(orig, reply, SEEN | IPS_SRC_NAT, 300, 0, 0, None, 3, 7, 7, 0x23, 0x23))
     return entries
 

@@ -247,9 +247,9 @@ def test_uncompiled_constraints_fall_back_to_yangson(good, monkeypatch):
 def test_hundred_thousand_sessions_validate_in_seconds():
     entries = []
     for i in range(100000):
-        orig = FlowTuple(socket.AF_INET, 6, "192.0.2.%d" % (i % 250 + 1), "203.0.113.%d" % (i % 200 + 1),
+        orig = FlowTuple(socket.AF_INET, 6, "192.0.2.%d" % (i // 60000 + 1), "203.0.113.%d" % (i % 200 + 1),
                          1024 + i % 60000, 443)
-        reply = FlowTuple(socket.AF_INET, 6, orig.dst, "198.51.100.1", 443, 20000 + i % 40000)
+        reply = FlowTuple(socket.AF_INET, 6, orig.dst, "198.51.100.%d" % (i // 60000 + 1), 443, 1024 + i % 60000)
         entries.append(ConntrackEntry(orig, reply, IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT,
                                       300, 0, 0, None, 3, 7, 7, 0x23, 0x23))
     doc = snapshot_document(entries)
