@@ -180,9 +180,13 @@ def _age(document, now):
     taken_at = instance(document).get(SNAPSHOT, {}).get("taken-at")
     if not taken_at:
         return 0
+    # A document read on the host has not been through the YANG validator: a time that is not
+    # date-and-time text must not end the module with a traceback.
     try:
         moment = datetime.datetime.fromisoformat(taken_at.replace("Z", "+00:00"))
-    except ValueError:
+    except (AttributeError, ValueError):
+        return 0
+    if moment.tzinfo is None:
         return 0
     return max(0, int((now - moment).total_seconds()))
 

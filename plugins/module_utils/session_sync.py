@@ -46,7 +46,11 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
     if state == "deleted":
         if desired is None:
             return Plan([], list(selected), [], [])
-        delete = [by_key[session_key(w)] for w in desired if session_key(w) in by_key]
+        # Only the selection, and only the document's session itself: the host's own connection or
+        # a newer session with the same tuple but another binding is not what the document names.
+        held = dict((session_key(e), e) for e in selected)
+        delete = [held[session_key(w)] for w in desired
+                  if session_key(w) in held and held[session_key(w)].reply == w.reply]
         return Plan([], delete, [], [])
 
     delete = []

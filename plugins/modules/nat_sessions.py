@@ -310,6 +310,9 @@ def main():
     params = module.params
     state = params["state"]
     selectors = params["selectors"] or {}
+    if selectors.get("mark") is None:
+        # mark_mask has a default, filled in even when no mark is given; alone it selects nothing.
+        selectors = dict(selectors, mark_mask=None)
     try:
         if state == "parsed":
             result = parse_sessions(params["running_config"], params["instance_name"])

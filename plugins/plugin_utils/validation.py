@@ -7,6 +7,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
+
 # How many errors a failure message spells out; all of them are in the result's `errors`.
 ERRORS_IN_MESSAGE = 10
 
@@ -29,6 +31,12 @@ def validation_errors(document):
 
 def validation_failure(document, what):
     """None when `document` is valid, else a failed task result naming every error."""
+    # Task arguments arrive as Ansible's tagged containers (dict, list and str subclasses); the
+    # validator checks JSON types exactly, so it is given plain JSON.
+    try:
+        document = json.loads(json.dumps(document))
+    except (TypeError, ValueError) as error:
+        return dict(failed=True, msg="%s is not a JSON document: %s" % (what, error))
     try:
         errors = validation_errors(document)
     except RuntimeError as error:

@@ -676,12 +676,12 @@ class _Leaf(object):
                 if low <= raw <= high:
                     return None
             return _type_problem(self.dtype, raw)
+        if cls is list or cls is dict:   # unhashable (an empty leaf is [null]): not cached
+            return _type_problem(self.dtype, raw)
         try:
             return self.caches[cls][raw]
         except KeyError:
             pass
-        except TypeError:   # unhashable: a list or an object
-            return _type_problem(self.dtype, raw)
         problem = _type_problem(self.dtype, raw)
         cache = self.caches.setdefault(cls, {})
         if len(cache) >= CACHED_VALUES:

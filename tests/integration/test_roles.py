@@ -141,7 +141,8 @@ def test_roles_move_freeze_and_clean_up_both_ways(lab, tmp_path):
     assert len(forward["policy"]) == LAB_RULES and forward["mapping-table"]["mapping-entry"]
     applied = read_json(snapshots / "forward-applied.json")
     assert applied["rules"] == LAB_RULES
-    assert applied["created"] + applied["unchanged"] == gathered["gathered"]["sessions"]
+    assert applied["created"] + applied["unchanged"] + applied["expired"] == gathered["gathered"]["sessions"]
+    assert applied["created"] >= 4
     assert not applied["conflicts"] and not applied["failed_sessions"]
 
     assert_translated_like_the_source(new_streams(lab))
@@ -172,7 +173,9 @@ def test_roles_move_freeze_and_clean_up_both_ways(lab, tmp_path):
     precopy = read_json(snapshots / "precopy-gathered.json")
     delta = read_json(snapshots / "delta-gathered.json")
     assert precopy["gathered"]["rules"] == LAB_RULES and not precopy["gathered"]["delta"]
-    assert delta["gathered"]["delta"] and delta["gathered"]["sessions"] == delta["validated"]["sessions"]
+    assert delta["gathered"]["delta"] and delta["gathered"]["rules"] == LAB_RULES == delta["validated"]["rules"]
+    assert delta["gathered"]["sessions"] + delta["gathered"]["removed"] == delta["validated"]["sessions"]
+    assert delta["gathered"]["host_sessions"] >= 4
     assert read_json(snapshots / "precopy-applied.json")["rules"] == LAB_RULES
     saved = lab.run("nat-a", ["iptables-legacy-save", "-t", "nat"]).stdout
     assert "-A NFSTATE-POST" in saved and "-A NFSTATE-PRE" in saved

@@ -1,0 +1,101 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Turn the moments a migration noted into its report, as data and as lines a person reads."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: migration_report
+short_description: Build the report of a NAT migration from its phase marks and transfers
+version_added: 0.1.0
+author: nfstate.migration contributors (!UNKNOWN)
+description:
+  - Used by the C(nfstate.migration.migrate_nat) playbook. Computes each phase's duration, the freeze
+    window (from the moment the source stopped taking new sessions to the end of the redirect) and the
+    bytes moved, raw and compressed.
+positional: transfers, extra
+options:
+  _input:
+    description: The phase marks, a list of C({phase, at}) with C(at) in seconds since the epoch, in order.
+    type: list
+    elements: dict
+    required: true
+  transfers:
+    description: Per snapshot (C(precopy), C(delta)), its C(sessions), C(rules), C(bytes_raw) and C(bytes_compressed).
+    type: dict
+    required: true
+  extra:
+    description: Anything else to carry into the report (hosts, counts, the redirect gap).
+    type: dict
+    default: {}
+"""
+
+EXAMPLES = r"""
+- name: Build the report
+  ansible.builtin.set_fact:
+    report: "{{ nfstate_marks | nfstate.migration.migration_report(nfstate_transfers, {'source': 'nat-a'}) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The report, with C(phases) (name and seconds), C(total_seconds), C(freeze_window_seconds), C(bytes) and C(transfers).
+  type: dict
+"""
+
+
+def migration_report(marks, transfers, extra=None):
+    phases = []
+    for before, after in zip(marks, marks[1:]):
+        phases.append({"phase": after["phase"], "seconds": round(float(after["at"]) - float(before["at"]), 3)})
+    moments = dict((m["phase"], float(m["at"])) for m in marks)
+    report = dict(extra or {})
+    report["phases"] = phases
+    report["total_seconds"] = round(float(marks[-1]["at"]) - float(marks[0]["at"]), 3) if marks else 0.0
+    if "pre-copy" in moments and "redirect" in moments:
+        # New connections wait from the freeze, which follows the pre-copy, until the target serves.
+        report["freeze_window_seconds"] = round(moments["redirect"] - moments["pre-copy"], 3)
+    report["transfers"] = transfers
+    report["bytes"] = {
+        "raw": sum(int(t.get("bytes_raw", 0)) for t in transfers.values()),
+        "compressed": sum(int(t.get("bytes_compressed", 0)) for t in transfers.values()),
+    }
+    return report
+
+
+def migration_report_lines(report):
+    """The report as short lines: one per phase, then what moved."""
+    lines = ["%-10s %8.3f s" % (p["phase"], p["seconds"]) for p in report.get("phases", [])]
+    lines.append("%-10s %8.3f s" % ("total", report.get("total_seconds", 0.0)))
+    for name, moved in sorted(report.get("transfers", {}).items()):
+        lines.append("%-10s %d sessions, %d rules, %s raw, %s compressed" % (
+            name, moved.get("sessions", 0), moved.get("rules", 0),
+            _size(moved.get("bytes_raw", 0)), _size(moved.get("bytes_compressed", 0))))
+    for key, label in (("delta_removed", "ended during the migration"),):
+        if key in report:
+            lines.append("%-10s %d sessions %s" % ("", report[key], label))
+    if "freeze_window_seconds" in report:
+        lines.append("freeze window (new connections wait): %.3f s" % report["freeze_window_seconds"])
+    if report.get("redirect_gap_ms") is not None:
+        lines.append("redirect gap (address move and announcement): %.1f ms" % float(report["redirect_gap_ms"]))
+    return lines
+
+
+def _size(count):
+    count = int(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return ("%d %s" % (count, unit)) if unit == "B" else ("%.1f %s" % (count, unit))
+        count /= 1024.0
+    return str(count)
+
+
+class FilterModule(object):
+
+    def filters(self):
+        return {
+            "migration_report": migration_report,
+            "migration_report_lines": migration_report_lines,
+        }

@@ -1,0 +1,145 @@
+"""The main job end to end: ansible-playbook nfstate.migration.migrate_nat over SSH in the lab, with
+live flows (TCP, UDP, ping, a port forward; IPv4 and IPv6) that must not lose a byte nor see their
+translated address or port change; and the faults that must leave the source serving."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.nfstate.migration.lab.flows import FlowSet, format_results, new_connection_ok
+from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+
+ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+
+
+def migrate(lab, source, target, snapshots, *extra, timeout=600):
+    argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_source=%s" % source,
+            "-e", "nfstate_target=%s" % target, "-e", "nfstate_snapshot_dir=%s" % snapshots] + list(extra)
+    return subprocess.run(argv, env=lab.env, capture_output=True, text=True, timeout=timeout)
+
+
+def only_report(snapshots):
+    runs = sorted(os.listdir(snapshots))
+    with open(os.path.join(snapshots, runs[-1], "report.json")) as handle:
+        return json.load(handle)
+
+
+def assert_flows_whole(results):
+    assert FlowSet.healthy(results), format_results(results)[:4000]
+    for name, result in results.items():
+        assert len(result["peers"]) == 1, (name, result["peers"])
+
+
+@pytest.fixture()
+def lab(request):
+    options = getattr(request, "param", {})
+    with Lab("mg", **options) as built:
+        yield built
+
+
+@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables",
+                                      target_devices="lan1,wan1")], indirect=True)
+def test_iptables_to_nftables_and_back(lab, tmp_path):
+    """iptables (legacy) -> nftables on a target whose devices are named differently, then back."""
+    assert lab.devices["nat-b"] != lab.devices["nat-a"]
+    with FlowSet(lab, duration=240) as flows:
+        time.sleep(1.0)
+        run = migrate(lab, "nat-a", "nat-b", tmp_path / "there")
+        assert run.returncode == 0, run.stdout[-5000:]
+        assert lab.service_holder() == "nat-b"
+        time.sleep(2.0)
+        there = flows.results()
+        assert all(r["ok"] is not False for r in there.values()), format_results(there)[:4000]
+
+        # A second run, the way back, converges: the flows keep going through nat-a again.
+        back = migrate(lab, "nat-b", "nat-a", tmp_path / "back")
+        assert back.returncode == 0, back.stdout[-5000:]
+        assert lab.service_holder() == "nat-a"
+        time.sleep(2.0)
+        results = flows.stop()
+    assert_flows_whole(results)
+    assert new_connection_ok(lab)
+
+    report = only_report(tmp_path / "there")
+    assert report["sessions"] >= 8 and report["rules"] >= 6
+    assert [p["phase"] for p in report["phases"]] == ["preflight", "pre-copy", "freeze", "delta", "redirect", "cleanup"]
+    assert 0 < report["bytes"]["compressed"] < report["bytes"]["raw"]
+    assert report["freeze_window_seconds"] > 0
+    assert "Migrated nat-a (iptables) to nat-b (nftables)" in run.stdout
+
+
+@pytest.mark.parametrize("lab", [dict(source_impl="nftables", target_impl="iptables-legacy")], indirect=True)
+def test_nftables_to_iptables(lab, tmp_path):
+    with FlowSet(lab, duration=120) as flows:
+        time.sleep(1.0)
+        run = migrate(lab, "nat-a", "nat-b", tmp_path)
+        assert run.returncode == 0, run.stdout[-5000:]
+        time.sleep(2.0)
+        results = flows.stop()
+    assert_flows_whole(results)
+    assert lab.service_holder() == "nat-b"
+    assert new_connection_ok(lab)
+
+
+@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
+def test_port_collision_on_target_rolls_back(lab, tmp_path):
+    """A session on the target already holds a translated address and port the source uses: the
+    playbook fails naming it, touches nothing, and every flow continues through the source."""
+    with FlowSet(lab, duration=120) as flows:
+        time.sleep(1.0)
+        taken = flows.results()["tcp4"]["peers"][0]  # 203.0.113.1:PORT, as the server sees it
+        address, port = taken.rsplit(":", 1)
+        server = lab.addresses["server"][4]
+        lab.run("nat-b", ["nft", "add", "table", "ip", "probe"])
+        lab.run("nat-b", ["nft", "add", "chain", "ip", "probe", "post",
+                          "{ type nat hook postrouting priority 100 ; }"])
+        # Another client's session, translated to the very address and port of the live TCP flow.
+        lab.run("nat-b", ["conntrack", "-I", "-p", "tcp", "-s", "192.0.2.99", "-d", server,
+                          "--sport", "41000", "--dport", "5001", "--src-nat", "%s:%s" % (address, port),
+                          "--state", "ESTABLISHED", "-t", "600", "-u", "SEEN_REPLY,ASSURED"])
+        before = lab.run("nat-b", ["conntrack", "-L"]).stdout
+        run = migrate(lab, "nat-a", "nat-b", tmp_path)
+        after = lab.run("nat-b", ["conntrack", "-L"]).stdout
+        time.sleep(1.0)
+        results = flows.stop()
+    assert run.returncode != 0
+    assert "translated address and port are taken" in run.stdout
+    assert "rolled back" in run.stdout
+    assert sorted(before.splitlines()) == sorted(after.splitlines()) or "192.0.2.99" in after
+    assert lab.service_holder() == "nat-a"
+    assert_flows_whole(results)
+    assert new_connection_ok(lab)
+
+
+@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
+def test_controller_killed_after_freeze_source_unfreezes_itself(lab, tmp_path):
+    deadline = 8
+    argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_source=nat-a",
+            "-e", "nfstate_target=nat-b", "-e", "nfstate_snapshot_dir=%s" % tmp_path,
+            "-e", "nfstate_freeze_deadline=%d" % deadline]
+    controller = subprocess.Popen(argv, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, start_new_session=True)
+    frozen_at = None
+    try:
+        for line in controller.stdout:
+            if "TASK [Mark the freeze]" in line:
+                frozen_at = time.monotonic()
+                os.killpg(controller.pid, signal.SIGKILL)
+                break
+    finally:
+        if controller.poll() is None:
+            os.killpg(controller.pid, signal.SIGKILL)
+        controller.wait()
+    assert frozen_at is not None, "the playbook never reached the freeze"
+    assert not new_connection_ok(lab, timeout=1.0), "the source was not frozen"
+    while time.monotonic() < frozen_at + deadline + 2:
+        time.sleep(0.5)
+    assert new_connection_ok(lab, timeout=2.0), "the source did not unfreeze by itself"
+    assert lab.service_holder() == "nat-a"
