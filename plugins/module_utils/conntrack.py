@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: nfstate.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The kernel's conntrack table over ctnetlink: dump, re-create with NAT binding, delete.
+"""The kernel's conntrack table over ctnetlink: dump, re-create with NAT binding, refresh, delete.
 
 Speed matters (a NAT holds 100k sessions and the migration's downtime waits for them), and the
 time goes into Python building and parsing messages, not into the kernel. So both directions work
@@ -238,6 +238,18 @@ def _nat_node(atype, family, addr_field, port_field):
     return _nest(atype, *children)
 
 
+def _tcp_protoinfo_node():
+    return _nest(CTA_PROTOINFO, _nest(
+        CTA_PROTOINFO_TCP,
+        _attr(CTA_PROTOINFO_TCP_STATE, ("B", F_STATE)),
+        _attr(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, ("B", F_WSO)),
+        _attr(CTA_PROTOINFO_TCP_WSCALE_REPLY, ("B", F_WSR)),
+        # struct nf_ct_tcp_flags {flags, mask}: the mask says which flags to set.
+        _attr(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, ("B", F_FLO), b"\xff"),
+        _attr(CTA_PROTOINFO_TCP_FLAGS_REPLY, ("B", F_FLR), b"\xff"),
+    ))
+
+
 NAT_NONE, NAT_ADDR, NAT_ADDR_PORT = 0, 1, 2
 
 
@@ -255,21 +267,34 @@ def create_template(family, proto, nat_src, nat_dst, labels, protoinfo):
         nodes.append(_attr(CTA_LABELS, ("%ds" % LABELS_LEN, F_LABELS)))
         nodes.append(_attr(CTA_LABELS_MASK, b"\xff" * LABELS_LEN))
     if protoinfo:
-        nodes.append(_nest(CTA_PROTOINFO, _nest(
-            CTA_PROTOINFO_TCP,
-            _attr(CTA_PROTOINFO_TCP_STATE, ("B", F_STATE)),
-            _attr(CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, ("B", F_WSO)),
-            _attr(CTA_PROTOINFO_TCP_WSCALE_REPLY, ("B", F_WSR)),
-            # struct nf_ct_tcp_flags {flags, mask}: the mask says which flags to set.
-            _attr(CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, ("B", F_FLO), b"\xff"),
-            _attr(CTA_PROTOINFO_TCP_FLAGS_REPLY, ("B", F_FLR), b"\xff"),
-        )))
+        nodes.append(_tcp_protoinfo_node())
     if nat_src:
         nodes.append(_nat_node(CTA_NAT_SRC, family, F_NSADDR, F_NSPORT if nat_src == NAT_ADDR_PORT else None))
     if nat_dst:
         nodes.append(_nat_node(CTA_NAT_DST, family, F_NDADDR, F_NDPORT if nat_dst == NAT_ADDR_PORT else None))
     flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL  # NLM_F_ACK: the socket decides
     return MessageTemplate(CT_NEW, flags, family, nodes)
+
+
+def update_template(family, proto, mark, labels, protoinfo):
+    """The CT_NEW message that changes an existing entry, found by its original tuple and zone.
+
+    Without NLM_F_CREATE the kernel only updates; the NAT attributes are left out because it
+    refuses them on an existing entry, and so is the status (it refuses most changes of it).
+    """
+    nodes = [
+        _tuple_node(CTA_TUPLE_ORIG, family, proto),
+        _attr(CTA_ZONE, ("H", F_ZONE)),
+        _attr(CTA_TIMEOUT, ("I", F_TIMEOUT)),
+    ]
+    if mark:
+        nodes.append(_attr(CTA_MARK, ("I", F_MARK)))
+    if labels:
+        nodes.append(_attr(CTA_LABELS, ("%ds" % LABELS_LEN, F_LABELS)))
+        nodes.append(_attr(CTA_LABELS_MASK, b"\xff" * LABELS_LEN))
+    if protoinfo:
+        nodes.append(_tcp_protoinfo_node())
+    return MessageTemplate(CT_NEW, NLM_F_REQUEST, family, nodes)
 
 
 def delete_template(family, proto):
@@ -367,6 +392,37 @@ class _MessageBuilder(object):
                     addr[reply.dst] if nat_src else None, nsport,
                     addr[reply.src] if nat_dst else None, ndport,
                 ) + template.consts))
+            except (KeyError, OSError, TypeError, ValueError, AttributeError, struct.error):
+                failures.append((entry, errno.EINVAL))
+                continue
+            order.append(index)
+            yield message
+
+    def update_messages(self, entries, liberal, failures, order):
+        """Yield a CT_NEW update message per entry (timeout, mark, labels, TCP protoinfo), like
+        create_messages(). liberal must be what the entries were created with: the TCP flags are
+        written whole (mask 0xff), so an update without the bit would take it away."""
+        packers = {socket.AF_INET: _PackedAddresses(socket.AF_INET), socket.AF_INET6: _PackedAddresses(socket.AF_INET6)}
+        liberal_bit = IP_CT_TCP_FLAG_BE_LIBERAL if liberal else 0
+        for index, entry in enumerate(entries):
+            try:
+                orig = entry.orig
+                family, proto = orig.family, orig.proto
+                mark, labels = entry.mark, entry.labels
+                protoinfo = proto == IPPROTO_TCP and entry.tcp_state is not None
+                template = self._template((family, proto, mark is not None, labels is not None, protoinfo),
+                                          update_template)
+                if protoinfo:
+                    tcp = (entry.tcp_state, entry.tcp_wscale_orig or 0, entry.tcp_wscale_reply or 0,
+                           (entry.tcp_flags_orig or 0) | liberal_bit, (entry.tcp_flags_reply or 0) | liberal_bit)
+                else:
+                    tcp = (None,) * 5
+                icmp = proto in _ICMP_PROTOS
+                addr = packers[family]
+                message = template.pack((
+                    addr[orig.src], addr[orig.dst], orig.sport, 0 if icmp else orig.dport,
+                    orig.icmp_type, orig.icmp_code, None, None, entry.timeout, mark, entry.zone or 0, labels,
+                ) + tcp + (None,) * (_NFIELDS - 17))
             except (KeyError, OSError, TypeError, ValueError, AttributeError, struct.error):
                 failures.append((entry, errno.EINVAL))
                 continue
@@ -650,6 +706,19 @@ class Conntrack(object):
         failures, order = [], []
         messages = self._builder.create_messages(entries, liberal, failures, order)
         return self._transact(entries, messages, failures, order, "create")
+
+    def update(self, entries, liberal=True):
+        """Refresh existing entries in place. Returns [(entry, errno)] of those refused.
+
+        Each entry, found by its original tuple and zone, gets the entry's timeout and, where the
+        entry has them, its mark, labels and TCP state, window scale and flags (liberal as in
+        create()). Its NAT binding stays as it is: the kernel takes NAT attributes only on creation.
+        Typical error: ENOENT (the entry is gone, its lifetime ran out).
+        """
+        entries = entries if isinstance(entries, list) else list(entries)
+        failures, order = [], []
+        messages = self._builder.update_messages(entries, liberal, failures, order)
+        return self._transact(entries, messages, failures, order, "update")
 
     def delete(self, entries):
         """Delete entries (found by original tuple and zone). Returns [(entry, errno)] failures."""

@@ -46,13 +46,22 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     select,
     session_key,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan, render_command
+from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import (
+    REFRESH_SLACK,
+    plan,
+    render_command,
+)
 
 # How many problems an error message lists before it says "and N more".
 LISTED = 10
 # A session with less lifetime left than this when it would be applied is let go: it is ending on
 # the source as well, and re-creating it would only race its expiry.
 EXPIRY_MARGIN = 2
+# A delta carries a session whose binding is unchanged when the source refreshed it and the target's
+# copy has less than this left (seconds): a UDP or ICMP flow (30 to 180 s) kept alive by traffic.
+# A TCP connection with days to live is never carried, so a delta grows with what changed, not
+# with the table.
+REFRESH_HORIZON = 600
 
 
 class SessionApplyError(Exception):
@@ -78,25 +87,42 @@ def build_document(entries, instance_name, base=None, kind="full"):
     return document
 
 
-def delta_document(entries, previous, instance_name, base=None):
-    """What changed since `previous` (a full snapshot's sessions): new or re-bound sessions, and the
-    ended or re-bound ones flagged removed. A session whose binding is the same is left out: its
-    timeout and TCP state move on by themselves on the target."""
+def delta_document(entries, previous, instance_name, base=None, elapsed=0):
+    """What changed since `previous` (a full snapshot's sessions, taken `elapsed` seconds before
+    `entries` were read): new or re-bound sessions, refreshed ones at risk (see refreshed_at_risk),
+    and the ended or re-bound ones flagged removed. Any other session whose binding is the same is
+    left out: its timeout and TCP state move on by themselves on the target.
+    Returns (document, added, removed, refreshed)."""
     before = dict((session_key(e), e) for e in previous)
     now = dict((session_key(e), e) for e in entries)
     added = [e for key, e in now.items() if key not in before or before[key].reply != e.reply]
+    refreshed = [e for key, e in now.items()
+                 if key in before and before[key].reply == e.reply and refreshed_at_risk(before[key], e, elapsed)]
     removed = [e for key, e in before.items() if key not in now or now[key].reply != e.reply]
-    document = build_document(added, instance_name, base, kind="delta")
-    first = len(added) + 1
+    document = build_document(added + refreshed, instance_name, base, kind="delta")
+    first = len(added) + len(refreshed) + 1
     mappings = instance(document)["mapping-table"]["mapping-entry"]
     mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, first))
     set_mapping_entries(document, mappings)
-    return document, len(added), len(removed)
+    return document, len(added), len(removed), len(refreshed)
+
+
+def refreshed_at_risk(before, now, elapsed):
+    """Whether a session with an unchanged binding must travel in a delta anyway.
+
+    The target's copy was made from `before` and has counted down since: `elapsed` seconds less.
+    The source's traffic kept the session alive meanwhile (its lifetime now is longer than that by
+    more than the slack), and that copy runs out within the horizon: without the delta the target
+    would lose a live flow if the migration outlasts it.
+    """
+    left_on_target = before.timeout - elapsed
+    return now.timeout - left_on_target > REFRESH_SLACK and left_on_target < REFRESH_HORIZON
 
 
 def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=None, since=None):
     with Conntrack() as conntrack:
         entries = _selected(conntrack.dump(translated_only=True), selectors)
+    read_at = datetime.datetime.now(datetime.timezone.utc)
     result = dict(changed=False, sessions=len(entries))
     if since is None:
         document = build_document(entries, instance_name, base)
@@ -104,8 +130,9 @@ def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=
         previous = _read(since)
         if instance(previous).get(SNAPSHOT, {}).get("kind") == "delta":
             raise SessionApplyError("%s is a delta snapshot; give the full snapshot a delta is taken against" % since)
-        document, added, removed = delta_document(entries, _sessions(previous, since).present, instance_name, base)
-        result.update(delta_added=added, delta_removed=removed)
+        document, added, removed, refreshed = delta_document(
+            entries, _sessions(previous, since).present, instance_name, base, elapsed=_age(previous, read_at))
+        result.update(delta_added=added, delta_removed=removed, delta_refreshed=refreshed)
     if dest is None:
         result["gathered"] = document
         return result
@@ -221,25 +248,38 @@ def apply_sessions(documents, state, selectors, best_effort=False, liberal=True,
                 conflicts=conflicts,
             )
         check_room(len(todo.create), len(todo.delete), conntrack_count(), conntrack_max())
-        commands = ([render_command(e, "delete") for e in todo.delete]
+        commands = ([render_command(e, "update") for e in todo.refresh]
+                    + [render_command(e, "delete") for e in todo.delete]
                     + [render_command(e, "create") for e in todo.create])
         result = dict(
             changed=bool(commands), sessions=len(desired) if desired is not None else len(selected),
             before=len(selected), created=len(todo.create), deleted=len(todo.delete),
-            unchanged=len(todo.unchanged), expired=len(wanted.expired) if wanted else 0,
+            unchanged=len(todo.unchanged), refreshed=len(todo.refresh),
+            expired=len(wanted.expired) if wanted else 0,
             all_commands=commands, conflicts=conflicts, failed_sessions=[],
         )
         if not check_mode and commands:
             failed = _carry_out(conntrack, todo, liberal, best_effort)
             result["failed_sessions"] = failed
-            result["created"] -= len([f for f in failed if f.startswith("create ")])
-            result["deleted"] -= len([f for f in failed if f.startswith("delete ")])
+            for key, action in (("created", "create "), ("deleted", "delete "), ("refreshed", "refresh ")):
+                result[key] -= len([f for f in failed if f.startswith(action)])
     result["after"] = result["before"] - result["deleted"] + result["created"]
     return result
 
 
 def _carry_out(conntrack, todo, liberal, best_effort):
-    """Delete, then create; on a refusal (without best effort) put everything back as it was."""
+    """Refresh, delete, then create; on a refusal (without best effort) stop, and put back what
+    deleting and creating changed. Refreshes come first and are not undone: they only give sessions
+    the host already holds the lifetime they have on the source."""
+    refresh_failures = _refresh(conntrack, todo.refresh, liberal)
+    if refresh_failures and not best_effort:
+        lines = ["%s: %s" % (describe(e), strerror(code)) for e, code in refresh_failures]
+        raise SessionApplyError(
+            "the kernel refused to refresh %d session(s); nothing else was applied: %s"
+            % (len(lines), _listing(lines)),
+            failed_sessions=lines,
+        )
+    refreshed = ["refresh %s: %s" % (describe(e), strerror(code)) for e, code in refresh_failures]
     deletion_failures = [(e, code) for e, code in conntrack.delete(todo.delete) if code != errno.ENOENT]
     if deletion_failures and not best_effort:
         _restore(conntrack, todo.delete, deletion_failures, [])
@@ -248,8 +288,18 @@ def _carry_out(conntrack, todo, liberal, best_effort):
     if creation_failures and not best_effort:
         _restore(conntrack, todo.delete, deletion_failures, todo.create, creation_failures)
         raise _kernel_refusal("create", creation_failures)
-    return (["delete %s: %s" % (describe(e), strerror(code)) for e, code in deletion_failures]
+    return (refreshed
+            + ["delete %s: %s" % (describe(e), strerror(code)) for e, code in deletion_failures]
             + ["create %s: %s" % (describe(e), strerror(code)) for e, code in creation_failures])
+
+
+def _refresh(conntrack, entries, liberal):
+    """Extend the lifetime of held sessions; one that ran out between the dump and the update
+    (ENOENT) is created again with its binding, as it still lives on the source."""
+    failures = conntrack.update(entries, liberal=liberal)
+    gone = [e for e, code in failures if code == errno.ENOENT]
+    refused = [(e, code) for e, code in failures if code != errno.ENOENT]
+    return refused + (conntrack.create(gone, liberal=liberal) if gone else [])
 
 
 def _restore(conntrack, deleted, deletion_failures, created, creation_failures=()):

@@ -5,7 +5,9 @@
 
 A session is identified by its zone and original tuple; its *binding* is the translated reply
 tuple. Two entries with the same identity and binding are the same session: timeouts and TCP
-state move on by themselves and never make a re-run report a change.
+state move on by themselves and never make a re-run report a change. The one exception is a
+session the host holds with a lifetime clearly shorter than wanted (its source kept it alive with
+traffic meanwhile): it is refreshed, or it would run out on the host while still in use.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -22,7 +24,15 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
 
-Plan = namedtuple("Plan", ["create", "delete", "unchanged", "conflicts"])
+# refresh: the sessions of `unchanged` whose lifetime the host must extend (Conntrack.update).
+Plan = namedtuple("Plan", ["create", "delete", "unchanged", "conflicts", "refresh"])
+
+# Seconds a held session's lifetime may fall short of the wanted one before it is refreshed: the
+# two are read moments apart and counted in whole seconds, so a re-run must not see a change.
+REFRESH_SLACK = 5
+# TCP states of a connection being closed: the host's own traffic took it there, which is newer
+# than any snapshot, so such a session is never taken back to another state.
+_TCP_CLOSING = frozenset(TCP_STATES.index(s) for s in ("fin-wait", "close-wait", "last-ack", "time-wait", "close"))
 
 # A desired session the host cannot take as it is: `existing` is the entry in the way.
 Conflict = namedtuple("Conflict", ["wanted", "existing", "reason"])
@@ -45,13 +55,13 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
     by_key = dict((session_key(e), e) for e in existing)
     if state == "deleted":
         if desired is None:
-            return Plan([], list(selected), [], [])
+            return Plan([], list(selected), [], [], [])
         # Only the selection, and only the document's session itself: the host's own connection or
         # a newer session with the same tuple but another binding is not what the document names.
         held = dict((session_key(e), e) for e in selected)
         delete = [held[session_key(w)] for w in desired
                   if session_key(w) in held and held[session_key(w)].reply == w.reply]
-        return Plan([], delete, [], [])
+        return Plan([], delete, [], [], [])
 
     delete = []
     for gone in removed:
@@ -67,12 +77,14 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
 
     # A reply tuple names the translated address and port: two sessions may not share one.
     replies_in_use = dict((reply_key(e), e) for e in by_key.values())
-    create, unchanged, conflicts = [], [], []
+    create, unchanged, conflicts, refresh = [], [], [], []
     for wanted in desired:
         key = session_key(wanted)
         current = by_key.get(key)
         if current is not None and current.reply == wanted.reply:
             unchanged.append(wanted)
+            if needs_refresh(current, wanted):
+                refresh.append(wanted)
             continue
         if current is not None:
             if state != "replaced" or key not in selected_keys:
@@ -86,14 +98,25 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
             continue
         replies_in_use[reply_key(wanted)] = wanted
         create.append(wanted)
-    return Plan(create, delete, unchanged, conflicts)
+    return Plan(create, delete, unchanged, conflicts, refresh)
+
+
+def needs_refresh(current, wanted):
+    """Whether the host's copy of a session (same binding) must get the wanted lifetime."""
+    if wanted.timeout - current.timeout <= REFRESH_SLACK:
+        return False
+    return not (current.tcp_state in _TCP_CLOSING and current.tcp_state != wanted.tcp_state)
+
+
+_ACTION_OPTIONS = {"create": "-I", "update": "-U", "delete": "-D"}
 
 
 def render_command(entry, action="create"):
-    """The operation as the conntrack(8) command line an operator would type, for review."""
+    """The operation (create, update or delete) as the conntrack(8) command line an operator would
+    type, for review."""
     orig = entry.orig
     family = "ipv6" if ":" in orig.src else "ipv4"
-    argv = ["conntrack", "-I" if action == "create" else "-D", "-f", family, "-p", str(orig.proto),
+    argv = ["conntrack", _ACTION_OPTIONS[action], "-f", family, "-p", str(orig.proto),
             "-s", orig.src, "-d", orig.dst]
     if is_icmp(orig):
         argv += ["--icmp-type", str(orig.icmp_type), "--icmp-code", str(orig.icmp_code),
@@ -111,6 +134,11 @@ def render_command(entry, action="create"):
         argv += ["-t", str(entry.timeout)]
         if entry.tcp_state is not None:
             argv += ["--state", TCP_STATES[entry.tcp_state].upper().replace("-", "_")]
+        if entry.mark:
+            argv += ["-m", str(entry.mark)]
+    elif action == "update":
+        # The binding stays as it is: only what an update changes.
+        argv += ["-t", str(entry.timeout)]
         if entry.mark:
             argv += ["-m", str(entry.mark)]
     return " ".join(argv)

@@ -36,9 +36,11 @@ options:
       - V(rendered) returns the operations that V(merged) would apply, as C(conntrack) command lines,
         without touching the host.
       - V(merged) creates the document's sessions that are missing. A session that exists with the same
-        binding is left alone; one that exists with a different binding is an error (see O(best_effort)).
+        binding is left alone, but for its lifetime: when the document's is longer by more than 5 seconds
+        (the source kept the session alive meanwhile) it is extended, see RV(refreshed). One that exists
+        with a different binding is an error (see O(best_effort)).
       - V(replaced) makes the selected sessions exactly the document's: others are deleted, those with a
-        different binding are re-created.
+        different binding are re-created, lifetimes are extended as with V(merged).
       - V(deleted) deletes the document's sessions or, without a document, every selected session.
     type: str
     choices: [gathered, parsed, rendered, merged, replaced, deleted]
@@ -72,7 +74,13 @@ options:
     description:
       - With V(gathered), the path on the managed host of an earlier full snapshot. The document written is
         then a delta against it: sessions that are new or whose binding changed, and sessions that ended,
-        flagged C(nfstate-nat:removed). Sessions whose binding is unchanged are left out.
+        flagged C(nfstate-nat:removed).
+      - A session whose binding is unchanged is left out, unless the source refreshed it and the target's
+        copy is at risk of running out while the session is still in use. That is when its lifetime now
+        exceeds what the copy made from the earlier snapshot has left (that snapshot's lifetime minus the
+        seconds between the two snapshots) by more than 5 seconds, and what the copy has left is under
+        600 seconds. In practice a live UDP or ICMP flow; a TCP connection with days to live never is, so
+        the delta grows with what changed, not with the table. These are counted in RV(delta_refreshed).
     type: path
   running_config:
     description:
@@ -124,7 +132,7 @@ attributes:
     description: Computes the operations and reports them, without touching the kernel.
   diff_mode:
     support: full
-    description: Lists the sessions created and deleted.
+    description: Lists the sessions created, refreshed and deleted.
   platform:
     platforms: linux
     description: Needs a Linux kernel with nf_conntrack_netlink; run as root.
@@ -202,6 +210,13 @@ delta_removed:
   returned: state is gathered and since is given
   type: int
   sample: 3
+delta_refreshed:
+  description:
+    - With O(since), the number of sessions the delta carries with an unchanged binding because the source
+      refreshed them and the target's copy would run out (see O(since)); not counted in RV(delta_added).
+  returned: state is gathered and since is given
+  type: int
+  sample: 2
 expired:
   description: Sessions of the documents whose lifetime ran out since their snapshot; they are not applied.
   returned: state is merged, replaced or deleted
@@ -239,16 +254,27 @@ deleted:
   type: int
   sample: 0
 unchanged:
-  description: Number of the document's sessions that were already present with the same binding.
+  description:
+    - Number of the document's sessions that were already present with the same binding (those whose
+      lifetime was extended among them, see RV(refreshed)).
   returned: state is merged or replaced
   type: int
   sample: 12
+refreshed:
+  description:
+    - Number of the sessions present with the same binding whose lifetime was extended to the document's,
+      the host's being shorter by more than 5 seconds (C(conntrack -U) lines in RV(commands)). A second
+      run finds nothing to refresh.
+  returned: state is merged or replaced
+  type: int
+  sample: 2
 commands:
   description: The operations applied (or, in check mode, that would be), as conntrack command lines; the first 1000.
   returned: state is merged, replaced or deleted
   type: list
   elements: str
-  sample: ["conntrack -I -f ipv4 -p 6 -s 192.0.2.10 -d 203.0.113.20 --sport 40000 --dport 5001 --src-nat 203.0.113.1:20001 -t 431999"]
+  sample: ["conntrack -U -f ipv4 -p 17 -s 192.0.2.11 -d 203.0.113.20 --sport 5353 --dport 53 -t 117",
+           "conntrack -I -f ipv4 -p 6 -s 192.0.2.10 -d 203.0.113.20 --sport 40000 --dport 5001 --src-nat 203.0.113.1:20001 -t 431999"]
 conflicts:
   description: Sessions of the document the host could not take as they are, with the reason.
   returned: state is merged or replaced
@@ -336,7 +362,7 @@ def main():
         if module._diff:
             result["diff"] = {
                 "before": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -D " in c),
-                "after": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -I " in c),
+                "after": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -I " in c or " -U " in c),
             }
     module.exit_json(**result)
 

@@ -261,6 +261,45 @@ def test_errors_of_every_kind_map_back_across_batches(table):
     assert list(by_orig(driver(table, "dump"))) == [(good[1].orig, 0)]
 
 
+def test_update_raises_timeouts_and_keeps_the_binding(table):
+    short = [KINDS[k]._replace(timeout=20) for k in ("udp4-snat", "icmp4-snat", "tcp4-dnat", "udp6-dnat", "tcp6-both")]
+    assert driver(table, "create", short) == []
+    created = by_orig(driver(table, "dump"))
+    # What a later snapshot says of the same sessions: refreshed by traffic, another mark and labels,
+    # and (ignored: NAT is given on creation only) a reply tuple naming another binding.
+    refreshed = [e._replace(timeout=500 + n, mark=(e.mark or 0) ^ 1, reply=e.reply._replace(dst=e.reply.src))
+                 for n, e in enumerate(short)]
+    refreshed[3] = refreshed[3]._replace(labels=b"\x00" * 15 + b"\x02")
+    missing = KINDS["tcp4-snat"]._replace(timeout=500)
+    failures = driver(table, "update", refreshed[:2] + [missing] + refreshed[2:], options={"batch_size": 2})
+    assert failures == [(missing, errno.ENOENT)]  # never created by an update
+
+    dumped = by_orig(driver(table, "dump"))
+    assert set(dumped) == set(created)
+    for before, wanted in zip(short, refreshed):
+        got = dumped[(before.orig, before.zone)]
+        was = created[(before.orig, before.zone)]
+        assert wanted.timeout - 5 <= got.timeout <= wanted.timeout, before
+        assert got.reply == before.reply == was.reply, before  # the binding stays
+        assert got.status & IPS_NAT_MASK == was.status & IPS_NAT_MASK
+        assert (got.mark, got.labels) == (wanted.mark, wanted.labels), before
+        if before.orig.proto == 6:
+            # liberal by default, as on creation: the flags are written whole and keep the bit
+            assert (got.tcp_state, got.tcp_wscale_orig, got.tcp_wscale_reply) == \
+                (before.tcp_state, before.tcp_wscale_orig, before.tcp_wscale_reply)
+            assert got.tcp_flags_orig == before.tcp_flags_orig | LIBERAL
+    assert driver(table, "conntrack_count") == len(short)
+
+
+def test_update_can_lower_a_timeout_and_set_a_tcp_state(table):
+    entry = KINDS["tcp4-snat"]._replace(tcp_state=2, timeout=3600)  # syn-recv
+    assert driver(table, "create", [entry]) == []
+    assert driver(table, "update", [entry._replace(tcp_state=3, timeout=90)], liberal=False) == []
+    [got] = driver(table, "dump")
+    assert 85 <= got.timeout <= 90 and got.tcp_state == 3
+    assert got.tcp_flags_orig == entry.tcp_flags_orig  # liberal=False: the bit is cleared
+
+
 def test_table_limits_are_readable_in_a_namespace(table):
     assert driver(table, "conntrack_count") == 0
     assert driver(table, "conntrack_max") > 0

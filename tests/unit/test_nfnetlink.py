@@ -255,6 +255,71 @@ def test_create_messages_reports_unusable_entries_and_keeps_order():
     assert failures == [(bad_family, errno.EINVAL), (bad_address, errno.EINVAL), (mixed_family, errno.EINVAL)]
 
 
+def _ref_update(entry, liberal):
+    """The CT_NEW update request, one attribute at a time: no reply tuple, status or NAT binding."""
+    lib = ct.IP_CT_TCP_FLAG_BE_LIBERAL if liberal else 0
+    attrs = [
+        _ref_tuple(ct.CTA_TUPLE_ORIG, entry.orig),
+        nl.pack_nla(ct.CTA_ZONE, struct.pack(">H", entry.zone)),
+        nl.pack_nla(ct.CTA_TIMEOUT, struct.pack(">I", entry.timeout)),
+    ]
+    if entry.mark is not None:
+        attrs.append(nl.pack_nla(ct.CTA_MARK, struct.pack(">I", entry.mark)))
+    if entry.labels is not None:
+        attrs += [nl.pack_nla(ct.CTA_LABELS, entry.labels), nl.pack_nla(ct.CTA_LABELS_MASK, b"\xff" * 16)]
+    if entry.orig.proto == 6 and entry.tcp_state is not None:
+        attrs.append(nl.pack_nested(ct.CTA_PROTOINFO, nl.pack_nested(
+            ct.CTA_PROTOINFO_TCP,
+            nl.pack_nla(ct.CTA_PROTOINFO_TCP_STATE, bytes([entry.tcp_state])),
+            nl.pack_nla(ct.CTA_PROTOINFO_TCP_WSCALE_ORIGINAL, bytes([entry.tcp_wscale_orig])),
+            nl.pack_nla(ct.CTA_PROTOINFO_TCP_WSCALE_REPLY, bytes([entry.tcp_wscale_reply])),
+            nl.pack_nla(ct.CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, bytes([entry.tcp_flags_orig | lib, 0xff])),
+            nl.pack_nla(ct.CTA_PROTOINFO_TCP_FLAGS_REPLY, bytes([entry.tcp_flags_reply | lib, 0xff])))))
+    return nl.pack_message(ct.CT_NEW, nl.NLM_F_REQUEST, b"".join(attrs), family=entry.orig.family)
+
+
+def _top_level_types(message):
+    return [atype for atype, _o, _n in nl.iter_attrs(message, nl.NFNL_HDRLEN, len(message))]
+
+
+@pytest.mark.parametrize("liberal", [True, False])
+@pytest.mark.parametrize("entry", SAMPLES, ids=range(len(SAMPLES)))
+def test_update_message_equals_attribute_by_attribute_packing(entry, liberal):
+    failures, order = [], []
+    built = list(ct._MessageBuilder().update_messages([entry], liberal, failures, order))
+    assert failures == [] and order == [0]
+    assert built == [_ref_update(entry, liberal)]
+
+
+@pytest.mark.parametrize("entry", SAMPLES, ids=range(len(SAMPLES)))
+def test_update_message_never_creates_and_never_carries_a_binding(entry):
+    [message] = ct._MessageBuilder().update_messages([entry], True, [], [])
+    _length, mtype, flags, _seq, _pid = nl.NLMSGHDR.unpack_from(message)
+    assert mtype == ct.CT_NEW
+    assert flags & (nl.NLM_F_CREATE | nl.NLM_F_EXCL) == 0
+    types = _top_level_types(message)
+    assert ct.CTA_TIMEOUT in types and ct.CTA_TUPLE_ORIG in types
+    # The kernel refuses NAT attributes on an existing entry, and most status changes.
+    assert not set(types) & {ct.CTA_NAT_SRC, ct.CTA_NAT_DST, ct.CTA_TUPLE_REPLY, ct.CTA_STATUS}
+
+
+def test_update_message_leaves_out_what_the_entry_does_not_give():
+    bare = SAMPLES[0]._replace(mark=None, labels=None, tcp_state=None)
+    [message] = ct._MessageBuilder().update_messages([bare], True, [], [])
+    assert _top_level_types(message) == [ct.CTA_TUPLE_ORIG, ct.CTA_ZONE, ct.CTA_TIMEOUT]
+    assert message == _ref_update(bare, True)
+
+
+def test_update_messages_report_unusable_entries_and_keep_order():
+    good = SAMPLES[3]
+    bad_address = good._replace(orig=good.orig._replace(dst="198.51.100.256"))
+    bad_timeout = good._replace(timeout=-1)
+    failures, order = [], []
+    built = list(ct._MessageBuilder().update_messages([bad_address, good, bad_timeout, good], True, failures, order))
+    assert len(built) == 2 and order == [1, 3]
+    assert failures == [(bad_address, errno.EINVAL), (bad_timeout, errno.EINVAL)]
+
+
 def test_delete_message_holds_original_tuple_and_zone():
     entry = SAMPLES[1]
     built = list(ct._MessageBuilder().delete_messages([entry], [], []))
