@@ -204,9 +204,7 @@ def _parse_both_families(exprs, hook, roles, family):
     """An inet rule that names no address family translates both: one rule for each."""
     try:
         return [parse_rule(exprs, hook, roles, family)]
-    except _NoFamily:
-        if family is not None:
-            raise
+    except _NoFamily:  # only raised when the table implies no family (inet)
         return [parse_rule(exprs, hook, roles, each) for each in FAMILIES]
 
 

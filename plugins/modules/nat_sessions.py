@@ -282,7 +282,7 @@ conflicts:
   elements: str
   sample: ["tcp 192.0.2.10:40000 -> 203.0.113.20:5001 snat 203.0.113.1:20001: exists with a different binding"]
 failed_sessions:
-  description: Sessions the kernel refused, with its error (only with O(best_effort)).
+  description: Sessions the kernel refused to create, delete or refresh, with its error (only with O(best_effort)).
   returned: state is merged or replaced
   type: list
   elements: str

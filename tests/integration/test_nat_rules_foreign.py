@@ -9,6 +9,7 @@ with the lab's nftables rules (lab/nfstate_lab.py: `ip nat` and `ip6 nat`), one 
 The server has no route to the inside networks: every answer it gives proves a translation.
 """
 
+import gzip
 import json
 import os
 import re
@@ -28,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FIXTURES = os.path.join(REPO, "tests", "unit", "fixtures")
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 HOST_PYTHON = "/usr/bin/python3"
+INTERFACES = {"inside": "in0", "outside": "out0"}
 
 CLIENT, SERVER, EXTERNAL = nfstate_lab.CLIENT, nfstate_lab.SERVER, nfstate_lab.EXTERNAL
 GATEWAY = {4: "192.0.2.254", 6: "2001:db8:1::fe"}
@@ -181,11 +183,15 @@ def tmp():
 
 @pytest.fixture
 def nats(tmp):
-    made = [Nat(tmp, "src"), Nat(tmp, "dst")]
+    """Builds NATs on demand, nats(tag) -> Nat; removes them all afterwards."""
+    made = []
+
+    def build(tag):
+        made.append(Nat(tmp, tag))
+        made[-1].build()
+        return made[-1]
     try:
-        for nat in made:
-            nat.build()
-        yield made
+        yield build
     finally:
         for nat in made:
             nat.teardown()
@@ -198,7 +204,7 @@ def lab_rules():
 
 
 def test_hand_written_nftables_nat_moves_to_iptables_legacy(nats):
-    source, target = nats
+    source, target = nats("src"), nats("dst")
     source.run(source.nat, "nft", "-f", "-", input=lab_rules())
     before = source.observe()
     for v in (4, 6):
@@ -208,8 +214,7 @@ def test_hand_written_nftables_nat_moves_to_iptables_legacy(nats):
         assert before["icmp%d" % v] == 0
         assert before["forward%d" % v] == SERVER[v]
 
-    interfaces = {"inside": "in0", "outside": "out0"}
-    gathered = source.module(implementation="nftables", interfaces=interfaces, state="gathered",
+    gathered = source.module(implementation="nftables", interfaces=INTERFACES, state="gathered",
                              include_builtin_chains=True)
     document = gathered["gathered"]
     assert gathered["unsupported"] == [] and "warnings" not in gathered
@@ -224,10 +229,10 @@ def test_hand_written_nftables_nat_moves_to_iptables_legacy(nats):
             NatRule("snat", family, None, "outside", net, None, None, (), ext, None)]
     assert rules_of(document) == canonical(expected)
     # Through the nft program (the controller's Python has no libnftables binding): the same.
-    assert source.module(python=sys.executable, implementation="nftables", interfaces=interfaces,
+    assert source.module(python=sys.executable, implementation="nftables", interfaces=INTERFACES,
                          state="gathered", include_builtin_chains=True)["gathered"] == document
 
-    legacy = dict(implementation="iptables", iptables_backend="legacy", interfaces=interfaces)
+    legacy = dict(implementation="iptables", iptables_backend="legacy", interfaces=INTERFACES)
     applied = target.module(state="replaced", config=document, **legacy)
     assert applied["changed"] is True and applied["after"] == document
     assert target.module(state="gathered", include_builtin_chains=True, **legacy)["gathered"] == document
@@ -239,6 +244,47 @@ def test_hand_written_nftables_nat_moves_to_iptables_legacy(nats):
             assert after[key][0] == value[0] and PORTS[0] <= after[key][1] <= PORTS[1], key
         else:
             assert after[key] == value, key
+
+
+GATHER_PLAY = """
+- name: Gather with the nftables role
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Run the gather entry point
+      ansible.builtin.include_role:
+        name: nfstate.migration.nftables
+        tasks_from: gather
+"""
+
+
+def role_gather(nat, **extra):
+    """The policy of the document the nftables role's gather writes in the NAT namespace."""
+    play = os.path.join(nat.tmp, "gather.yml")
+    with open(play, "w") as out:
+        out.write(GATHER_PLAY)
+    dest = os.path.join(nat.tmp, "gathered-%d.json.gz" % len(extra))
+    extra_vars = dict(nftables_interfaces=INTERFACES, nftables_work_dir=os.path.join(nat.tmp, "work"),
+                      nftables_gather_dest=dest, ansible_python_interpreter=HOST_PYTHON, **extra)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(nat.tmp, "coll"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               ANSIBLE_LOCAL_TEMP=os.path.join(nat.tmp, "ansible-local"))
+    out = nat.run(nat.nat, os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,",
+                  "-c", "local", play, "-e", json.dumps(extra_vars), check=False, env=env, cwd=nat.tmp)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with gzip.open(dest, "rt") as handle:
+        instance = json.load(handle)["ietf-nat:nat"]["instances"]["instance"][0]
+    return instance.get("policy", [])
+
+
+def test_the_nftables_role_gathers_hand_written_tables_by_default(nats):
+    source = nats("role")
+    source.run(source.nat, "nft", "-f", "-", input=lab_rules())
+    module = source.module(implementation="nftables", interfaces=INTERFACES, state="gathered",
+                           include_builtin_chains=True)["gathered"]
+    assert len(module) == 8
+    assert role_gather(source) == module
+    assert role_gather(source, nftables_include_builtin_chains=False) == []
 
 
 def _comparable(listing):

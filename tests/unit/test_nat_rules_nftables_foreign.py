@@ -116,23 +116,22 @@ def _chain(name, **extra):
     return {"chain": dict({"family": "inet", "table": "edge", "name": name}, **extra)}
 
 
-def _rule(chain, *exprs, **where):
-    obj = {"family": "inet", "table": "edge", "chain": chain, "expr": list(exprs)}
-    obj.update(where)
-    return {"rule": obj}
+def _rule(chain, *exprs):
+    return {"rule": {"family": "inet", "table": "edge", "chain": chain, "expr": list(exprs)}}
 
 
 def _match(key, right):
     return {"match": {"op": "==", "left": {"meta": {"key": key}}, "right": right}}
 
 
-def _unsupported(listing):
+def _read_with(listing):
+    """The rules, and the unsupported ones beyond the fixture's own four."""
     table = parse_ruleset(listing, IFACES, include_foreign=True)
     return table.rules, [(item["rule"].split(":")[0], item["reason"]) for item in table.unsupported][4:]
 
 
 def test_a_jump_whose_match_contradicts_the_rule_behind_it():
-    rules, reasons = _unsupported(_with_rules(
+    rules, reasons = _read_with(_with_rules(
         FOREIGN, _rule("pre", _match("iifname", "in0"), {"jump": {"target": "inner"}}), _chain("inner"),
         _rule("inner", _match("iifname", "out0"), _match("nfproto", "ipv4"), {"dnat": {"family": "ip", "addr": "192.0.2.7"}})))
     assert rules == FOREIGN_RULES
@@ -145,7 +144,7 @@ def test_jumps_that_cannot_be_followed():
         _rule("pre", {"jump": {"target": "missing"}}),
         _rule("pre", {"jump": {"target": "post"}}),
         _chain("loop"), _rule("pre", {"jump": {"target": "loop"}}), _rule("loop", {"jump": {"target": "loop"}}))
-    rules, reasons = _unsupported(listing)
+    rules, reasons = _read_with(listing)
     assert rules == FOREIGN_RULES
     assert reasons == [
         ("inet edge pre", "a jump to 'missing', which is no regular chain of the table"),

@@ -25,6 +25,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_apply import (
     EXPIRY_MARGIN,
+    REFRESH_HORIZON,
     SessionApplyError,
     _age,
     _listing,
@@ -36,7 +37,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_apply im
     render_sessions,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import REMOVED, session_key
-from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan
+from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import REFRESH_SLACK, plan
 from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model import validate
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -64,6 +65,9 @@ PORT_FORWARD = ConntrackEntry(FlowTuple(V6, 17, "2001:db8:2::9", "2001:db8:2::1"
                               SEEN | IPS_DST_NAT, 170, zone=4)
 PING = ConntrackEntry(FlowTuple(V4, 1, "192.0.2.8", "203.0.113.20", 777, 0, 8, 0),
                       FlowTuple(V4, 1, "203.0.113.20", "203.0.113.1", 2049, 0, 0, 0), SEEN | IPS_SRC_NAT, 29)
+# A live UDP flow: pre-copied with 30 s to live, kept alive by its traffic on the source since.
+FLOW = ConntrackEntry(FlowTuple(V4, 17, "192.0.2.20", "203.0.113.20", 5353, 53),
+                      FlowTuple(V4, 17, "203.0.113.20", "203.0.113.1", 53, 20020), SEEN | IPS_SRC_NAT, 30)
 
 
 def taken(document, moment):
@@ -75,8 +79,10 @@ def full(entries, moment=T0):
     return taken(build_document(entries, "edge"), moment)
 
 
-def delta(entries, previous, moment):
-    document, _added, _removed = delta_document(entries, previous, "edge")
+def delta(entries, previous, moment, since=T0):
+    """A delta taken at `moment` against the sessions of a full snapshot taken at `since`."""
+    elapsed = (moment - since).total_seconds()
+    document, _added, _removed, _refreshed = delta_document(entries, previous, "edge", elapsed=elapsed)
     return taken(document, moment)
 
 
@@ -115,8 +121,8 @@ def test_build_document_fills_a_copy_of_its_base():
 def test_delta_holds_new_and_rebound_sessions_and_flags_the_ended_ones():
     moved = rebind(B, 20099)
     now = [A._replace(timeout=100, tcp_state=5), moved, C]  # A only aged: not in the delta
-    document, added, removed = delta_document(now, [A, B, D], "edge")
-    assert (added, removed) == (2, 2)
+    document, added, removed, refreshed = delta_document(now, [A, B, D], "edge")
+    assert (added, removed, refreshed) == (2, 2, 0)
     sessions = document_sessions(document)
     assert sorted(sessions.present) == sorted([moved, C])
     assert sorted(sessions.removed) == sorted([B, D])
@@ -130,16 +136,71 @@ def test_delta_holds_new_and_rebound_sessions_and_flags_the_ended_ones():
 
 
 def test_a_delta_of_nothing_changed_is_empty_and_valid():
-    document, added, removed = delta_document([A, B], [B, A], "edge")
-    assert (added, removed) == (0, 0)
+    document, added, removed, refreshed = delta_document([A, B], [B, A], "edge")
+    assert (added, removed, refreshed) == (0, 0, 0)
     assert mapping_entries(document) == []
     assert validate(document) == []
 
 
 def test_a_zone_is_part_of_a_sessions_identity_in_a_delta():
     other_zone = A._replace(zone=3)
-    _document, added, removed = delta_document([other_zone], [A], "edge")
+    _document, added, removed, _refreshed = delta_document([other_zone], [A], "edge")
     assert (added, removed) == (1, 1)
+
+
+# ---------------------------------------------------------------- deltas: refreshed sessions at risk
+
+def test_a_refreshed_session_at_risk_on_the_target_travels_in_the_delta():
+    # Taken 20 s after the pre-copy: the target's copy has 10 s left, the source's has 120.
+    refreshed = FLOW._replace(timeout=120)
+    idle = A._replace(timeout=A.timeout - 20)  # no traffic: counted down like the target's copy
+    document, added, removed, carried = delta_document([refreshed, idle], [FLOW, A], "edge", elapsed=20)
+    assert (added, removed, carried) == (0, 0, 1)
+    assert document_sessions(document).present == [refreshed]
+    assert instance(document)[SNAPSHOT]["session-count"] == 1
+    assert validate(document) == []
+
+
+def test_a_refreshed_session_whose_copy_already_ran_out_travels_too():
+    # The target let its copy go (or never made it): the delta brings it back.
+    refreshed = FLOW._replace(timeout=118)
+    _document, _added, _removed, carried = delta_document([refreshed], [FLOW], "edge", elapsed=45)
+    assert carried == 1
+
+
+def test_a_refreshed_session_with_a_long_life_left_on_the_target_stays_out():
+    # An established TCP connection, refreshed by its traffic: days left on the target as well.
+    established = A._replace(timeout=432000)
+    now = established._replace(timeout=431999)
+    _document, added, removed, carried = delta_document([now], [established], "edge", elapsed=25)
+    assert (added, removed, carried) == (0, 0, 0)
+    # the horizon is about what the copy has left, whatever the lifetime on the source
+    just_under = FLOW._replace(timeout=REFRESH_HORIZON + 19)
+    _document, _added, _removed, carried = delta_document(
+        [just_under._replace(timeout=REFRESH_HORIZON + 30)], [just_under], "edge", elapsed=20)
+    assert carried == 1
+    at_horizon = FLOW._replace(timeout=REFRESH_HORIZON + 20)
+    _document, _added, _removed, carried = delta_document(
+        [at_horizon._replace(timeout=REFRESH_HORIZON + 60)], [at_horizon], "edge", elapsed=20)
+    assert carried == 0
+
+
+@pytest.mark.parametrize("now_timeout, carried", [
+    (10, 0),                      # idle: counted down exactly like the target's copy
+    (3, 0),                       # idle and about to end on both sides
+    (10 + REFRESH_SLACK, 0),      # within the slack: timestamps are whole seconds
+    (10 + REFRESH_SLACK + 1, 1),  # refreshed
+])
+def test_an_idle_session_stays_out_of_the_delta(now_timeout, carried):
+    _document, added, _removed, refreshed = delta_document(
+        [FLOW._replace(timeout=now_timeout)], [FLOW], "edge", elapsed=20)
+    assert (added, refreshed) == (0, carried)
+
+
+def test_a_rebound_session_is_counted_added_not_refreshed():
+    moved = FLOW._replace(timeout=120, reply=FLOW.reply._replace(dport=20099))
+    _document, added, removed, refreshed = delta_document([moved], [FLOW], "edge", elapsed=20)
+    assert (added, removed, refreshed) == (1, 1, 0)
 
 
 # ---------------------------------------------------------------- folding a chain of snapshots
@@ -156,7 +217,7 @@ def test_full_then_delta_gives_the_sources_current_set():
 
 def test_lifetimes_are_counted_down_by_each_snapshots_age():
     chain = [(full([A._replace(timeout=300)]), "full"),
-             (delta([A._replace(timeout=300), C._replace(timeout=200)], [A], later(50)), "delta")]
+             (delta([A._replace(timeout=250), C._replace(timeout=200)], [A], later(50)), "delta")]
     wanted = _wanted(chain, now=later(60))
     lifetimes = dict((session_key(e), e.timeout) for e in wanted.present)
     assert lifetimes == {session_key(A): 240, session_key(C): 190}
@@ -178,6 +239,25 @@ def test_a_session_with_just_enough_lifetime_is_kept():
     wanted = _wanted([(full([enough]), "full")], now=later(10 - 1))
     assert [e.timeout for e in wanted.present] == [EXPIRY_MARGIN + 1]
     assert wanted.expired == set()
+
+
+def test_a_refreshed_session_of_a_delta_outlives_its_precopied_lifetime():
+    # Pre-copy at T0 with 30 s; the flow goes on; the delta at T0+25 says 120 s; applied at T0+40.
+    precopy = full([FLOW, A])
+    refreshed = FLOW._replace(timeout=120)
+    idle = A._replace(timeout=A.timeout - 25)
+    chain = [(precopy, "full"), (delta([refreshed, idle], [FLOW, A], later(25)), "delta")]
+    assert document_sessions(chain[1][0]).present == [refreshed]
+    wanted = _wanted(chain, now=later(40))
+    lifetimes = dict((session_key(e), e.timeout) for e in wanted.present)
+    assert lifetimes == {session_key(FLOW): 120 - 15, session_key(A): A.timeout - 40}
+    assert wanted.expired == set()
+    # the pre-copy alone has it expired by then: without the delta the flow would be let go
+    assert _wanted([(precopy, "full")], now=later(40)).expired == {session_key(FLOW)}
+    # a target holding the pre-copied copy (a few seconds left) refreshes it in place
+    held = FLOW._replace(timeout=2)
+    todo = plan([held, A], [held, A], wanted.present, "merged")
+    assert todo.refresh == [FLOW._replace(timeout=105)] and todo.create == [] and todo.delete == []
 
 
 def test_a_later_snapshot_brings_an_expired_session_back():
@@ -287,7 +367,8 @@ def test_describe_names_a_session_with_its_binding():
 
 def test_render_sessions_deletes_the_ended_then_creates_the_rest():
     start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=10)
-    chain = [(full([A, B], start), "full"), (delta([A, C], [A, B], start + datetime.timedelta(seconds=5)), "delta")]
+    chain = [(full([A, B], start), "full"),
+             (delta([A, C], [A, B], start + datetime.timedelta(seconds=5), since=start), "delta")]
     rendered = render_sessions(chain)
     assert rendered["changed"] is False and rendered["sessions"] == 2
     lines = rendered["rendered"]

@@ -15,7 +15,11 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     inverse,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import select, session_key
-from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan, render_command
+from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import (
+    REFRESH_SLACK,
+    plan,
+    render_command,
+)
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 SEEN = IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
@@ -191,6 +195,70 @@ def test_replaced_leaves_sessions_whose_lifetime_ran_out_in_transit():
     assert result.delete == [] and result.unchanged == [A]
 
 
+# ---------------------------------------------------------------- refreshing lifetimes
+
+def udp(src, sport, nat_port, timeout):
+    return ConntrackEntry(FlowTuple(V4, 17, src, SERVER, sport, 53), FlowTuple(V4, 17, SERVER, NAT, 53, nat_port),
+                          SEEN | IPS_SRC_NAT, timeout)
+
+
+FLOW = udp("192.0.2.20", 5353, 20020, timeout=120)
+
+
+@pytest.mark.parametrize("state", ["merged", "replaced"])
+def test_a_held_session_whose_lifetime_falls_short_is_refreshed(state):
+    # The pre-copied copy has 8 s left; the source kept the flow alive: 120 s.
+    held = FLOW._replace(timeout=8)
+    result = plan([held, A], [held, A], [FLOW, A], state)
+    assert result.refresh == [FLOW]  # the wanted entry: it carries the lifetime to give
+    assert result.unchanged == [FLOW, A]  # same binding: still counted as unchanged
+    assert result.create == [] and result.delete == [] and result.conflicts == []
+
+
+@pytest.mark.parametrize("held_timeout, refreshed", [
+    (120 - REFRESH_SLACK + 1, False),  # read moments apart: not a change
+    (120 - REFRESH_SLACK, False),
+    (120 - REFRESH_SLACK - 1, True),
+    (180, False),  # the host's is longer: never shortened
+])
+def test_a_refresh_needs_more_than_the_slack(held_timeout, refreshed):
+    held = FLOW._replace(timeout=held_timeout)
+    result = plan([held], [held], [FLOW], "merged")
+    assert result.refresh == ([FLOW] if refreshed else [])
+    assert result.unchanged == [FLOW]
+
+
+def test_a_refresh_brings_a_tcp_handshake_to_its_established_state():
+    held = A._replace(tcp_state=2, timeout=40)  # syn-recv on the target, established on the source
+    assert plan([held], [held], [A], "merged").refresh == [A]
+
+
+def test_a_tcp_session_the_host_saw_closing_is_not_reopened():
+    # The host's own traffic closed it after the snapshot: that is newer than the document.
+    for state in (4, 5, 6, 7, 8):  # fin-wait .. close
+        held = A._replace(tcp_state=state, timeout=60)
+        assert plan([held], [held], [A], "merged").refresh == []
+    closing = A._replace(tcp_state=7, timeout=120)
+    assert plan([closing._replace(timeout=10)], [closing._replace(timeout=10)], [closing], "merged").refresh == [closing]
+
+
+def test_a_session_with_another_binding_is_never_refreshed():
+    held = FLOW._replace(timeout=3, reply=FLOW.reply._replace(dport=20099))
+    result = plan([held], [held], [FLOW], "replaced")
+    assert result.refresh == [] and result.delete == [held] and result.create == [FLOW]
+
+
+def test_deleted_refreshes_nothing():
+    held = FLOW._replace(timeout=3)
+    assert plan([held], [held], [FLOW], "deleted").refresh == []
+
+
+def test_render_command_for_a_refresh_keeps_the_binding_out():
+    entry = udp("192.0.2.20", 5353, 20020, timeout=117)._replace(zone=4, mark=9)
+    assert render_command(entry, "update") == (
+        "conntrack -U -f ipv4 -p 17 -s 192.0.2.20 -d 203.0.113.20 --sport 5353 --dport 53 -w 4 -t 117 -m 9")
+
+
 # ---------------------------------------------------------------- deltas: removed sessions
 
 def test_removed_sessions_are_deleted_where_held_with_that_binding():
@@ -206,7 +274,7 @@ def test_a_removed_session_held_with_another_binding_stays():
 
 
 def test_a_removed_session_that_is_absent_is_nothing_to_do():
-    assert plan([], [], [], "merged", removed=[A]) == ([], [], [], [])
+    assert plan([], [], [], "merged", removed=[A]) == ([], [], [], [], [])
 
 
 def test_a_delta_rebinds_a_session_under_merged():
@@ -297,6 +365,8 @@ def test_plan_outcome_is_a_partition_of_the_document(state):
     rebound = B._replace(reply=B.reply._replace(dport=20099))
     thief = snat("192.0.2.99", 45000, 20001)
     desired = [A, rebound, C, thief]
-    result = plan([A, B], [A, B], desired, state)
+    aged = A._replace(timeout=10)  # held, its lifetime shorter than the document's: refreshed
+    result = plan([aged, B], [aged, B], desired, state)
     placed = result.create + result.unchanged + [c.wanted for c in result.conflicts]
     assert keys(placed) == keys(desired)
+    assert result.refresh == [A] and A in result.unchanged
