@@ -279,8 +279,8 @@ def create_template(family, proto, nat_src, nat_dst, labels, protoinfo):
 def update_template(family, proto, mark, labels, protoinfo):
     """The CT_NEW message that changes an existing entry, found by its original tuple and zone.
 
-    Without NLM_F_CREATE the kernel only updates; the NAT attributes are left out because it
-    refuses them on an existing entry, and so is the status (it refuses most changes of it).
+    Without NLM_F_CREATE the kernel only updates. The NAT attributes are left out (it refuses them
+    on an existing entry), and so is the status (it refuses most changes of it).
     """
     nodes = [
         _tuple_node(CTA_TUPLE_ORIG, family, proto),

@@ -303,9 +303,9 @@ def _refresh(conntrack, entries, liberal):
 
 
 def _restore(conntrack, deleted, deletion_failures, created, creation_failures=()):
-    not_created = set(e for e, _ in creation_failures)
+    not_created = set(failure[0] for failure in creation_failures)
     conntrack.delete([e for e in created if e not in not_created])
-    not_deleted = set(e for e, _ in deletion_failures)
+    not_deleted = set(failure[0] for failure in deletion_failures)
     conntrack.create([e for e in deleted if e not in not_deleted], liberal=True)
 
 

@@ -36,10 +36,10 @@ options:
       - V(rendered) returns the operations that V(merged) would apply, as C(conntrack) command lines,
         without touching the host.
       - V(merged) creates the document's sessions that are missing. A session that exists with the same
-        binding is left alone, but for its lifetime: when the document's is longer by more than 5 seconds
-        (the source kept the session alive meanwhile) it is extended, see RV(refreshed). One that exists
-        with a different binding is an error (see O(best_effort)).
-      - V(replaced) makes the selected sessions exactly the document's: others are deleted, those with a
+        binding is left alone, but for its lifetime, which is extended when the document's is longer by more
+        than 5 seconds (the source kept the session alive meanwhile), see RV(refreshed). One that exists with
+        a different binding is an error (see O(best_effort)).
+      - V(replaced) makes the selected sessions exactly the document's. Others are deleted, those with a
         different binding are re-created, lifetimes are extended as with V(merged).
       - V(deleted) deletes the document's sessions or, without a document, every selected session.
     type: str
@@ -55,7 +55,7 @@ options:
     description:
       - Paths on the managed host of the state documents to apply, as JSON, or gzip-compressed JSON when the
         name ends in C(.gz).
-      - Several are applied as one, in order: a full snapshot, then the deltas taken after it (O(since)).
+      - Several are applied as one, in order (a full snapshot, then the deltas taken after it, see O(since)).
       - A session's lifetime is counted down by the time since its snapshot was taken; one that has run out
         (or has under two seconds left) is let go, as it is on the source.
     type: list
@@ -73,7 +73,7 @@ options:
   since:
     description:
       - With V(gathered), the path on the managed host of an earlier full snapshot. The document written is
-        then a delta against it: sessions that are new or whose binding changed, and sessions that ended,
+        then a delta against it, with sessions that are new or whose binding changed, and sessions that ended,
         flagged C(nfstate-nat:removed).
       - A session whose binding is unchanged is left out, unless the source refreshed it and the target's
         copy is at risk of running out while the session is still in use. That is when its lifetime now
@@ -115,7 +115,7 @@ options:
         default: 4294967295
   best_effort:
     description:
-      - Apply what can be applied: sessions in conflict with the host, or that the kernel refuses, are
+      - Apply what can be applied. Sessions in conflict with the host, or that the kernel refuses, are
         skipped and listed in RV(conflicts) and RV(failed_sessions) instead of failing the task and rolling
         back what was created.
     type: bool
@@ -134,6 +134,7 @@ attributes:
     support: full
     description: Lists the sessions created, refreshed and deleted.
   platform:
+    support: full
     platforms: linux
     description: Needs a Linux kernel with nf_conntrack_netlink; run as root.
 notes:
@@ -143,7 +144,8 @@ notes:
     binding differs.
 seealso:
   - module: nfstate.migration.nat_rules
-  - name: RFC 8512, A YANG Module for Network Address Translation (NAT) and Network Prefix Translation (NPT)
+  - name: RFC 8512
+    description: A YANG Module for Network Address Translation (NAT) and Network Prefix Translation (NPT).
     link: https://www.rfc-editor.org/rfc/rfc8512
 """
 

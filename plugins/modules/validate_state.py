@@ -37,7 +37,9 @@ attributes:
     description: Reads only.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
   platform:
+    support: full
     platforms: all
     description: Runs on the controller.
 """
@@ -56,7 +58,7 @@ valid:
   type: bool
   sample: true
 errors:
-  description: Every error, as C(path: message).
+  description: "Every error, as C(path: message)."
   returned: failure
   type: list
   elements: str

@@ -22,7 +22,7 @@ ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbo
 def migrate(lab, source, target, snapshots, *extra, timeout=600):
     argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_source=%s" % source,
             "-e", "nfstate_target=%s" % target, "-e", "nfstate_snapshot_dir=%s" % snapshots] + list(extra)
-    return subprocess.run(argv, env=lab.env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, env=lab.env, capture_output=True, text=True, check=False, timeout=timeout)
 
 
 def only_report(snapshots):

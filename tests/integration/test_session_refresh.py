@@ -14,7 +14,10 @@ import subprocess
 import pytest
 
 # pytestmark: the same needs (root, ip, nft, conntrack) as the lab it borrows.
-from test_nat_sessions_faults import NAT, NAT_CHAINS, OURS, PYTHON, RECORDER, REPO, SERVER, TABLE, Host, pytestmark  # noqa: F401
+import test_nat_sessions_faults as faults
+from test_nat_sessions_faults import NAT, NAT_CHAINS, OURS, PYTHON, RECORDER, REPO, SERVER, TABLE, Host
+
+pytestmark = faults.pytestmark
 
 PREFIX = "nfsh10-%d-" % os.getpid()
 
@@ -35,6 +38,15 @@ sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind((sys.argv[1], int(sys.argv[2])))
 sock.sendto(b"still here", (sys.argv[3], int(sys.argv[4])))
 """
+
+# The source NAT's own rule. Empty NAT chains are not enough here: until a rule needs connection
+# tracking (a nat or ct expression), the kernel does not track the namespace's packets at all, and
+# the flow's datagrams would not refresh its session.
+SOURCE_RULE = """
+table ip nat {
+    chain post { oifname "out0" ip saddr 192.0.2.0/24 snat to %s; }
+}
+""" % NAT
 
 FLOW = ("192.0.2.20", 5353, SERVER, 53, 20020)   # live: its packets keep coming
 IDLE = ("192.0.2.21", 5354, SERVER, 53, 20021)   # no packet since the pre-copy
@@ -85,6 +97,7 @@ def insert(host, proto, session, timeout, *extra):
 
 def test_a_refreshed_udp_flow_is_carried_by_the_delta_and_extended_on_the_target(lab):
     source, target = lab("source"), lab("target")
+    source.run("nft", "-f", "-", input=SOURCE_RULE)
     # The flow's inside address, on one end of a veth pair that stays inside the namespace.
     source.run("ip", "link", "add", "in0", "type", "veth", "peer", "name", "in1")
     source.run("ip", "addr", "add", FLOW[0] + "/24", "dev", "in0")

@@ -29,7 +29,7 @@ BINDING_FIELDS = ("transport-protocol", "internal-src-address", "internal-src-po
 
 def ansible_playbook(lab, *args):
     command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook")] + list(args)
-    return subprocess.run(command, env=lab.env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=lab.env, capture_output=True, text=True, check=False, timeout=300)
 
 
 def load(path):

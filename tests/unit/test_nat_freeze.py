@@ -90,7 +90,7 @@ def test_nft_freeze_commands_replace_the_table_in_one_transaction():
     assert [e["elem"]["val"] for e in elems] == ["in0", "out0"]
     for elem in elems:
         # integer seconds: libnftables silently ignores a fractional or text timeout
-        assert type(elem["elem"]["timeout"]) is int and elem["elem"]["timeout"] == 120
+        assert isinstance(elem["elem"]["timeout"], int) and not isinstance(elem["elem"]["timeout"], bool) and elem["elem"]["timeout"] == 120
         assert elem["elem"]["comment"] == "expires_at=%d" % (T + 120)
     json.dumps(batch)  # serialisable as is
 
@@ -299,7 +299,7 @@ def test_iptables_runner_freezes_each_family_with_its_own_tools():
     module = RecordingModule([(0, SAVE_EMPTY, ""), (0, SAVE_EMPTY, ""), (0, "", ""), (0, "", "")])
     runner = nf.IptablesRunner(module, "legacy", families=("iptables", "ip6tables"))
     runner.freeze(Freeze(("in0",), T + 10), T)
-    assert [args for args, _ in module.calls] == [
+    assert [call[0] for call in module.calls] == [
         ["/usr/sbin/iptables-legacy-save"],
         ["/usr/sbin/ip6tables-legacy-save"],
         ["/usr/sbin/iptables-legacy-restore", "-w", "5", "--noflush"],

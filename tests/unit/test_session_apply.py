@@ -2,6 +2,7 @@
 
 import copy
 import datetime
+import errno
 import socket
 
 import pytest
@@ -28,6 +29,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_apply im
     REFRESH_HORIZON,
     SessionApplyError,
     _age,
+    _carry_out,
     _listing,
     _sessions,
     _wanted,
@@ -355,6 +357,62 @@ def test_check_room_on_a_table_already_over_its_limit():
         check_room(to_create=1, to_delete=0, count=120, maximum=100)
     with pytest.raises(SessionApplyError):
         check_room(to_create=5, to_delete=5, count=120, maximum=100)
+
+
+# ---------------------------------------------------------------- carrying out a plan
+
+class RecordingTable(object):
+    """Stands in for Conntrack: records each call in order and refuses what it is told to."""
+
+    def __init__(self, refuse=None):
+        self.calls = []
+        self.refuse = refuse or {}
+
+    def _call(self, action, entries, **_options):
+        entries = list(entries)
+        self.calls.append((action, entries))
+        return [(e, self.refuse[(action, e)]) for e in entries if (action, e) in self.refuse]
+
+    def update(self, entries, liberal=True):
+        return self._call("update", entries)
+
+    def create(self, entries, liberal=True):
+        return self._call("create", entries)
+
+    def delete(self, entries):
+        return self._call("delete", entries)
+
+
+def test_refreshes_come_first_then_deletions_then_creations():
+    table = RecordingTable()
+    todo = plan([FLOW._replace(timeout=2), B], [FLOW._replace(timeout=2), B], [FLOW._replace(timeout=100), C], "replaced")
+    assert _carry_out(table, todo, liberal=True, best_effort=False) == []
+    assert table.calls == [("update", [FLOW._replace(timeout=100)]), ("delete", [B]), ("create", [C])]
+
+
+def test_a_session_gone_before_its_refresh_is_created_again():
+    # Its lifetime ran out between the dump and the update: it still lives on the source.
+    wanted = FLOW._replace(timeout=100)
+    table = RecordingTable(refuse={("update", wanted): errno.ENOENT})
+    todo = plan([FLOW._replace(timeout=1)], [FLOW._replace(timeout=1)], [wanted], "merged")
+    assert _carry_out(table, todo, liberal=True, best_effort=False) == []
+    assert table.calls[:2] == [("update", [wanted]), ("create", [wanted])]
+
+
+def test_a_refused_refresh_stops_before_anything_else_is_applied():
+    wanted = FLOW._replace(timeout=100)
+    table = RecordingTable(refuse={("update", wanted): errno.EINVAL})
+    todo = plan([FLOW._replace(timeout=1)], [FLOW._replace(timeout=1)], [wanted, C], "merged")
+    with pytest.raises(SessionApplyError) as caught:
+        _carry_out(table, todo, liberal=True, best_effort=False)
+    assert str(caught.value).startswith("the kernel refused to refresh 1 session(s); nothing else was applied: "
+                                        + describe(wanted))
+    assert table.calls == [("update", [wanted])]
+    # best effort: reported, the rest applied
+    table = RecordingTable(refuse={("update", wanted): errno.EINVAL})
+    failed = _carry_out(table, todo, liberal=True, best_effort=True)
+    assert failed == ["refresh %s: Invalid argument (the entry is not valid for the kernel)" % describe(wanted)]
+    assert [action for action, _entries in table.calls] == ["update", "delete", "create"]
 
 
 # ---------------------------------------------------------------- messages
