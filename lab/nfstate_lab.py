@@ -670,6 +670,8 @@ class Lab:
                                        "-o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=5",
             "nfstate_addresses": [dict(a) for a in SERVICE_ADDRESSES],
             "nfstate_lab_name": self.name,
+            # The NAT hosts share this machine's file system: each lab keeps its hosts' files apart.
+            "nfstate_remote_dir": os.path.join(self.workdir, "hosts"),
         }
         inventory = {"all": {"children": {"nfstate_nat": {"hosts": hosts, "vars": group_vars}}}}
         _write(self.inventory_path, "# nfstate lab %s (written by lab/nfstate_lab.py up)\n%s\n" % (

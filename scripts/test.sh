@@ -29,11 +29,14 @@ done | tar --null -T - -cf - | tar -C "$sanity_dir" -xf -
 
 if ls roles/*/tasks playbooks/*.yml >/dev/null 2>&1; then
   echo "== ansible-lint (production profile)"
-  ansible-lint --profile production --offline playbooks roles
+  ansible-lint --profile production --offline playbooks roles extensions/molecule
 fi
 
-echo "== pytest: unit and integration tests"
+echo "== pytest: unit tests"
+pytest -p no:cacheprovider -q "$@" tests/unit
+
+echo "== pytest: integration tests (two workers, one file each at a time: their labs stay apart)"
 status=0
-pytest -p no:cacheprovider -ra "$@" tests/unit tests/integration || status=$?
+pytest -p no:cacheprovider -ra -n 2 --dist loadfile "$@" tests/integration || status=$?
 [ "$status" -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
 exit "$status"

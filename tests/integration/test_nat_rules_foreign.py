@@ -85,7 +85,7 @@ else:  # tcp|udp DST DPORT SRC SPORT
 
 def sh(*args, **kwargs):
     kwargs.setdefault("check", True)
-    return subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=60, **kwargs)
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, **kwargs)
 
 
 class Nat:
