@@ -50,7 +50,7 @@ def run_molecule(argv, timeout):
     proc = subprocess.Popen(argv, cwd=REPO, env=molecule_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        output = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -58,7 +58,7 @@ def run_molecule(argv, timeout):
             except ProcessLookupError:
                 break
             try:
-                output, _ = proc.communicate(timeout=10)
+                output = proc.communicate(timeout=10)[0]
                 break
             except subprocess.TimeoutExpired:
                 continue

@@ -84,8 +84,8 @@ else:  # tcp|udp DST DPORT SRC SPORT
 
 
 def sh(*args, **kwargs):
-    kwargs.setdefault("check", True)
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, **kwargs)
+    check = kwargs.pop("check", True)
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=check, **kwargs)
 
 
 class Nat:

@@ -1,0 +1,59 @@
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Where the benchmarks keep their figures (bench/results/, ignored by git) and what machine made them."""
+
+import json
+import os
+import platform
+import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def machine():
+    """CPU model, cores, memory and kernel of this machine, from /proc."""
+    model, cores = None, 0
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            key, _sep, value = line.partition(":")
+            if key.strip() == "model name":
+                model = model or value.strip()
+                cores += 1
+    with open("/proc/meminfo") as handle:
+        mem_kib = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal:"))
+    return {"cpu": model or platform.processor() or "unknown", "cores": cores or os.cpu_count(),
+            "memory_gib": round(mem_kib / 1048576.0, 1), "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def machine_line(info=None):
+    info = info or machine()
+    return "%s, %d cores, %.1f GiB memory, Linux %s" % (info["cpu"], info["cores"], info["memory_gib"], info["kernel"])
+
+
+def save(name, data):
+    """Write bench/results/<name>.json (with the machine and the time); returns the path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, name + ".json")
+    data = dict(data, machine=machine(), measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load(name):
+    with open(os.path.join(RESULTS, name + ".json")) as handle:
+        return json.load(handle)
+
+
+def print_table(header, rows, out=None):
+    """Right-aligned columns, header first."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in [header] + rows]
+    text = "\n".join(lines)
+    print(text, file=out)
+    return text
