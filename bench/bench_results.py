@@ -5,6 +5,7 @@
 import json
 import os
 import platform
+import subprocess
 import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -26,6 +27,17 @@ def machine():
             "python": platform.python_version()}
 
 
+def checkout():
+    """The commit measured, and the files that differed from it (read-only git calls)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        proc = subprocess.run(["git", "-C", repo] + list(args), capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "modified": status.splitlines() if status else []}
+
+
 def machine_line(info=None):
     info = info or machine()
     return "%s, %d cores, %.1f GiB memory, Linux %s" % (info["cpu"], info["cores"], info["memory_gib"], info["kernel"])
@@ -35,7 +47,8 @@ def save(name, data):
     """Write bench/results/<name>.json (with the machine and the time); returns the path."""
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, name + ".json")
-    data = dict(data, machine=machine(), measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    data = dict(data, machine=machine(), checkout=checkout(),
+                measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     tmp = path + ".tmp"
     with open(tmp, "w") as handle:
         json.dump(data, handle, indent=1)
@@ -49,11 +62,14 @@ def load(name):
         return json.load(handle)
 
 
-def print_table(header, rows, out=None):
-    """Right-aligned columns, header first."""
+def print_table(header, rows, out=None, left_first=False):
+    """Aligned columns, header first."""
+    header = [str(cell) for cell in header]
     rows = [[str(cell) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in [header] + rows]
+    # Numbers line up on the right, a leading text column (a task's name) on the left.
+    lines = ["  ".join(cell.ljust(width) if i == 0 and left_first else cell.rjust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))) for row in [header] + rows]
     text = "\n".join(lines)
     print(text, file=out)
     return text

@@ -50,6 +50,8 @@ def collections_root():
 
 
 sys.path.insert(0, collections_root())
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_results  # noqa: E402  (bench/results/sessions.json)
 from ansible_collections.nfstate.migration.plugins.module_utils import conntrack  # noqa: E402
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (  # noqa: E402
     IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY, IPS_SRC_NAT, TCP_STATES, ConntrackEntry, FlowTuple,
@@ -393,6 +395,9 @@ def main():
         subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-F"], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
     print_tables(rows)
+    path = bench_results.save("sessions", {"sizes": sizes, "repeat": args.repeat, "pyroute2_limit": args.pyroute2_limit,
+                                           "rows": [{"sessions": count, "paths": results} for count, results in rows]})
+    print("\nresults: %s" % path)
 
 
 if __name__ == "__main__":

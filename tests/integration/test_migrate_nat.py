@@ -69,7 +69,7 @@ def test_iptables_to_nftables_and_back(lab, tmp_path):
 
     report = only_report(tmp_path / "there")
     assert report["sessions"] >= 8 and report["rules"] >= 6
-    assert [p["phase"] for p in report["phases"]] == ["preflight", "pre-copy", "freeze", "delta", "redirect", "cleanup"]
+    assert [p["phase"] for p in report["phases"]] == ["preflight", "pre-copy", "freeze", "delta", "redirect", "release", "cleanup"]
     assert 0 < report["bytes"]["compressed"] < report["bytes"]["raw"]
     assert report["freeze_window_seconds"] > 0
     assert "Migrated nat-a (iptables) to nat-b (nftables)" in run.stdout
