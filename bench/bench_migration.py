@@ -278,6 +278,35 @@ def profile_rows(cases):
     return rows
 
 
+# The steps of the window, by the tasks' names (first match wins); the rest is the playbook's bookkeeping.
+STEPS = (
+    ("freeze (until the rule is in force)", ("Freeze the source",)),
+    ("gather the delta on the source", ("Gather what changed",)),
+    ("carry the delta (fetch, validate, copy)", ("snapshot", "Carry the delta")),
+    ("apply the delta on the target", ("Apply the delta",)),
+    ("claim the addresses on the target", ("redirect_addresses", "Claim the service addresses")),
+)
+
+
+def step_of(task):
+    for step, needles in STEPS:
+        if any(needle in task for needle in needles):
+            return step
+    return "bookkeeping (set_fact, marks, includes, asserts)"
+
+
+def step_rows(cases):
+    """profile_rows, summed by step."""
+    names = [step for step, _needles in STEPS] + [step_of("")]
+    table = dict((name, [0.0] * len(cases)) for name in names)
+    for index, case in enumerate(cases):
+        for task in case["window_tasks"]:
+            table[step_of(task["task"])][index] += task["inside"]
+    rows = [[name] + ["%.2f" % s for s in table[name]] for name in names]
+    rows.append(["(sum = the window)"] + ["%.2f" % sum(t["inside"] for t in case["window_tasks"]) for case in cases])
+    return rows
+
+
 def case_label(case):
     return "%d%s" % (case["sessions"], " +%d churn" % case["churn"] if case["churn"] else "")
 
@@ -292,6 +321,8 @@ def print_all(cases, gather_profile=None):
     print("run max gap: lab/flows.py's max_gap_ms over the whole run (CPU contention included).")
     print("\nPROFILE: seconds of each task inside the client's freeze window (a task lasts until the next starts)")
     bench_results.print_table(["task"] + [case_label(c) for c in cases], profile_rows(cases), left_first=True)
+    print("\nPROFILE by step (the same seconds, summed)")
+    bench_results.print_table(["step"] + [case_label(c) for c in cases], step_rows(cases), left_first=True)
     if gather_profile:
         print("\nPROFILE of the delta gather at %d sessions (cProfile, in nat-a's namespace), cumulative:"
               % gather_profile["sessions"])
@@ -359,10 +390,16 @@ def main():
     parser.add_argument("--flow-seconds", type=float, default=900, help="upper bound; flows stop after the run")
     parser.add_argument("--profile-gather", type=int, default=100000,
                         help="profile the delta gather alone at this many sessions (0: skip)")
+    parser.add_argument("--report", action="store_true", help="print the tables of the last run again")
     parser.add_argument("--profile-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_worker:
         profile_gather_worker(*args.profile_worker)
+        return 0
+    if args.report:
+        last = bench_results.load("migration")
+        print("machine: %s, measured %s" % (bench_results.machine_line(last["machine"]), last["measured_at"]))
+        print_all(last["cases"], last.get("gather_profile"))
         return 0
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")

@@ -113,6 +113,7 @@ def flow_gaps(frames, client_mac, source_mac, target_mac, window=1.0, quiet=None
             row.update(gap_ms=round(gap * 1000, 1), gap_at=gap_at)
         if quiet is not None:
             row["quiet_gap_ms"] = round(_longest_gap([at for at in times if quiet[0] <= at <= quiet[1]])[0] * 1000, 1)
-        row["whole_run_gap_ms"] = round(_longest_gap(times)[0] * 1000, 1)
+        whole, whole_at = _longest_gap(times)
+        row.update(whole_run_gap_ms=round(whole * 1000, 1), whole_run_gap_at=whole_at)
         flows[name] = row
     return {"switch_at": switch_at, "window_s": window, "flows": flows}

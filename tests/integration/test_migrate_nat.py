@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.nfstate.migration.lab.flows import FlowSet, format_results, new_connection_ok
 from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
+from test_nat_sessions_faults import FILL
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -143,3 +144,26 @@ def test_controller_killed_after_freeze_source_unfreezes_itself(lab, tmp_path):
         time.sleep(0.5)
     assert new_connection_ok(lab, timeout=2.0), "the source did not unfreeze by itself"
     assert lab.service_holder() == "nat-a"
+
+
+@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
+def test_target_table_too_small_fails_before_touching_anything(lab, tmp_path):
+    """nat-b's conntrack table is all but full: the preflight refuses, nothing moves, flows go on."""
+    with FlowSet(lab, duration=120) as flows:
+        time.sleep(1.0)
+        # Untranslated entries of nobody's, leaving 3 places: fewer than the live flows need.
+        filled = lab.run("nat-b", ["/usr/bin/python3", "-c", FILL, os.path.join(lab.workdir, "collections"), "3"],
+                         timeout=120)
+        assert filled.stdout.split()[0] == "0", filled.stdout
+        run = migrate(lab, "nat-a", "nat-b", tmp_path)
+        time.sleep(1.0)
+        results = flows.stop()
+        translated_on_target = lab.run("nat-b", ["conntrack", "-L", "-n"], check=False).stdout
+    assert run.returncode != 0
+    assert "the conntrack table is too small" in run.stdout
+    assert "rolled back" in run.stdout
+    assert translated_on_target.strip() == ""
+    assert lab.service_holder() == "nat-a"
+    assert_flows_whole(results)
+    lab.run("nat-b", ["conntrack", "-F"])
+    assert new_connection_ok(lab)
