@@ -9,12 +9,14 @@ __metaclass__ = type
 
 import gzip
 import json
-import os
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.nfstate.migration.plugins.plugin_utils.validation import validation_failure
+from ansible_collections.nfstate.migration.plugins.plugin_utils.validation import (
+    read_controller_document,
+    validation_failure,
+)
 
 
 class ActionModule(ActionBase):
@@ -29,7 +31,10 @@ class ActionModule(ActionBase):
         if (path is None) == (document is None):
             raise AnsibleActionFail("give exactly one of path and document")
         if path is not None:
-            document, raw, compressed = _read(path)
+            try:
+                document, raw, compressed = read_controller_document(path)
+            except ValueError as error:
+                raise AnsibleActionFail(str(error))
             what = path
         else:
             raw = len(json.dumps(document, separators=(",", ":")).encode())
@@ -49,19 +54,3 @@ class ActionModule(ActionBase):
             bytes_compressed=compressed,
         )
         return result
-
-
-def _read(path):
-    """The document at `path`, with its size as JSON and gzip-compressed."""
-    if not os.path.isfile(path):
-        raise AnsibleActionFail("state document %s does not exist on the controller" % path)
-    with open(path, "rb") as handle:
-        data = handle.read()
-    try:
-        if path.endswith(".gz"):
-            compressed, raw_bytes = len(data), gzip.decompress(data)
-        else:
-            compressed, raw_bytes = len(gzip.compress(data)), data
-        return json.loads(raw_bytes), len(raw_bytes), compressed
-    except (OSError, ValueError) as error:
-        raise AnsibleActionFail("%s is not a JSON state document: %s" % (path, error))

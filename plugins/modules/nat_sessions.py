@@ -60,6 +60,13 @@ options:
         (or has under two seconds left) is let go, as it is on the source.
     type: list
     elements: path
+  controller_src:
+    description:
+      - Path on the controller of a state document (JSON, or gzip-compressed JSON when the name ends in
+        C(.gz)). The action plugin validates it against the YANG model, uploads it to the host at the one
+        path given in O(src), and the module applies it, all in one task.
+      - Mutually exclusive with O(config).
+    type: path
   dest:
     description:
       - With V(gathered), write the document to this path on the managed host (mode 0600, gzip-compressed
@@ -230,6 +237,11 @@ skipped:
   type: list
   elements: str
   sample: ["icmp 192.0.2.10 -> 203.0.113.20: the XML carries no ICMP type, code or identifier"]
+uploaded:
+  description: With O(controller_src), what was validated and uploaded, and where it went.
+  returned: when controller_src is given
+  type: dict
+  sample: {"path": "/var/lib/nfstate/nat-b/delta.json.gz", "sessions": 12, "rules": 0, "bytes_raw": 9120, "bytes_compressed": 714}
 sessions:
   description: Number of sessions gathered, parsed or in the applied document.
   returned: always
@@ -314,6 +326,8 @@ def main():
                        choices=["gathered", "parsed", "rendered", "merged", "replaced", "deleted"]),
             config=dict(type="dict"),
             src=dict(type="list", elements="path"),
+            # Handled on the controller by the action plugin, which never passes it on.
+            controller_src=dict(type="path"),
             dest=dict(type="path"),
             base=dict(type="dict"),
             since=dict(type="path"),

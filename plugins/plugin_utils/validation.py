@@ -7,7 +7,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import gzip
 import json
+import os
 
 # How many errors a failure message spells out; all of them are in the result's `errors`.
 ERRORS_IN_MESSAGE = 10
@@ -48,3 +50,22 @@ def validation_failure(document, what):
         shown += "; and %d more" % (len(errors) - ERRORS_IN_MESSAGE)
     return dict(failed=True, errors=errors,
                 msg="%s is not a valid nfstate document (%d error(s)): %s" % (what, len(errors), shown))
+
+
+def read_controller_document(path):
+    """The document at `path` on the controller, with its size as JSON and gzip-compressed.
+
+    Raises ValueError naming the file when it is missing or not JSON.
+    """
+    if not os.path.isfile(path):
+        raise ValueError("state document %s does not exist on the controller" % path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        if path.endswith(".gz"):
+            compressed, raw_bytes = len(data), gzip.decompress(data)
+        else:
+            compressed, raw_bytes = len(gzip.compress(data)), data
+        return json.loads(raw_bytes), len(raw_bytes), compressed
+    except (OSError, ValueError) as error:
+        raise ValueError("%s is not a JSON state document: %s" % (path, error))
