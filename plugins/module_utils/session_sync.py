@@ -38,10 +38,6 @@ _TCP_CLOSING = frozenset(TCP_STATES.index(s) for s in ("fin-wait", "close-wait",
 Conflict = namedtuple("Conflict", ["wanted", "existing", "reason"])
 
 
-def reply_key(entry):
-    return (entry.zone, entry.reply)
-
-
 def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
     """Operations that make the host hold `desired`.
 
@@ -75,8 +71,11 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
         for entry in stale:
             delete.append(by_key.pop(session_key(entry)))
 
-    # A reply tuple names the translated address and port: two sessions may not share one.
-    replies_in_use = dict((reply_key(e), e) for e in by_key.values())
+    # The kernel finds a session by either of its tuples: a new one may take neither tuple of another
+    # session, in either direction (its reply tuple names the translated address and port).
+    tuples_in_use = {}
+    for entry in by_key.values():
+        _hold(tuples_in_use, entry)
     create, unchanged, conflicts, refresh = [], [], [], []
     for wanted in desired:
         key = session_key(wanted)
@@ -91,14 +90,29 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
                 conflicts.append(Conflict(wanted, current, "exists with a different binding"))
                 continue
             delete.append(by_key.pop(key))
-            replies_in_use.pop(reply_key(current), None)
-        holder = replies_in_use.get(reply_key(wanted))
+            _release(tuples_in_use, current)
+        holder = tuples_in_use.get((wanted.zone, wanted.reply))
         if holder is not None:
             conflicts.append(Conflict(wanted, holder, "its translated address and port are taken"))
             continue
-        replies_in_use[reply_key(wanted)] = wanted
+        holder = tuples_in_use.get((wanted.zone, wanted.orig))
+        if holder is not None:
+            conflicts.append(Conflict(wanted, holder, "its original tuple is another session's translated one"))
+            continue
+        _hold(tuples_in_use, wanted)
         create.append(wanted)
     return Plan(create, delete, unchanged, conflicts, refresh)
+
+
+def _hold(tuples, entry):
+    tuples[(entry.zone, entry.orig)] = entry
+    tuples[(entry.zone, entry.reply)] = entry
+
+
+def _release(tuples, entry):
+    for tup in (entry.orig, entry.reply):
+        if tuples.get((entry.zone, tup)) is entry:
+            del tuples[(entry.zone, tup)]
 
 
 def needs_refresh(current, wanted):

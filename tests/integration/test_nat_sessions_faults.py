@@ -383,7 +383,7 @@ def test_a_kernel_refusal_undoes_what_was_applied(host):
     # A valid document, but the kernel tracks ICMP queries only: type 3 (unreachable) is refused.
     unreachable = ConntrackEntry(FlowTuple(V4, 1, "192.0.2.52", SERVER, 7, 0, 3, 0),
                                  FlowTuple(V4, 1, SERVER, NAT, 20052, 0, 3, 0), SEEN | IPS_SRC_NAT, 30)
-    # The second's original tuple is the first's translated reply: the kernel refuses the pair.
+    # The second's original tuple is the first's translated reply: the kernel would refuse the pair.
     first = snat("192.0.2.60", 43000, 20060)
     second = ConntrackEntry(FlowTuple(V4, 6, SERVER, NAT, 5001, 20060), FlowTuple(V4, 6, "192.0.2.61", SERVER, 80, 5001),
                             SEEN | IPS_DST_NAT, 600, tcp_state=3)
@@ -401,16 +401,18 @@ def test_a_kernel_refusal_undoes_what_was_applied(host):
     assert after_replaced == before
     assert after_replaced[identity(stale)][0] == list(stale.reply)
 
+    # The pair is refused before the kernel is touched: the kernel keys a session by both tuples.
     assert merged["failed"] is True
     assert merged["msg"] == (
-        "the kernel refused to create 1 session(s); what was applied has been undone: "
-        "tcp 203.0.113.20:5001 -> 203.0.113.1:20060 dnat 192.0.2.61:80: File exists (an entry with this tuple "
-        "(or its translated tuple) already exists)")
-    assert merged["failed_sessions"] == [merged["msg"].split("undone: ")[1]]
+        "1 session(s) of the document conflict with the host, nothing was applied: "
+        "tcp 203.0.113.20:5001 -> 203.0.113.1:20060 dnat 192.0.2.61:80: its original tuple is another "
+        "session's translated one (held by %s)" % describe(first))
     assert after_merged == before
 
+    # With best effort the first is created and the second listed, still without a kernel refusal.
     assert best["failed"] is False and best["created"] == 1
-    assert best["failed_sessions"] == ["create " + merged["failed_sessions"][0]]
+    assert best["conflicts"] == [merged["msg"].split("applied: ")[1]]
+    assert best["failed_sessions"] == []
     assert set(after_best) == set(before) | {identity(first)}
     assert after_best[identity(first)][0] == list(first.reply)
 

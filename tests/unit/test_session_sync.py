@@ -111,6 +111,25 @@ def test_merged_refuses_a_translated_port_held_by_a_host_connection_outside_the_
     assert result.create == []
 
 
+def test_merged_refuses_a_session_whose_original_tuple_is_another_sessions_translated_one():
+    # A port-forwarded session that would arrive as A's translated reply: the kernel keys both.
+    reply_of_a = A.reply
+    forwarded = ConntrackEntry(reply_of_a, FlowTuple(socket.AF_INET, 6, "192.0.2.61", SERVER, 80, 5001),
+                               SEEN | IPS_DST_NAT, 600, tcp_state=3)
+    result = plan([A], [A], [forwarded], "merged")
+    assert result.create == []
+    [conflict] = result.conflicts
+    assert (conflict.existing, conflict.reason) == (A, "its original tuple is another session's translated one")
+
+
+def test_two_document_sessions_may_not_take_each_others_tuples():
+    forwarded = ConntrackEntry(A.reply, FlowTuple(socket.AF_INET, 6, "192.0.2.61", SERVER, 80, 5001),
+                               SEEN | IPS_DST_NAT, 600, tcp_state=3)
+    result = plan([], [], [A, forwarded], "merged")
+    assert result.create == [A]
+    assert [(c.wanted, c.existing) for c in result.conflicts] == [(forwarded, A)]
+
+
 def test_two_document_sessions_may_not_share_a_translated_port():
     twin = snat("192.0.2.50", 41234, 20001)
     result = plan([], [], [A, twin], "merged")
