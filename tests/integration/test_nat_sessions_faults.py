@@ -7,6 +7,7 @@ the whole table before and after (identity, binding, status, state, mark and zon
 the host's own connections included) and asserts that it did not change.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -203,20 +204,21 @@ class CallbackModule(CallbackBase):
 """
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """Makes namespaces on demand; removes every one of them at the end, also after a failure."""
-    top = tmp_path_factory.mktemp("nfsh7")
+@contextlib.contextmanager
+def namespaces(prefix, top, files=None):
+    """Makes NAT namespaces on demand (`make(short)` gives a Host); removes every one at the end,
+    also after a failure. `top` receives the collection link, the recorder and the helper scripts."""
     root = top / "collections"
     (root / "ansible_collections" / "nfstate").mkdir(parents=True)
     os.symlink(REPO, str(root / "ansible_collections" / "nfstate" / "migration"))
     (top / "callbacks").mkdir()
-    (top / "callbacks" / "nfsh7_record.py").write_text(RECORDER)
-    (top / "table.py").write_text(TABLE)
+    (top / "callbacks" / "nfsh7_record.py").write_text(RECORDER)  # the name Host.play enables
+    for name, text in dict({"table.py": TABLE}, **(files or {})).items():
+        (top / name).write_text(text)
     made = []
 
     def make(short):
-        name = PREFIX + short
+        name = prefix + short
         subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
         made.append(name)
         host = Host(name, str(root), str(top))
@@ -229,6 +231,12 @@ def lab(tmp_path_factory):
     finally:
         for name in made:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    with namespaces(PREFIX, tmp_path_factory.mktemp("nfsh7")) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ both ends are in that namespace, on documentation addresses only.
 
 import json
 import os
-import subprocess
 
 import pytest
 
 # pytestmark: the same needs (root, ip, nft, conntrack) as the lab it borrows.
 import test_nat_sessions_faults as faults
-from test_nat_sessions_faults import NAT, NAT_CHAINS, OURS, PYTHON, RECORDER, REPO, SERVER, TABLE, Host
+from test_nat_sessions_faults import NAT, OURS, PYTHON, SERVER
 
 pytestmark = faults.pytestmark
 
@@ -60,29 +59,8 @@ def identity(src, sport, dst, dport, proto):
 @pytest.fixture
 def lab(tmp_path):
     """A source and a target namespace with NAT chains; removed at the end, also after a failure."""
-    root = tmp_path / "collections"
-    (root / "ansible_collections" / "nfstate").mkdir(parents=True)
-    os.symlink(REPO, str(root / "ansible_collections" / "nfstate" / "migration"))
-    (tmp_path / "callbacks").mkdir()
-    (tmp_path / "callbacks" / "nfsh7_record.py").write_text(RECORDER)  # the name Host.play enables
-    (tmp_path / "table.py").write_text(TABLE)
-    (tmp_path / "timeouts.py").write_text(TIMEOUTS)
-    made = []
-
-    def make(short):
-        name = PREFIX + short
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        made.append(name)
-        host = Host(name, str(root), str(tmp_path))
-        host.run("ip", "link", "set", "lo", "up")
-        host.run("nft", "-f", "-", input=NAT_CHAINS)
-        return host
-
-    try:
+    with faults.namespaces(PREFIX, tmp_path, {"timeouts.py": TIMEOUTS}) as make:
         yield make
-    finally:
-        for name in made:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
 def timeouts(host):
