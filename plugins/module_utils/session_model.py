@@ -139,29 +139,22 @@ def entry_to_mapping(entry, index):
         side = EXTERNAL
     else:
         side = INTERNAL
-    mapping = {"index": index, "type": SESSION_TYPE, "transport-protocol": proto}
+    # The side that opened the session is the "near" one; the other sees the translated tuple.
     if side == INTERNAL:
-        mapping["internal-src-address"] = near_src
-        mapping["internal-src-port"] = near_sport
-        mapping["external-src-address"] = far_src
-        mapping["external-src-port"] = far_sport
-        mapping["internal-dst-address"] = near_dst
-        if not icmp:
-            mapping["internal-dst-port"] = {"start-port-number": orig.dport}
-        mapping["external-dst-address"] = far_dst
-        if not icmp:
-            mapping["external-dst-port"] = {"start-port-number": reply.sport}
+        in_src, in_sport, ex_src, ex_sport = near_src, near_sport, far_src, far_sport
+        in_dst, in_dport, ex_dst, ex_dport = near_dst, orig.dport, far_dst, reply.sport
     else:
-        mapping["internal-src-address"] = far_src
-        mapping["internal-src-port"] = far_sport
-        mapping["external-src-address"] = near_src
-        mapping["external-src-port"] = near_sport
-        mapping["internal-dst-address"] = far_dst
-        if not icmp:
-            mapping["internal-dst-port"] = {"start-port-number": reply.sport}
-        mapping["external-dst-address"] = near_dst
-        if not icmp:
-            mapping["external-dst-port"] = {"start-port-number": orig.dport}
+        in_src, in_sport, ex_src, ex_sport = far_src, far_sport, near_src, near_sport
+        in_dst, in_dport, ex_dst, ex_dport = far_dst, reply.sport, near_dst, orig.dport
+    mapping = {"index": index, "type": SESSION_TYPE, "transport-protocol": proto,
+               "internal-src-address": in_src, "internal-src-port": in_sport,
+               "external-src-address": ex_src, "external-src-port": ex_sport,
+               "internal-dst-address": in_dst}
+    if not icmp:
+        mapping["internal-dst-port"] = {"start-port-number": in_dport}
+    mapping["external-dst-address"] = ex_dst
+    if not icmp:
+        mapping["external-dst-port"] = {"start-port-number": ex_dport}
     if entry.timeout is not None:
         mapping["lifetime"] = entry.timeout
     status = entry.status
