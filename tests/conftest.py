@@ -3,12 +3,14 @@
 import os
 import sys
 import tempfile
+import zlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _collection_root():
-    root = os.path.join(tempfile.gettempdir(), "nfstate-pytest-%d" % os.getuid())
+    # One root per checkout: test runs of two checkouts at once must not re-point each other's link.
+    root = os.path.join(tempfile.gettempdir(), "nfstate-pytest-%d-%08x" % (os.getuid(), zlib.crc32(REPO.encode())))
     link = os.path.join(root, "ansible_collections", "nfstate", "migration")
     os.makedirs(os.path.dirname(link), exist_ok=True)
     if os.path.realpath(link) != REPO:

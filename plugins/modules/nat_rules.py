@@ -289,9 +289,9 @@ from collections import namedtuple
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.nfstate.migration.plugins.module_utils import nat_rules_iptables as ipt
+from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as ipt
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document
-from ansible_collections.nfstate.migration.plugins.module_utils import nat_rules_nftables as nftr
+from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nftr
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
     FAMILIES, ROLES, ModelError, canonical, rules_of, to_policy,
 )

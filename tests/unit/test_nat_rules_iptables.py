@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_iptables import (
+from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_iptables import (
     RenderError, installed, parse_save, remove_payload, restore_payload, rule_args,
     split_families,
 )

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_iptables import parse_save
+from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_iptables import parse_save
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import NS, canonical, rules_of
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_nftables import parse_ruleset
+from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_nftables import parse_ruleset
 
 from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_iptables import EXPECTED_V4, EXPECTED_V6, SAVE_V4, SAVE_V6
 from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_nftables import EXPECTED as EXPECTED_NFT

@@ -14,13 +14,13 @@ import os
 
 import pytest
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_iptables import (
+from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_iptables import (
     parse_save, restore_payload,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
     NatRule, canonical, rules_of, to_policy,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_nftables import (
+from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_nftables import (
     installed, parse_ruleset,
 )
 from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_module import run_module
