@@ -15,12 +15,16 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import datetime
 import gzip
 import json
 import os
+import socket
 import tempfile
 from collections import namedtuple
+
+from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import refreshed_at_risk
 
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     REMOVED,
@@ -252,3 +256,38 @@ def write_document(doc, path, indent=None):
             pass
         raise
     return path
+
+
+# ---------------------------------------------------------------- building snapshots
+
+def build_document(entries, instance_name, base=None, kind="full"):
+    """A snapshot document of `entries`; into a copy of `base` (e.g. the rules) when given."""
+    snapshot = dict(taken_at=date_and_time(), source_host=socket.gethostname(), kind=kind)
+    if base is None:
+        document = new_document(instance_name, **snapshot)
+    else:
+        document = copy.deepcopy(base)
+        meta = instance(document).setdefault(SNAPSHOT, {})
+        meta.update(new_document(instance_name, **snapshot)["ietf-nat:nat"]["instances"]["instance"][0][SNAPSHOT])
+    set_mapping_entries(document, entries_to_mappings(entries))
+    return document
+
+
+def delta_document(entries, previous, instance_name, base=None, elapsed=0):
+    """What changed since `previous` (a full snapshot's sessions, taken `elapsed` seconds before
+    `entries` were read): new or re-bound sessions, refreshed ones at risk (see refreshed_at_risk),
+    and the ended or re-bound ones flagged removed. Any other session whose binding is the same is
+    left out: its timeout and TCP state move on by themselves on the target.
+    Returns (document, added, removed, refreshed)."""
+    before = dict((session_key(e), e) for e in previous)
+    now = dict((session_key(e), e) for e in entries)
+    added = [e for key, e in now.items() if key not in before or before[key].reply != e.reply]
+    refreshed = [e for key, e in now.items()
+                 if key in before and before[key].reply == e.reply and refreshed_at_risk(before[key], e, elapsed)]
+    removed = [e for key, e in before.items() if key not in now or now[key].reply != e.reply]
+    document = build_document(added + refreshed, instance_name, base, kind="delta")
+    first = len(added) + len(refreshed) + 1
+    mappings = instance(document)["mapping-table"]["mapping-entry"]
+    mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, first))
+    set_mapping_entries(document, mappings)
+    return document, len(added), len(removed), len(refreshed)

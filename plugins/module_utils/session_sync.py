@@ -22,17 +22,11 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     is_icmp,
     translation,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import needs_refresh
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
 
 # refresh: the sessions of `unchanged` whose lifetime the host must extend (Conntrack.update).
 Plan = namedtuple("Plan", ["create", "delete", "unchanged", "conflicts", "refresh"])
-
-# Seconds a held session's lifetime may fall short of the wanted one before it is refreshed: the
-# two are read moments apart and counted in whole seconds, so a re-run must not see a change.
-REFRESH_SLACK = 5
-# TCP states of a connection being closed: the host's own traffic took it there, which is newer
-# than any snapshot, so such a session is never taken back to another state.
-_TCP_CLOSING = frozenset(TCP_STATES.index(s) for s in ("fin-wait", "close-wait", "last-ack", "time-wait", "close"))
 
 # A desired session the host cannot take as it is: `existing` is the entry in the way.
 Conflict = namedtuple("Conflict", ["wanted", "existing", "reason"])
@@ -43,10 +37,12 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
 
     existing: every entry on the host (for collisions with sessions outside the selection).
     selected: the entries of `existing` that belong to the network function.
-    state: merged (add what is missing), replaced (the selection becomes exactly `desired`),
-    deleted (remove `desired`, or the whole selection when `desired` is None).
+    state: merged (add what is missing; a session held with another binding is a conflict),
+    replaced (the same, but such a session is re-created with the wanted binding), overridden
+    (the selection becomes exactly `desired`), deleted (remove `desired`, or the whole selection
+    when `desired` is None).
     removed: sessions a delta snapshot says ended; deleted where the host holds them with that binding.
-    ignored: session keys left alone by `replaced` (sessions whose lifetime ran out in transit).
+    ignored: session keys left alone by `overridden` (sessions whose lifetime ran out in transit).
     """
     by_key = dict((session_key(e), e) for e in existing)
     if state == "deleted":
@@ -65,7 +61,7 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
         if current is not None and current.reply == gone.reply:
             delete.append(by_key.pop(session_key(gone)))
     selected_keys = set(session_key(e) for e in selected)
-    if state == "replaced":
+    if state == "overridden":
         keep = set(session_key(w) for w in desired) | set(ignored)
         stale = [e for e in selected if session_key(e) not in keep and session_key(e) in by_key]
         for entry in stale:
@@ -86,7 +82,7 @@ def plan(existing, selected, desired, state, removed=(), ignored=frozenset()):
                 refresh.append(wanted)
             continue
         if current is not None:
-            if state != "replaced" or key not in selected_keys:
+            if state not in ("replaced", "overridden") or key not in selected_keys:
                 conflicts.append(Conflict(wanted, current, "exists with a different binding"))
                 continue
             delete.append(by_key.pop(key))
@@ -113,13 +109,6 @@ def _release(tuples, entry):
     for tup in (entry.orig, entry.reply):
         if tuples.get((entry.zone, tup)) is entry:
             del tuples[(entry.zone, tup)]
-
-
-def needs_refresh(current, wanted):
-    """Whether the host's copy of a session (same binding) must get the wanted lifetime."""
-    if wanted.timeout - current.timeout <= REFRESH_SLACK:
-        return False
-    return not (current.tcp_state in _TCP_CLOSING and current.tcp_state != wanted.tcp_state)
 
 
 _ACTION_OPTIONS = {"create": "-I", "update": "-U", "delete": "-D"}

@@ -10,23 +10,24 @@ DOCUMENTATION = r"""
 module: nat_freeze
 short_description: Stop a NAT from creating new sessions until a deadline
 description:
-  - Freezes a NAT for a migration. Forwarded packets in conntrack state C(NEW) that enter one of the
-    NAT's interfaces are dropped, so new connections through the NAT wait (TCP clients retransmit
-    their SYN and get through once the freeze lifts) while established sessions keep flowing and a
-    snapshot taken meanwhile is complete.
+  - Freezes a NAT for a migration. Forwarded packets that would create a conntrack entry (state
+    C(NEW) and not yet confirmed) and enter one of the NAT's interfaces are dropped, so new
+    connections through the NAT wait (TCP clients retransmit their SYN and get through once the
+    freeze lifts) while every packet of an entry that exists keeps flowing, one-way UDP streams
+    included, and a snapshot taken meanwhile is complete.
   - Only forwarded traffic is held. The host's own traffic, such as the controller's SSH session,
     passes untouched even when it arrives on a frozen interface.
   - The freeze carries a deadline and the kernel lifts it by itself when the deadline passes, with
     no process left running, so a source whose controller disappears serves again on its own.
   - With O(implementation=nftables) the freeze is the table C(inet nfstate_freeze). Its rule
-    C(ct state new iifname @frozen_iifs drop) sits in a forward chain at priority C(filter - 10). The
+    C(ct state new ct status ! confirmed iifname @frozen_iifs drop) sits in a forward chain at priority C(filter - 10). The
     interfaces are elements of a set with a timeout, which the kernel expires on a monotonic clock,
     whatever the wall clock does, within the second before RV(expires_at). The freeze is set and refreshed
     in one atomic libnftables JSON transaction, through Debian's C(python3-nftables) binding when
     the host's Python can import it, else C(nft -j -f -).
   - With O(implementation=iptables) the freeze is the chain C(NFSTATE-FREEZE) in the filter table,
     jumped to by the first rule of C(FORWARD). It holds one C(DROP) rule per interface, limited by
-    C(-m time --datestop) in UTC. It uses only iptables itself and is written in one
+    C(--ctstate NEW ! --ctstatus CONFIRMED) and by C(-m time --datestop) in UTC. It uses only iptables itself and is written in one
     C(iptables-restore --noflush) commit. The kernel checks the wall clock at one-second
     resolution and lifts the freeze at RV(expires_at), for the legacy backend (C(xt_time)) and for
     the nft backend (translated into a native C(meta time) range) alike. The rules are also written with ip6tables when the host has
@@ -51,18 +52,6 @@ options:
       - Seconds from now after which the kernel lifts the freeze by itself. Required with
         O(state=present). At most one day (86400).
     type: int
-  implementation:
-    description:
-      - The packet filter that implements the NAT on this host. The freeze uses the same one.
-    type: str
-    choices: [iptables, nftables]
-    required: true
-  iptables_backend:
-    description:
-      - Which iptables binaries to use, C(iptables-legacy-*) or C(iptables-nft-*). Required with
-        O(implementation=iptables).
-    type: str
-    choices: [legacy, nft]
   interfaces:
     description:
       - The NAT's network devices by role. New connections entering either one are held. Required
@@ -75,6 +64,9 @@ options:
       outside:
         description: The device facing the external side.
         type: str
+extends_documentation_fragment:
+  - nfstate.migration.provider
+  - nfstate.migration.provider.result
 attributes:
   check_mode:
     support: full
@@ -111,16 +103,13 @@ EXAMPLES = r"""
   nfstate.migration.nat_freeze:
     deadline: 60
     implementation: iptables
-    iptables_backend: legacy
     interfaces:
       inside: ens4
   register: freeze
 
-- name: Unfreeze (also removes what an expired freeze left behind)
+- name: Unfreeze (also removes what an expired freeze left behind), whatever the implementation
   nfstate.migration.nat_freeze:
     state: absent
-    implementation: iptables
-    iptables_backend: legacy
 """
 
 RETURN = r"""
@@ -145,99 +134,49 @@ interfaces:
   type: list
   elements: str
   sample: [eth0, eth1]
+before:
+  description: The freeze before the task (frozen, interfaces, expires_at, remaining).
+  returned: always
+  type: dict
+  sample: {"frozen": false, "interfaces": [], "expires_at": null, "remaining": 0}
+after:
+  description: The freeze after the task (or as predicted in check mode).
+  returned: always
+  type: dict
+  sample: {"frozen": true, "interfaces": ["eth0", "eth1"], "expires_at": "2026-11-26T08:16:09Z", "remaining": 119}
+commands:
+  description: What was sent to the host (in check mode, what would be when freezing), as lines.
+  returned: always
+  type: list
+  elements: str
+  sample: ["# iptables-legacy-restore --noflush", "*filter", ":NFSTATE-FREEZE - [0:0]", "COMMIT"]
 """
-
-import os
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_freeze import (
-    Freeze,
-    FreezeError,
-    describe,
-    expiry_for,
-    interface_devices,
-    needs_freeze,
-    runner_for,
+from ansible_collections.nfstate.migration.plugins.module_utils.resources import nat_freeze
+from ansible_collections.nfstate.migration.plugins.module_utils.resources.common import (
+    PROVIDER_OPTIONS,
+    provider_of,
+    run_module,
 )
 
-
-def _verify_frozen(runner, wanted):
-    """Read back what the kernel holds: a freeze without a working deadline must never stay."""
-    now = time.time()
-    state = runner.read(now)
-    active = state.active
-    if state.intact and active is not None and active.interfaces == wanted.interfaces \
-            and abs(active.expires_at - wanted.expires_at) <= 1 and active.expires_at > now:
-        return state
-    runner.unfreeze()
-    raise FreezeError("the freeze read back does not match what was written (%r, wanted %r): "
-                      "removed it again" % (state, wanted))
-
-
-def run(module):
-    params = module.params
-    now = time.time()
-    if params["state"] == "present":
-        wanted = Freeze(interface_devices(params["interfaces"]), expiry_for(params["deadline"], now))
-    runner = runner_for(module, params["implementation"], params["iptables_backend"])
-    before = runner.read(now)
-
-    if params["state"] == "present":
-        for device in wanted.interfaces:
-            if not os.path.exists(os.path.join("/sys/class/net", device)):
-                module.warn("interface %s does not exist (yet): its new connections will be held once it does" % device)
-        changed = needs_freeze(before, wanted)
-        after = before
-        if changed:
-            if module.check_mode:
-                after = before._replace(installed=True, intact=True, active=wanted)
-            else:
-                runner.freeze(wanted, time.time())
-                after = _verify_frozen(runner, wanted)
-    else:
-        changed = before.installed
-        after = before
-        if changed:
-            if module.check_mode:
-                after = before._replace(installed=False, intact=True, active=None)
-            else:
-                runner.unfreeze()
-                after = runner.read(time.time())
-                if after.installed:
-                    raise FreezeError("the freeze is still installed after removing it: %r" % (after,))
-
-    now = time.time()
-    result = dict(changed=changed, **describe(after, now))
-    if module._diff:
-        result["diff"] = {"before": describe(before, now), "after": describe(after, now)}
-    return result
+ARGUMENT_SPEC = dict(
+    PROVIDER_OPTIONS,
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    deadline=dict(type="int"),
+    interfaces=dict(type="dict", options=dict(inside=dict(type="str"), outside=dict(type="str"))),
+)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            deadline=dict(type="int"),
-            implementation=dict(type="str", choices=["iptables", "nftables"], required=True),
-            iptables_backend=dict(type="str", choices=["legacy", "nft"]),
-            interfaces=dict(type="dict", options=dict(
-                inside=dict(type="str"),
-                outside=dict(type="str"),
-            )),
-        ),
-        required_if=[
-            ("state", "present", ("deadline", "interfaces")),
-            ("implementation", "iptables", ("iptables_backend",)),
-        ],
+        argument_spec=ARGUMENT_SPEC,
+        required_if=[("state", "present", ("deadline", "interfaces"))],
         supports_check_mode=True,
     )
-    module.run_command_environ_update = dict(LANG="C", LC_ALL="C", LC_MESSAGES="C", LC_CTYPE="C")
-    try:
-        module.exit_json(**run(module))
-    except FreezeError as error:
-        module.fail_json(msg=str(error))
+    run_module(module, lambda m: nat_freeze.run(provider_of(m), m.params, check_mode=m.check_mode,
+                                                diff=m._diff, warn=m.warn))
 
 
 if __name__ == "__main__":

@@ -27,14 +27,18 @@ description:
   - Resource-module states. V(gathered) reads the host, V(parsed) reads O(running_config)
     without touching a host, V(rendered) returns what would be sent to the host for an empty
     host without touching it, V(merged) adds the rules of the document that are missing,
-    V(replaced) makes our chains hold exactly the document's rules, V(deleted) removes the
-    document's rules, or everything of ours when no document is given.
+    V(replaced) replaces, rule by rule, the host's rule that matches the same packets (same hook,
+    family, interfaces, addresses, protocol and ports) by the document's, adds the others and keeps
+    the host's remaining rules; V(overridden) makes our chains hold exactly the document's rules;
+    V(deleted) removes the document's rules, or everything of ours when no document is given.
   - The result of a change is read back from the host; C(changed) compares that with what was
     there before, so a second identical run reports no change.
 author:
   - nfstate.migration contributors (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - nfstate.migration.provider
+  - nfstate.migration.provider.result
 attributes:
   check_mode:
     support: full
@@ -48,19 +52,6 @@ requirements:
     for O(implementation=iptables).
   - For O(implementation=nftables), the C(nftables) Python binding (Debian's C(python3-nftables)) or the C(nft) program.
 options:
-  implementation:
-    description:
-      - The NAT implementation of the host.
-    type: str
-    required: true
-    choices: [iptables, nftables]
-  iptables_backend:
-    description:
-      - Which iptables to use with O(implementation=iptables). V(legacy) is the classic x_tables
-        (C(iptables-legacy)), V(nft) the nf_tables based C(iptables-nft).
-    type: str
-    choices: [legacy, nft]
-    default: legacy
   interfaces:
     description:
       - >-
@@ -72,7 +63,7 @@ options:
     description:
       - What to do, see the description.
     type: str
-    choices: [gathered, parsed, rendered, merged, replaced, deleted]
+    choices: [gathered, parsed, rendered, merged, replaced, overridden, deleted]
     default: merged
   config:
     description:
@@ -130,7 +121,6 @@ EXAMPLES = r"""
 - name: Gather the NAT rules of an iptables-legacy host, including rules written by hand
   nfstate.migration.nat_rules:
     implementation: iptables
-    iptables_backend: legacy
     interfaces:
       inside: eth1
       outside: eth0
@@ -155,7 +145,7 @@ EXAMPLES = r"""
       inside: ens4
       outside: ens3
     config: "{{ source_rules.gathered }}"
-    state: replaced
+    state: overridden
 
 - name: Apply the rules of a snapshot file copied to the host
   nfstate.migration.nat_rules:
@@ -198,7 +188,7 @@ EXAMPLES = r"""
 RETURN = r"""
 before:
   description: The rules on the host before the change, as a C(policy) list.
-  returned: when O(state) is V(merged), V(replaced) or V(deleted)
+  returned: when O(state) is V(merged), V(replaced), V(overridden) or V(deleted)
   type: list
   elements: dict
   sample:
@@ -209,7 +199,7 @@ before:
       nfstate-nat-rules:out-interface: outside
 after:
   description: The rules on the host after the change (in check mode, the rules it would have).
-  returned: when O(state) is V(merged), V(replaced) or V(deleted)
+  returned: when O(state) is V(merged), V(replaced), V(overridden) or V(deleted)
   type: list
   elements: dict
   sample:
@@ -253,22 +243,28 @@ parsed:
       nfstate-nat-rules:out-interface: outside
 rendered:
   description:
-    - What would be sent to an empty host. For iptables, the C(iptables-restore --noflush) input
-      per family (keys C(ipv4), C(ipv6)); for nftables, the libnftables JSON document (key C(nftables)).
+    - What would be sent to an empty host, as lines. For iptables, the C(iptables-restore --noflush)
+      input of each family after a comment line naming the program; for nftables, one libnftables
+      JSON command per line.
   returned: when O(state=rendered)
-  type: dict
-  sample:
-    ipv4: "*nat\n:NFSTATE-PRE - [0:0]\n:NFSTATE-POST - [0:0]\n-I PREROUTING 1 -j NFSTATE-PRE\n-I POSTROUTING 1 -j NFSTATE-POST\n\
-      -A NFSTATE-POST -o eth0 -j MASQUERADE\nCOMMIT\n"
-    ipv6: "*nat\n:NFSTATE-PRE - [0:0]\n:NFSTATE-POST - [0:0]\n-I PREROUTING 1 -j NFSTATE-PRE\n-I POSTROUTING 1 -j NFSTATE-POST\nCOMMIT\n"
+  type: list
+  elements: str
+  sample: ["# iptables-legacy-restore --noflush", "*nat", ":NFSTATE-PRE - [0:0]", ":NFSTATE-POST - [0:0]",
+           "-I PREROUTING 1 -j NFSTATE-PRE", "-I POSTROUTING 1 -j NFSTATE-POST", "-A NFSTATE-POST -o eth0 -j MASQUERADE", "COMMIT"]
 commands:
   description:
     - What was sent to the host (in check mode, what would have been), in the shape of RV(rendered);
       empty when nothing had to change.
-  returned: when O(state) is V(merged), V(replaced) or V(deleted)
-  type: dict
-  sample:
-    ipv4: "*nat\n-D PREROUTING -j NFSTATE-PRE\n-D POSTROUTING -j NFSTATE-POST\n-F NFSTATE-POST\n-F NFSTATE-PRE\n-X NFSTATE-POST\n-X NFSTATE-PRE\nCOMMIT\n"
+  returned: when O(state) is V(merged), V(replaced), V(overridden) or V(deleted)
+  type: list
+  elements: str
+  sample: ["# iptables-legacy-restore --noflush", "*nat", "-D PREROUTING -j NFSTATE-PRE", "-D POSTROUTING -j NFSTATE-POST",
+           "-F NFSTATE-POST", "-F NFSTATE-PRE", "-X NFSTATE-POST", "-X NFSTATE-PRE", "COMMIT"]
+iptables_backend:
+  description: The iptables backend used (given or detected).
+  returned: when the implementation is iptables and a host was read
+  type: str
+  sample: legacy
 unsupported:
   description:
     - Rules in our chains or table, in the chains read with O(include_builtin_chains), or in
@@ -283,291 +279,38 @@ unsupported:
       reason: target REDIRECT
 """
 
-import json
-from collections import namedtuple
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as ipt
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document
-from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nftr
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
-    FAMILIES, ROLES, ModelError, canonical, rules_of, to_policy,
+from ansible_collections.nfstate.migration.plugins.module_utils.resources import nat_rules
+from ansible_collections.nfstate.migration.plugins.module_utils.resources.common import (
+    PROVIDER_OPTIONS,
+    provider_of,
+    run_module,
 )
 
-# What a host holds of ours, whatever the implementation.
-#   rules        canonical NatRules
-#   unsupported  [{"rule", "reason"}]
-#   installed    chains/table and jumps are all in place
-#   present      anything of ours exists
-#   raw          the implementation's own view, needed to render a change
-HostState = namedtuple("HostState", ["rules", "unsupported", "installed", "present", "raw"])
-
-
-class IptablesNat(object):
-    def __init__(self, module, backend, interfaces, include_builtin):
-        self.module = module
-        self.interfaces = interfaces
-        self.include_builtin = include_builtin
-        self.programs = dict(
-            (family, tuple(module.get_bin_path(name, required=True) for name in ipt.PROGRAMS[(backend, family)]))
-            for family in FAMILIES) if module is not None else {}
-
-    def _state(self, tables):
-        rules = canonical([rule for family in FAMILIES for rule in tables[family].rules])
-        unsupported = [item for family in FAMILIES for item in tables[family].unsupported]
-        installed = all(ipt.installed(tables[family]) for family in FAMILIES)
-        present = any(tables[family].chains or any(tables[family].jumps.values()) for family in FAMILIES)
-        return HostState(rules, unsupported, installed, present, tables)
-
-    def parse(self, text):
-        if not isinstance(text, str):
-            raise ValueError("running_config must be iptables-save text for implementation=iptables")
-        parts = ipt.split_families(text)
-        return self._state(dict(
-            (family, ipt.parse_save(parts.get(family, ""), family, self.interfaces, self.include_builtin))
-            for family in FAMILIES))
-
-    def gather(self, include_builtin=False):
-        tables = {}
-        for family in FAMILIES:
-            save = self.programs[family][0]
-            rc, out, err = self.module.run_command([save, "-t", "nat"])
-            if rc != 0:
-                self.module.fail_json(msg="%s -t nat failed: %s" % (save, err.strip() or out.strip()))
-            tables[family] = ipt.parse_save(out, family, self.interfaces, include_builtin)
-        return self._state(tables)
-
-    def render(self, rules, current=None):
-        out = {}
-        for family in FAMILIES:
-            table = current.raw[family] if current is not None else None
-            if table is not None and _family_done(table, rules, family):
-                continue
-            out[family] = ipt.restore_payload(rules, family, self.interfaces, table)
-        return out
-
-    def apply(self, rules, current, check):
-        payloads = self.render(rules, current)
-        self._restore(payloads, check)
-        return payloads
-
-    def remove(self, current, check):
-        payloads = {}
-        for family in FAMILIES:
-            payload = ipt.remove_payload(current.raw[family])
-            if payload:
-                payloads[family] = payload
-        self._restore(payloads, check)
-        return payloads
-
-    def _restore(self, payloads, check):
-        for family, payload in sorted(payloads.items()):
-            restore = self.programs[family][1]
-            args = [restore, "--wait", "--noflush"] + (["--test"] if check else [])
-            rc, out, err = self.module.run_command(args, data=payload, binary_data=True)
-            if rc != 0:
-                self.module.fail_json(msg="%s refused our rules: %s" % (restore, err.strip() or out.strip()),
-                                      payload=payload)
-
-
-def _family_done(table, rules, family):
-    """Nothing to change in this family: same rules, chains entered once, nothing unsupported."""
-    wanted = [rule for rule in rules if rule.family == family]
-    return table.rules == wanted and not table.unsupported and ipt.installed(table)
-
-
-class NftablesNat(object):
-    def __init__(self, module, interfaces, include_builtin):
-        self.module = module
-        self.interfaces = interfaces
-        self.include_builtin = include_builtin
-        self._runner = None
-
-    @property
-    def runner(self):
-        if self._runner is None:
-            binding = nftr.load_binding()
-            if binding is not None:
-                self._runner = nftr.NftJson(binding=binding)
-            else:
-                nft = self.module.get_bin_path("nft", required=True)
-                self._runner = nftr.NftJson(nft_path=nft, run_command=self._run)
-        return self._runner
-
-    def _run(self, args, data):
-        return self.module.run_command(args, data=data, binary_data=True)
-
-    @staticmethod
-    def _state(table):
-        return HostState(table.rules, table.unsupported, nftr.installed(table), table.exists, table)
-
-    def parse(self, text):
-        ruleset = json.loads(text) if isinstance(text, str) else text
-        if not isinstance(ruleset, dict):
-            raise ValueError("running_config must be the libnftables JSON listing for implementation=nftables")
-        return self._state(nftr.parse_ruleset(ruleset, self.interfaces, self.include_builtin))
-
-    def gather(self, include_builtin=False):
-        # Only our table is listed unless the other nat tables are wanted too.
-        listing = self._call(self.runner.list_ruleset if include_builtin else self.runner.list_ours)
-        return self._state(nftr.parse_ruleset(listing, self.interfaces, include_builtin))
-
-    def render(self, rules, current=None):
-        return nftr.render_commands(rules, self.interfaces)
-
-    def apply(self, rules, current, check):
-        commands = self.render(rules, current)
-        self._call(self.runner.run, commands, dry_run=check)
-        return commands
-
-    def remove(self, current, check):
-        commands = nftr.delete_commands(current.raw)
-        if commands is None:
-            return {}
-        self._call(self.runner.run, commands, dry_run=check)
-        return commands
-
-    def _call(self, func, *args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except nftr.NftError as exc:
-            self.module.fail_json(msg="nftables refused: %s" % exc, commands=args[0] if args else None)
-
-
-def read_config(params):
-    """The document or policy list given by config or src."""
-    if params["config"] is not None:
-        return params["config"]
-    return read_document(params["src"])
-
-
-def check_interfaces(module, interfaces):
-    interfaces = interfaces or {}
-    for role, dev in interfaces.items():
-        if role not in ROLES:
-            module.fail_json(msg="interfaces: unknown role %r, the roles are %s" % (role, ", ".join(ROLES)))
-        if not isinstance(dev, str) or not dev:
-            module.fail_json(msg="interfaces: the %s device must be a non-empty name" % role)
-    devices = list(interfaces.values())
-    if len(set(devices)) != len(devices):
-        module.fail_json(msg="interfaces: one device cannot have two roles")
-    return dict(interfaces)
-
-
-def report_unsupported(module, unsupported, result):
-    result["unsupported"] = unsupported
-    if not unsupported:
-        return
-    listing = "; ".join("%s (%s)" % (item["rule"], item["reason"]) for item in unsupported)
-    if not module.params["skip_unsupported"]:
-        module.fail_json(msg="rules the NAT model cannot express: %s" % listing, **result)
-    module.warn("skipped rules the NAT model cannot express: %s" % listing)
-
-
-def _policy_text(policy):
-    return json.dumps(policy, indent=2, sort_keys=True) + "\n"
+ARGUMENT_SPEC = dict(
+    PROVIDER_OPTIONS,
+    interfaces=dict(type="dict"),
+    state=dict(type="str", default="merged", choices=list(nat_rules.STATES)),
+    config=dict(type="raw"),
+    src=dict(type="path"),
+    running_config=dict(type="raw"),
+    skip_unsupported=dict(type="bool", default=False),
+    include_builtin_chains=dict(type="bool", default=False),
+)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            implementation=dict(type="str", required=True, choices=["iptables", "nftables"]),
-            iptables_backend=dict(type="str", default="legacy", choices=["legacy", "nft"]),
-            interfaces=dict(type="dict"),
-            state=dict(type="str", default="merged",
-                       choices=["gathered", "parsed", "rendered", "merged", "replaced", "deleted"]),
-            config=dict(type="raw"),
-            src=dict(type="path"),
-            running_config=dict(type="raw"),
-            skip_unsupported=dict(type="bool", default=False),
-            include_builtin_chains=dict(type="bool", default=False),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[("config", "src")],
-        required_if=[
-            ("state", "merged", ("config", "src"), True),
-            ("state", "replaced", ("config", "src"), True),
-            ("state", "rendered", ("config", "src"), True),
-            ("state", "parsed", ("running_config",)),
-        ],
+        required_if=[("state", state, ("config", "src"), True) for state in ("merged", "replaced", "overridden", "rendered")]
+        + [("state", "parsed", ("running_config",))],
         supports_check_mode=True,
     )
-    module.run_command_environ_update = dict(LANG="C", LC_ALL="C", LC_MESSAGES="C")
-    params = module.params
-    state = params["state"]
-    interfaces = check_interfaces(module, params["interfaces"])
-    include_builtin = params["include_builtin_chains"] and state in ("gathered", "parsed")
-    offline = state in ("parsed", "rendered")
-    if params["implementation"] == "iptables":
-        nat = IptablesNat(None if offline else module, params["iptables_backend"], interfaces, include_builtin)
-    else:
-        nat = NftablesNat(module, interfaces, include_builtin)
-    result = dict(changed=False, unsupported=[])
-
-    wanted = None
-    if params["config"] is not None or params["src"] is not None:
-        try:
-            wanted = rules_of(read_config(params))
-        except ModelError as exc:
-            module.fail_json(msg="config is not a NAT rules document: %s" % exc, path=exc.path)
-        except (IOError, OSError, ValueError) as exc:
-            module.fail_json(msg="cannot read the document %s: %s" % (params["src"], to_native(exc)))
-
-    try:
-        if state == "parsed":
-            parsed = nat.parse(params["running_config"])
-            report_unsupported(module, parsed.unsupported, result)
-            module.exit_json(parsed=to_policy(parsed.rules), **result)
-        if state == "rendered":
-            module.exit_json(rendered=nat.render(wanted), **result)
-    except (ValueError, ipt.RenderError, nftr.RenderError) as exc:
-        module.fail_json(msg=to_native(exc), **result)
-
-    before = nat.gather(include_builtin)
-    remove_all = state == "deleted" and wanted is None
-    if remove_all:
-        # Everything of ours goes, whether the model can express it or not.
-        result["unsupported"] = before.unsupported
-    else:
-        report_unsupported(module, before.unsupported, result)
-    if state == "gathered":
-        module.exit_json(gathered=to_policy(before.rules), **result)
-
-    if remove_all:
-        target = None
-    elif state == "merged":
-        target = canonical(before.rules + [rule for rule in wanted if rule not in before.rules])
-    elif state == "replaced":
-        target = wanted
-    else:
-        target = [rule for rule in before.rules if rule not in wanted]
-
-    commands = {}
-    try:
-        if target is None:
-            if before.present:
-                commands = nat.remove(before, module.check_mode)
-            predicted = HostState([], [], False, False, None)
-        else:
-            if before.rules != target or before.unsupported or not before.installed:
-                commands = nat.apply(target, before, module.check_mode)
-            predicted = HostState(target, [], True, True, None)
-    except (ipt.RenderError, nftr.RenderError) as exc:
-        module.fail_json(msg=to_native(exc), **result)
-
-    after = predicted if module.check_mode or not commands else nat.gather()
-    if not module.check_mode and commands and after.rules != predicted.rules:
-        module.fail_json(msg="the host does not hold the rules that were applied",
-                         before=to_policy(before.rules), after=to_policy(after.rules),
-                         commands=commands, **result)
-    result["changed"] = (before.rules, before.unsupported, before.installed, before.present) != (
-        after.rules, after.unsupported, after.installed, after.present)
-    result.update(before=to_policy(before.rules), after=to_policy(after.rules), commands=commands)
-    if module._diff:
-        result["diff"] = dict(before=_policy_text(result["before"]), after=_policy_text(result["after"]),
-                              before_header="NAT rules before", after_header="NAT rules after")
-    module.exit_json(**result)
+    run_module(module, lambda m: nat_rules.run(
+        provider_of(m, offline=m.params["state"] in ("parsed", "rendered")), m.params,
+        check_mode=m.check_mode, diff=m._diff, warn=m.warn))
 
 
 if __name__ == "__main__":

@@ -39,16 +39,19 @@ options:
         binding is left alone, but for its lifetime, which is extended when the document's is longer by more
         than 5 seconds (the source kept the session alive meanwhile), see RV(refreshed). One that exists with
         a different binding is an error (see O(best_effort)).
-      - V(replaced) makes the selected sessions exactly the document's. Others are deleted, those with a
+      - V(replaced) works session by session. It is V(merged), except that a selected session the host holds
+        with another binding is re-created with the document's binding instead of being a conflict.
+        The host's other sessions stay.
+      - V(overridden) makes the selected sessions exactly the document's. Others are deleted, those with a
         different binding are re-created, lifetimes are extended as with V(merged).
       - V(deleted) deletes the document's sessions or, without a document, every selected session.
     type: str
-    choices: [gathered, parsed, rendered, merged, replaced, deleted]
+    choices: [gathered, parsed, rendered, merged, replaced, overridden, deleted]
     default: merged
   config:
     description:
-      - The state document (RFC 7951 JSON of C(ietf-nat:nat)) for V(merged), V(replaced), V(deleted) and
-        V(rendered). Suited to small tables; large ones travel as files, see O(src).
+      - The state document (RFC 7951 JSON of C(ietf-nat:nat)) for V(merged), V(replaced), V(overridden),
+        V(deleted) and V(rendered). Suited to small tables; large ones travel as files, see O(src).
       - Mutually exclusive with O(src).
     type: dict
   src:
@@ -228,7 +231,7 @@ delta_refreshed:
   sample: 2
 expired:
   description: Sessions of the documents whose lifetime ran out since their snapshot; they are not applied.
-  returned: state is merged, replaced or deleted
+  returned: state is merged, replaced, overridden or deleted
   type: int
   sample: 0
 skipped:
@@ -248,30 +251,32 @@ sessions:
   type: int
   sample: 1204
 before:
-  description: Number of selected sessions on the host before the task.
-  returned: state is merged, replaced or deleted
-  type: int
-  sample: 12
+  description:
+    - The selected sessions on the host before the task, as a summary (a table of 100k sessions is carried
+      in files, not in results), their number and their number by protocol.
+  returned: state is merged, replaced, overridden or deleted
+  type: dict
+  sample: {"sessions": 12, "by_protocol": {"tcp": 10, "udp": 2}}
 after:
-  description: Number of selected sessions on the host after the task.
-  returned: state is merged, replaced or deleted
-  type: int
-  sample: 1216
+  description: The selected sessions on the host after the task (in check mode, as predicted), summarised as RV(before).
+  returned: state is merged, replaced, overridden or deleted
+  type: dict
+  sample: {"sessions": 1216, "by_protocol": {"tcp": 1100, "udp": 110, "icmp": 6}}
 created:
   description: Number of sessions created.
-  returned: state is merged, replaced or deleted
+  returned: state is merged, replaced, overridden or deleted
   type: int
   sample: 1204
 deleted:
   description: Number of sessions deleted.
-  returned: state is merged, replaced or deleted
+  returned: state is merged, replaced, overridden or deleted
   type: int
   sample: 0
 unchanged:
   description:
     - Number of the document's sessions that were already present with the same binding (those whose
       lifetime was extended among them, see RV(refreshed)).
-  returned: state is merged or replaced
+  returned: state is merged, replaced or overridden
   type: int
   sample: 12
 refreshed:
@@ -279,123 +284,66 @@ refreshed:
     - Number of the sessions present with the same binding whose lifetime was extended to the document's,
       the host's being shorter by more than 5 seconds (C(conntrack -U) lines in RV(commands)). A second
       run finds nothing to refresh.
-  returned: state is merged or replaced
+  returned: state is merged, replaced or overridden
   type: int
   sample: 2
 commands:
   description: The operations applied (or, in check mode, that would be), as conntrack command lines; the first 1000.
-  returned: state is merged, replaced or deleted
+  returned: state is merged, replaced, overridden or deleted
   type: list
   elements: str
   sample: ["conntrack -U -f ipv4 -p 17 -s 192.0.2.11 -d 203.0.113.20 --sport 5353 --dport 53 -t 117",
            "conntrack -I -f ipv4 -p 6 -s 192.0.2.10 -d 203.0.113.20 --sport 40000 --dport 5001 --src-nat 203.0.113.1:20001 -t 431999"]
 conflicts:
   description: Sessions of the document the host could not take as they are, with the reason.
-  returned: state is merged or replaced
+  returned: state is merged, replaced or overridden
   type: list
   elements: str
   sample: ["tcp 192.0.2.10:40000 -> 203.0.113.20:5001 snat 203.0.113.1:20001: exists with a different binding"]
 failed_sessions:
   description: Sessions the kernel refused to create, delete or refresh, with its error (only with O(best_effort)).
-  returned: state is merged or replaced
+  returned: state is merged, replaced or overridden
   type: list
   elements: str
   sample: ["udp 192.0.2.10:5353 -> 203.0.113.20:53 snat 203.0.113.1:20002: No space left on device"]
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document
-from ansible_collections.nfstate.migration.plugins.module_utils.session_apply import (
-    SessionApplyError,
-    apply_sessions,
-    gather_sessions,
-    parse_sessions,
-    render_sessions,
-)
+from ansible_collections.nfstate.migration.plugins.module_utils.resources import nat_sessions
+from ansible_collections.nfstate.migration.plugins.module_utils.resources.common import run_module
 
-COMMANDS_SHOWN = 1000
+ARGUMENT_SPEC = dict(
+    state=dict(type="str", default="merged", choices=list(nat_sessions.STATES)),
+    config=dict(type="dict"),
+    src=dict(type="list", elements="path"),
+    # Handled on the controller by the action plugin, which never passes it on.
+    controller_src=dict(type="path"),
+    dest=dict(type="path"),
+    base=dict(type="dict"),
+    since=dict(type="path"),
+    running_config=dict(type="str"),
+    instance_name=dict(type="str", default="nat"),
+    selectors=dict(type="dict", options=dict(
+        addresses=dict(type="list", elements="str"),
+        zone=dict(type="int"),
+        mark=dict(type="int"),
+        mark_mask=dict(type="int", default=0xFFFFFFFF),
+    )),
+    best_effort=dict(type="bool", default=False),
+    liberal=dict(type="bool", default=True),
+)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", default="merged",
-                       choices=["gathered", "parsed", "rendered", "merged", "replaced", "deleted"]),
-            config=dict(type="dict"),
-            src=dict(type="list", elements="path"),
-            # Handled on the controller by the action plugin, which never passes it on.
-            controller_src=dict(type="path"),
-            dest=dict(type="path"),
-            base=dict(type="dict"),
-            since=dict(type="path"),
-            running_config=dict(type="str"),
-            instance_name=dict(type="str", default="nat"),
-            selectors=dict(type="dict", options=dict(
-                addresses=dict(type="list", elements="str"),
-                zone=dict(type="int"),
-                mark=dict(type="int"),
-                mark_mask=dict(type="int", default=0xFFFFFFFF),
-            )),
-            best_effort=dict(type="bool", default=False),
-            liberal=dict(type="bool", default=True),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[("config", "src")],
-        required_if=[("state", "parsed", ["running_config"]),
-                     ("state", "rendered", ("config", "src"), True),
-                     ("state", "merged", ("config", "src"), True),
-                     ("state", "replaced", ("config", "src"), True)],
+        required_if=[("state", "parsed", ["running_config"])]
+        + [("state", state, ("config", "src"), True) for state in ("rendered", "merged", "replaced", "overridden")],
         supports_check_mode=True,
     )
-    params = module.params
-    state = params["state"]
-    selectors = params["selectors"] or {}
-    if selectors.get("mark") is None:
-        # mark_mask has a default, filled in even when no mark is given; alone it selects nothing.
-        selectors = dict(selectors, mark_mask=None)
-    try:
-        if state == "parsed":
-            result = parse_sessions(params["running_config"], params["instance_name"])
-        elif state == "gathered":
-            result = gather_sessions(selectors, params["instance_name"], params["dest"], module.check_mode,
-                                     base=params["base"], since=params["since"])
-        elif state == "rendered":
-            result = render_sessions(_documents(module))
-        else:
-            documents = _documents(module) if (params["config"] or params["src"]) else None
-            result = apply_sessions(
-                documents, state, selectors,
-                best_effort=params["best_effort"], liberal=params["liberal"], check_mode=module.check_mode,
-            )
-    except SessionApplyError as error:
-        module.fail_json(msg=str(error), **error.details)
-
-    commands = result.pop("all_commands", None)
-    if commands is not None:
-        result["commands"] = commands[:COMMANDS_SHOWN]
-        if module._diff:
-            result["diff"] = {
-                "before": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -D " in c),
-                "after": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -I " in c or " -U " in c),
-            }
-    module.exit_json(**result)
-
-
-def _documents(module):
-    """The documents to apply, with a label each for messages: given inline, or read on the host."""
-    if module.params["config"] is not None:
-        return [(module.params["config"], "config")]
-    documents = []
-    for path in module.params["src"]:
-        if not os.path.exists(path):
-            module.fail_json(msg="state document %s does not exist on the host" % path)
-        try:
-            documents.append((read_document(path), path))
-        except (OSError, ValueError) as error:
-            module.fail_json(msg="cannot read state document %s: %s" % (path, error))
-    return documents
+    run_module(module, lambda m: nat_sessions.run(m.params, check_mode=m.check_mode, diff=m._diff))
 
 
 if __name__ == "__main__":

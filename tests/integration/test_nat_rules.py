@@ -283,7 +283,7 @@ def test_rules_move_between_implementations_and_translate_as_the_source(lab):
     src = os.path.join(lab.tmp, "rules.json.gz")
     with gzip.open(src, "wt") as out:
         json.dump({"ietf-nat:nat": {"instances": {"instance": [{"id": 1, "name": "nat", "policy": from_nft}]}}}, out)
-    applied = lab.module("iptables-nft", state="replaced", src=src)
+    applied = lab.module("iptables-nft", state="overridden", src=src)
     assert applied["changed"] is True
     same_as_source(lab.observe(2))
     from_iptables_nft = applied["after"]
@@ -344,7 +344,7 @@ def test_check_mode_idempotence_and_deleted_touch_only_ours(lab, kind):
     assert first["changed"] is True and len(first["after"]) == 3
     applied_state = lab.nat_state()
     again = lab.module(kind, state="merged", config=POLICY)
-    assert again["changed"] is False and again["commands"] == {} and again["before"] == first["after"]
+    assert again["changed"] is False and again["commands"] == [] and again["before"] == first["after"]
     assert lab.nat_state() == applied_state
 
     deleted = lab.module(kind, state="deleted")

@@ -233,7 +233,7 @@ def test_hand_written_nftables_nat_moves_to_iptables_legacy(nats):
                          state="gathered", include_builtin_chains=True)["gathered"] == document
 
     legacy = dict(implementation="iptables", iptables_backend="legacy", interfaces=INTERFACES)
-    applied = target.module(state="replaced", config=document, **legacy)
+    applied = target.module(state="overridden", config=document, **legacy)
     assert applied["changed"] is True and applied["after"] == document
     assert target.module(state="gathered", include_builtin_chains=True, **legacy)["gathered"] == document
 

@@ -397,7 +397,7 @@ def test_a_kernel_refusal_undoes_what_was_applied(host):
                             SEEN | IPS_DST_NAT, 600, tcp_state=3)
     pair = document([first, second])
     before, replaced, after_replaced, merged, after_merged, best, after_best = host.play(
-        ("table",), ("sessions", {"state": "replaced", "config": document([good, unreachable]), "selectors": OURS}),
+        ("table",), ("sessions", {"state": "overridden", "config": document([good, unreachable]), "selectors": OURS}),
         ("table",), ("sessions", {"state": "merged", "config": pair}), ("table",),
         ("sessions", {"state": "merged", "config": pair, "best_effort": True}), ("table",))
 
@@ -440,11 +440,11 @@ def test_states_are_idempotent_and_spare_the_hosts_connections(host):
         ("sessions", {"state": "merged", "config": first}),
         ("sessions", {"state": "merged", "config": first}),
         ("table",),
-        ("sessions", {"state": "replaced", "config": second, "selectors": OURS}, {"check_mode": True, "diff": True}),
+        ("sessions", {"state": "overridden", "config": second, "selectors": OURS}, {"check_mode": True, "diff": True}),
         ("table",),
-        ("sessions", {"state": "replaced", "config": second, "selectors": OURS}),
+        ("sessions", {"state": "overridden", "config": second, "selectors": OURS}),
         ("table",),
-        ("sessions", {"state": "replaced", "config": second, "selectors": OURS}),
+        ("sessions", {"state": "overridden", "config": second, "selectors": OURS}),
         ("sessions", {"state": "deleted", "config": document([a, ssh_claimed]), "selectors": OURS}),
         ("sessions", {"state": "deleted"}),
         ("table",),

@@ -5,8 +5,14 @@ import json
 
 import pytest
 
-from ansible_collections.nfstate.migration.plugins.module_utils import nat_freeze as nf
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_freeze import (
+from ansible_collections.nfstate.migration.plugins.module_utils import freeze as nf
+from ansible_collections.nfstate.migration.plugins.module_utils.providers import iptables as iptables_provider
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import ProviderError
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.iptables import Iptables
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.nftables import Nftables
+from ansible_collections.nfstate.migration.plugins.module_utils.templates import freeze_iptables as ipt
+from ansible_collections.nfstate.migration.plugins.module_utils.templates import freeze_nftables as nft
+from ansible_collections.nfstate.migration.plugins.module_utils.freeze import (
     NOT_INSTALLED,
     Freeze,
     FreezeError,
@@ -77,7 +83,7 @@ def test_needs_freeze():
 
 def test_nft_freeze_commands_replace_the_table_in_one_transaction():
     wanted = Freeze(("in0", "out0"), T + 120)
-    batch = nf.nft_freeze_commands(wanted, T)["nftables"]
+    batch = nft.nft_freeze_commands(wanted, T)["nftables"]
     table = {"family": "inet", "name": "nfstate_freeze"}
     assert batch[:3] == [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
     nft_set = batch[3]["add"]["set"]
@@ -85,7 +91,7 @@ def test_nft_freeze_commands_replace_the_table_in_one_transaction():
         ("frozen_iifs", "ifname", ["timeout"], 120)
     chain = batch[4]["add"]["chain"]
     assert (chain["hook"], chain["type"], chain["prio"], chain["policy"]) == ("forward", "filter", -10, "accept")
-    assert batch[5]["add"]["rule"]["expr"] == nf.nft_rule_expr()
+    assert batch[5]["add"]["rule"]["expr"] == nft.nft_rule_expr()
     elems = batch[6]["add"]["element"]["elem"]
     assert [e["elem"]["val"] for e in elems] == ["in0", "out0"]
     for elem in elems:
@@ -96,20 +102,23 @@ def test_nft_freeze_commands_replace_the_table_in_one_transaction():
 
 
 def test_nft_rule_holds_only_new_forwarded_packets_of_frozen_interfaces():
-    expr = nf.nft_rule_expr()
+    expr = nft.nft_rule_expr()
     assert expr[0]["match"]["left"] == {"ct": {"key": "state"}} and expr[0]["match"]["right"] == "new"
-    assert expr[1]["match"]["left"] == {"meta": {"key": "iifname"}} and expr[1]["match"]["right"] == "@frozen_iifs"
-    assert expr[2] == {"drop": None}
+    # only the packet that would create an entry: one not yet confirmed (an entry that exists but
+    # has seen no reply, a one-way stream's, is NEW too and must keep flowing)
+    assert expr[1]["match"] == {"op": "!", "left": {"ct": {"key": "status"}}, "right": "confirmed"}
+    assert expr[2]["match"]["left"] == {"meta": {"key": "iifname"}} and expr[2]["match"]["right"] == "@frozen_iifs"
+    assert expr[3] == {"drop": None}
 
 
 def test_nft_timeout_lifts_no_later_than_expires_at():
-    assert nf.nft_timeout(Freeze(("a",), T + 120), T + 0.4) == 119
-    assert nf.nft_timeout(Freeze(("a",), T + 120), T) == 120
-    assert nf.nft_timeout(Freeze(("a",), T + 1), T + 0.9) == 1  # never 0: that would mean no timeout
+    assert nft.nft_timeout(Freeze(("a",), T + 120), T + 0.4) == 119
+    assert nft.nft_timeout(Freeze(("a",), T + 120), T) == 120
+    assert nft.nft_timeout(Freeze(("a",), T + 1), T + 0.9) == 1  # never 0: that would mean no timeout
 
 
 def test_nft_unfreeze_deletes_only_our_table():
-    assert nf.nft_unfreeze_commands() == {"nftables": [{"delete": {"table": {"family": "inet", "name": "nfstate_freeze"}}}]}
+    assert nft.nft_unfreeze_commands() == {"nftables": [{"delete": {"table": {"family": "inet", "name": "nfstate_freeze"}}}]}
 
 
 # What `nft -j list table inet nfstate_freeze` printed here (nft 1.0.6), after a freeze of 120 s.
@@ -124,6 +133,7 @@ def _listing(elems, expr=None, extra=()):
         {"rule": {"family": "inet", "table": "nfstate_freeze", "chain": "forward", "handle": 3,
                   "expr": expr if expr is not None else [
                       {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+                      {"match": {"op": "!", "left": {"ct": {"key": "status"}}, "right": "confirmed"}},
                       {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@frozen_iifs"}},
                       {"drop": None}]}},
     ] + list(extra)}
@@ -132,53 +142,53 @@ def _listing(elems, expr=None, extra=()):
 def test_parse_nft_frozen():
     elems = [{"elem": {"val": "in0", "expires": 117, "comment": "expires_at=%d" % (T + 120)}},
              {"elem": {"val": "out0", "expires": 117, "comment": "expires_at=%d" % (T + 120)}}]
-    state = nf.parse_nft_table(_listing(elems), T + 2.5)
+    state = nft.parse_nft_table(_listing(elems), T + 2.5)
     assert state == FreezeState(True, True, Freeze(("in0", "out0"), T + 120))
 
 
 def test_parse_nft_without_note_uses_kernel_remaining():
-    state = nf.parse_nft_table(_listing([{"elem": {"val": "in0", "timeout": 120, "expires": 100}}]), T + 0.5)
+    state = nft.parse_nft_table(_listing([{"elem": {"val": "in0", "timeout": 120, "expires": 100}}]), T + 0.5)
     assert state.active == Freeze(("in0",), T + 101)
 
 
 def test_parse_nft_note_contradicted_by_the_kernel_is_ignored():
     elems = [{"elem": {"val": "in0", "expires": 10, "comment": "expires_at=%d" % (T + 500)}}]
-    assert nf.parse_nft_table(_listing(elems), T).active == Freeze(("in0",), T + 10)
+    assert nft.parse_nft_table(_listing(elems), T).active == Freeze(("in0",), T + 10)
 
 
 def test_parse_nft_expired_elements_are_gone():
     # the kernel no longer lists expired elements: the table stays, inert
     listing = _listing([])
     del listing["nftables"][2]["set"]["elem"]
-    assert nf.parse_nft_table(listing, T) == FreezeState(True, True, None)
+    assert nft.parse_nft_table(listing, T) == FreezeState(True, True, None)
 
 
 def test_parse_nft_damage_is_not_intact():
     elems = [{"elem": {"val": "in0", "expires": 100}}]
-    assert not nf.parse_nft_table(_listing(elems, expr=[{"drop": None}]), T).intact
+    assert not nft.parse_nft_table(_listing(elems, expr=[{"drop": None}]), T).intact
     extra = [{"rule": {"family": "inet", "table": "nfstate_freeze", "chain": "forward", "handle": 4,
                        "expr": [{"accept": None}]}}]
-    assert not nf.parse_nft_table(_listing(elems, extra=extra), T).intact
+    assert not nft.parse_nft_table(_listing(elems, extra=extra), T).intact
     # an element without a timer (plain string in the listing) never expires: rewrite it
-    state = nf.parse_nft_table(_listing(["in0", {"elem": {"val": "out0", "expires": 5}}]), T)
+    state = nft.parse_nft_table(_listing(["in0", {"elem": {"val": "out0", "expires": 5}}]), T)
     assert not state.intact and state.active == Freeze(("in0", "out0"), T + 5)
 
 
 def test_nft_has_table():
     tables = {"nftables": [{"metainfo": {}}, {"table": {"family": "ip", "name": "filter", "handle": 1}},
                            {"table": {"family": "inet", "name": "nfstate_freeze", "handle": 2}}]}
-    assert nf.nft_has_table(tables)
-    assert not nf.nft_has_table({"nftables": [{"table": {"family": "ip", "name": "nfstate_freeze"}}]})
-    assert nf.parse_nft_table(None, T) == NOT_INSTALLED
+    assert nft.nft_has_table(tables)
+    assert not nft.nft_has_table({"nftables": [{"table": {"family": "ip", "name": "nfstate_freeze"}}]})
+    assert nft.parse_nft_table(None, T) == NOT_INSTALLED
 
 
 # ---------------------------------------------------------------- iptables
 
 def test_datestop_is_one_second_before_the_deadline_in_utc():
     # the kernel keeps matching through the stop second (measured on legacy and nft backends)
-    assert nf.ipt_datestop(T + 1) == "2026-11-26T08:16:09"
-    assert nf.ipt_rule_args("in0", T + 1) == [
-        "-i", "in0", "-m", "conntrack", "--ctstate", "NEW",
+    assert ipt.ipt_datestop(T + 1) == "2026-11-26T08:16:09"
+    assert ipt.ipt_rule_args("in0", T + 1) == [
+        "-i", "in0", "-m", "conntrack", "--ctstate", "NEW", "!", "--ctstatus", "CONFIRMED",
         "-m", "time", "--datestop", "2026-11-26T08:16:09", "-j", "DROP"]
 
 
@@ -190,8 +200,8 @@ SAVE_FROZEN = """# Generated by iptables-save v1.8.9 on Thu Nov 26 08:15:09 2026
 :NFSTATE-FREEZE - [0:0]
 -A FORWARD -j NFSTATE-FREEZE
 -A FORWARD -i in0 -o out0 -j ACCEPT
--A NFSTATE-FREEZE -i in0 -m conntrack --ctstate NEW -m time --datestop 2026-11-26T08:16:09 -j DROP
--A NFSTATE-FREEZE -i out0 -m conntrack --ctstate NEW -m time --datestop 2026-11-26T08:16:09 -j DROP
+-A NFSTATE-FREEZE -i in0 -m conntrack --ctstate NEW ! --ctstatus CONFIRMED -m time --datestop 2026-11-26T08:16:09 -j DROP
+-A NFSTATE-FREEZE -i out0 -m conntrack --ctstate NEW ! --ctstatus CONFIRMED -m time --datestop 2026-11-26T08:16:09 -j DROP
 COMMIT
 # Completed on Thu Nov 26 08:15:09 2026
 """
@@ -206,70 +216,70 @@ COMMIT
 
 
 def test_parse_iptables_frozen_then_lifted():
-    view = nf.parse_iptables_save(SAVE_FROZEN)
-    assert view == nf.IptablesView(True, 1, True, [("in0", T + 1), ("out0", T + 1)])
-    assert nf.iptables_state(view, T) == FreezeState(True, True, Freeze(("in0", "out0"), T + 1))
+    view = ipt.parse_iptables_save(SAVE_FROZEN)
+    assert view == ipt.IptablesView(True, 1, True, [("in0", T + 1), ("out0", T + 1)])
+    assert ipt.iptables_state(view, T) == FreezeState(True, True, Freeze(("in0", "out0"), T + 1))
     # the same rules after the deadline: inert, nothing held
-    assert nf.iptables_state(view, T + 1) == FreezeState(True, True, None)
+    assert ipt.iptables_state(view, T + 1) == FreezeState(True, True, None)
 
 
 def test_parse_iptables_reads_only_the_filter_table():
     other = "*nat\n:NFSTATE-FREEZE - [0:0]\n-A FORWARD -j NFSTATE-FREEZE\nCOMMIT\n"
-    assert nf.parse_iptables_save(other + SAVE_EMPTY) == nf.IptablesView(False, 0, False, [])
-    assert nf.parse_iptables_save("") == nf.IptablesView(False, 0, False, [])
+    assert ipt.parse_iptables_save(other + SAVE_EMPTY) == ipt.IptablesView(False, 0, False, [])
+    assert ipt.parse_iptables_save("") == ipt.IptablesView(False, 0, False, [])
 
 
 def test_parse_iptables_nothing_of_ours():
-    view = nf.parse_iptables_save(SAVE_EMPTY)
-    assert view == nf.IptablesView(False, 0, False, [])
-    assert nf.iptables_state(view, T) == NOT_INSTALLED
+    view = ipt.parse_iptables_save(SAVE_EMPTY)
+    assert view == ipt.IptablesView(False, 0, False, [])
+    assert ipt.iptables_state(view, T) == NOT_INSTALLED
 
 
 def test_parse_iptables_jump_not_on_top_or_foreign_rule():
     moved = SAVE_FROZEN.replace("-A FORWARD -j NFSTATE-FREEZE\n-A FORWARD -i in0 -o out0 -j ACCEPT\n",
                                 "-A FORWARD -i in0 -o out0 -j ACCEPT\n-A FORWARD -j NFSTATE-FREEZE\n")
-    state = nf.iptables_state(nf.parse_iptables_save(moved), T)
+    state = ipt.iptables_state(ipt.parse_iptables_save(moved), T)
     assert not state.intact and state.active == Freeze(("in0", "out0"), T + 1)
     foreign = SAVE_FROZEN.replace("COMMIT", "-A NFSTATE-FREEZE -j ACCEPT\nCOMMIT")
-    view = nf.parse_iptables_save(foreign)
+    view = ipt.parse_iptables_save(foreign)
     assert (None, None) in view.rules
-    assert nf.iptables_state(view, T) == FreezeState(True, False, None)
+    assert ipt.iptables_state(view, T) == FreezeState(True, False, None)
 
 
 def test_ipt_freeze_restore_fresh_and_refresh():
     wanted = Freeze(("in0", "out0"), T + 61)
-    fresh = nf.ipt_freeze_restore(wanted, nf.parse_iptables_save(SAVE_EMPTY))
+    fresh = ipt.ipt_freeze_restore(wanted, ipt.parse_iptables_save(SAVE_EMPTY))
     assert fresh == (
         "*filter\n"
         ":NFSTATE-FREEZE - [0:0]\n"
-        "-A NFSTATE-FREEZE -i in0 -m conntrack --ctstate NEW -m time --datestop 2026-11-26T08:17:09 -j DROP\n"
-        "-A NFSTATE-FREEZE -i out0 -m conntrack --ctstate NEW -m time --datestop 2026-11-26T08:17:09 -j DROP\n"
+        "-A NFSTATE-FREEZE -i in0 -m conntrack --ctstate NEW ! --ctstatus CONFIRMED -m time --datestop 2026-11-26T08:17:09 -j DROP\n"
+        "-A NFSTATE-FREEZE -i out0 -m conntrack --ctstate NEW ! --ctstatus CONFIRMED -m time --datestop 2026-11-26T08:17:09 -j DROP\n"
         "-I FORWARD 1 -j NFSTATE-FREEZE\n"
         "COMMIT\n")
     # refresh: the chain declaration flushes it in the same commit; the jump is already in place
-    refresh = nf.ipt_freeze_restore(wanted, nf.parse_iptables_save(SAVE_FROZEN))
+    refresh = ipt.ipt_freeze_restore(wanted, ipt.parse_iptables_save(SAVE_FROZEN))
     assert "FORWARD" not in refresh and refresh.count("-A NFSTATE-FREEZE") == 2
 
 
 def test_ipt_freeze_restore_moves_the_jump_to_the_top():
     text = SAVE_FROZEN.replace("-A FORWARD -i in0 -o out0 -j ACCEPT\n",
                                "-A FORWARD -i in0 -o out0 -j ACCEPT\n-A FORWARD -j NFSTATE-FREEZE\n")
-    restore = nf.ipt_freeze_restore(Freeze(("in0",), T + 5), nf.parse_iptables_save(text))
+    restore = ipt.ipt_freeze_restore(Freeze(("in0",), T + 5), ipt.parse_iptables_save(text))
     assert restore.splitlines()[-4:] == [
         "-D FORWARD -j NFSTATE-FREEZE", "-D FORWARD -j NFSTATE-FREEZE", "-I FORWARD 1 -j NFSTATE-FREEZE", "COMMIT"]
 
 
 def test_ipt_unfreeze_restore():
-    assert nf.ipt_unfreeze_restore(nf.parse_iptables_save(SAVE_FROZEN)) == (
+    assert ipt.ipt_unfreeze_restore(ipt.parse_iptables_save(SAVE_FROZEN)) == (
         "*filter\n-D FORWARD -j NFSTATE-FREEZE\n-F NFSTATE-FREEZE\n-X NFSTATE-FREEZE\nCOMMIT\n")
 
 
 def test_round_trip_render_then_parse():
     wanted = Freeze(("eth0", "eth1"), T + 300)
-    restore = nf.ipt_freeze_restore(wanted, nf.parse_iptables_save(SAVE_EMPTY))
+    restore = ipt.ipt_freeze_restore(wanted, ipt.parse_iptables_save(SAVE_EMPTY))
     # what iptables-save prints after that restore: our lines, the jump first in FORWARD
     saved = restore.replace("-I FORWARD 1 -j NFSTATE-FREEZE\n", "-A FORWARD -j NFSTATE-FREEZE\n")
-    assert nf.iptables_state(nf.parse_iptables_save(saved), T) == FreezeState(True, True, wanted)
+    assert ipt.iptables_state(ipt.parse_iptables_save(saved), T) == FreezeState(True, True, wanted)
 
 
 def test_combine_states_over_families():
@@ -287,38 +297,38 @@ class RecordingModule:
         self.outputs = list(outputs)
         self.calls = []
 
-    def get_bin_path(self, name, required=False):
+    def get_bin_path(self, name, required=False, opt_dirs=None):
         return "/usr/sbin/" + name
 
-    def run_command(self, args, data=None):
+    def run_command(self, args, data=None, binary_data=False):
         self.calls.append((args, data))
         return self.outputs.pop(0)
 
 
-def test_iptables_runner_freezes_each_family_with_its_own_tools():
+def test_iptables_provider_freezes_each_family_with_its_own_tools(monkeypatch):
+    monkeypatch.setattr(iptables_provider, "ipv6_enabled", lambda: True)
     module = RecordingModule([(0, SAVE_EMPTY, ""), (0, SAVE_EMPTY, ""), (0, "", ""), (0, "", "")])
-    runner = nf.IptablesRunner(module, "legacy", families=("iptables", "ip6tables"))
-    runner.freeze(Freeze(("in0",), T + 10), T)
+    Iptables(module, "legacy").freeze(Freeze(("in0",), T + 10), T)
     assert [call[0] for call in module.calls] == [
         ["/usr/sbin/iptables-legacy-save"],
         ["/usr/sbin/ip6tables-legacy-save"],
-        ["/usr/sbin/iptables-legacy-restore", "-w", "5", "--noflush"],
-        ["/usr/sbin/ip6tables-legacy-restore", "-w", "5", "--noflush"],
+        ["/usr/sbin/iptables-legacy-restore", "--wait", "--noflush"],
+        ["/usr/sbin/ip6tables-legacy-restore", "--wait", "--noflush"],
     ]
     assert "--datestop 2026-11-26T08:16:18" in module.calls[2][1]
 
 
-def test_iptables_runner_rejects_unknown_backend():
-    with pytest.raises(FreezeError):
-        nf.IptablesRunner(RecordingModule([]), "nftables")
+def test_iptables_provider_rejects_unknown_backend():
+    with pytest.raises(ProviderError):
+        Iptables(RecordingModule([]), "nftables")
 
 
-def test_nft_runner_falls_back_to_nft_json_on_stdin(monkeypatch):
+def test_nft_provider_falls_back_to_nft_json_on_stdin(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "nftables", None)  # binding not importable
     module = RecordingModule([(0, json.dumps({"nftables": [{"metainfo": {}}]}), ""), (1, "", "Error: busy")])
-    runner = nf.NftablesRunner(module)
-    assert runner.read(T) == NOT_INSTALLED
+    provider = Nftables(module)
+    assert provider.read_freeze(T) == NOT_INSTALLED
     args, data = module.calls[0]
-    assert args == ["/usr/sbin/nft", "-j", "-f", "-"] and json.loads(data) == nf.nft_list_tables_commands()
-    with pytest.raises(FreezeError, match="busy"):
-        runner.unfreeze()
+    assert args == ["/usr/sbin/nft", "-j", "-f", "-"] and json.loads(data) == nft.nft_list_tables_commands()
+    with pytest.raises(ProviderError, match="busy"):
+        provider.unfreeze()

@@ -60,6 +60,18 @@ def test_parsed_unsupported_rule_fails_listing_it_unless_skipped(tmp_path):
     assert any(line in json.dumps(warning) for warning in skipped["warnings"]), skipped["warnings"]
 
 
+def restore_inputs(lines):
+    """{program: restore input} of rendered iptables lines (each family after a comment naming its program)."""
+    payloads, program = {}, None
+    for line in lines:
+        if line.startswith("# "):
+            program = line[2:].split()[0]
+            payloads[program] = ""
+        else:
+            payloads[program] += line + "\n"
+    return payloads
+
+
 def test_rendered_for_both_implementations_from_a_gzip_document(tmp_path):
     doc = {"ietf-nat:nat": {"instances": {"instance": [{"id": 1, "name": "nat", "policy": None}]}}}
     doc["ietf-nat:nat"]["instances"]["instance"][0]["policy"] = run_module(
@@ -69,18 +81,19 @@ def test_rendered_for_both_implementations_from_a_gzip_document(tmp_path):
         json.dump(doc, handle)
 
     ipt = run_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES, src=str(src))
-    assert sorted(ipt["rendered"]) == ["ipv4", "ipv6"]
+    payloads = restore_inputs(ipt["rendered"])
+    assert sorted(payloads) == ["ip6tables-restore", "iptables-restore"]
     v4 = [rule for rule in EXPECTED_NFT if rule.family == "ipv4"]
     v6 = [rule for rule in EXPECTED_NFT if rule.family == "ipv6"]
-    assert parse_save(ipt["rendered"]["ipv4"], "ipv4", IFACES).rules == v4
-    assert parse_save(ipt["rendered"]["ipv6"], "ipv6", IFACES).rules == v6
+    assert parse_save(payloads["iptables-restore"], "ipv4", IFACES).rules == v4
+    assert parse_save(payloads["ip6tables-restore"], "ipv6", IFACES).rules == v6
 
     nft = run_module(tmp_path, implementation="nftables", state="rendered", interfaces=IFACES, config=doc)
     listing = {"nftables": [
         {"table": {"family": "inet", "name": "nfstate_nat"}},
         {"chain": {"family": "inet", "table": "nfstate_nat", "name": "prerouting", "type": "nat", "hook": "prerouting"}},
         {"chain": {"family": "inet", "table": "nfstate_nat", "name": "postrouting", "type": "nat", "hook": "postrouting"}},
-    ] + [{"rule": cmd["add"]["rule"]} for cmd in nft["rendered"]["nftables"] if "rule" in cmd.get("add", {})]}
+    ] + [{"rule": cmd["add"]["rule"]} for cmd in map(json.loads, nft["rendered"]) if "rule" in cmd.get("add", {})]}
     assert parse_ruleset(listing, IFACES).rules == EXPECTED_NFT
 
 

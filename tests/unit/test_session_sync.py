@@ -15,11 +15,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     inverse,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import select, session_key
-from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import (
-    REFRESH_SLACK,
-    plan,
-    render_command,
-)
+from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import REFRESH_SLACK
+from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan, render_command
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 SEEN = IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
@@ -157,7 +154,7 @@ def test_replaced_deletes_selected_sessions_not_in_the_document_only():
     outside = snat("192.0.2.77", 40077, 30077, nat="198.51.100.1")  # another NAT's address
     existing = [A, B, outside, HOST_SSH]
     selected = select(translated(existing), {"addresses": [NAT + "/32"]})
-    result = plan(existing, selected, [A, C], "replaced")
+    result = plan(existing, selected, [A, C], "overridden")
     assert result.delete == [B]
     assert result.create == [C]
     assert result.unchanged == [A]
@@ -166,13 +163,13 @@ def test_replaced_deletes_selected_sessions_not_in_the_document_only():
 
 def test_replaced_never_touches_the_hosts_own_connections():
     existing = [A, HOST_SSH, own(NAT, 20005, SERVER, 5001)]
-    result = plan(existing, translated(existing), [], "replaced")
+    result = plan(existing, translated(existing), [], "overridden")
     assert result.delete == [A]
 
 
 def test_replaced_recreates_a_selected_session_with_its_new_binding():
     rebound = A._replace(reply=A.reply._replace(dport=20099))
-    result = plan([A], [A], [rebound], "replaced")
+    result = plan([A], [A], [rebound], "overridden")
     assert result.delete == [A] and result.create == [rebound] and result.conflicts == []
 
 
@@ -180,7 +177,7 @@ def test_replaced_refuses_to_rebind_a_session_outside_the_selection():
     foreign = snat("192.0.2.10", 40000, 30001, nat="198.51.100.1")  # same identity, not ours
     selected = select([foreign], {"addresses": [NAT + "/32"]})
     assert selected == []
-    result = plan([foreign], selected, [A], "replaced")
+    result = plan([foreign], selected, [A], "overridden")
     assert result.delete == [] and result.create == []
     assert [(c.wanted, c.existing, c.reason) for c in result.conflicts] == [
         (A, foreign, "exists with a different binding")]
@@ -189,7 +186,7 @@ def test_replaced_refuses_to_rebind_a_session_outside_the_selection():
 def test_replaced_frees_the_ports_of_what_it_deletes():
     # B is stale and holds 20002; the document's new session takes that port.
     taker = snat("192.0.2.60", 46000, 20002)
-    result = plan([B], [B], [taker], "replaced")
+    result = plan([B], [B], [taker], "overridden")
     assert result.delete == [B] and result.create == [taker] and result.conflicts == []
 
 
@@ -197,7 +194,7 @@ def test_replaced_frees_the_port_of_a_rebound_session():
     # A moves to a new port and C takes A's old one, in the same run.
     moved = A._replace(reply=A.reply._replace(dport=20050))
     taker = snat("192.0.2.61", 46001, 20001)
-    result = plan([A], [A], [moved, taker], "replaced")
+    result = plan([A], [A], [moved, taker], "overridden")
     assert result.delete == [A]
     assert result.create == [moved, taker]
     assert result.conflicts == []
@@ -210,7 +207,7 @@ def test_merged_does_not_free_ports():
 
 
 def test_replaced_leaves_sessions_whose_lifetime_ran_out_in_transit():
-    result = plan([A, B], [A, B], [A], "replaced", ignored={session_key(B)})
+    result = plan([A, B], [A, B], [A], "overridden", ignored={session_key(B)})
     assert result.delete == [] and result.unchanged == [A]
 
 
@@ -224,7 +221,7 @@ def udp(src, sport, nat_port, timeout):
 FLOW = udp("192.0.2.20", 5353, 20020, timeout=120)
 
 
-@pytest.mark.parametrize("state", ["merged", "replaced"])
+@pytest.mark.parametrize("state", ["merged", "replaced", "overridden"])
 def test_a_held_session_whose_lifetime_falls_short_is_refreshed(state):
     # The pre-copied copy has 8 s left; the source kept the flow alive: 120 s.
     held = FLOW._replace(timeout=8)
@@ -263,7 +260,7 @@ def test_a_tcp_session_the_host_saw_closing_is_not_reopened():
 
 def test_a_session_with_another_binding_is_never_refreshed():
     held = FLOW._replace(timeout=3, reply=FLOW.reply._replace(dport=20099))
-    result = plan([held], [held], [FLOW], "replaced")
+    result = plan([held], [held], [FLOW], "overridden")
     assert result.refresh == [] and result.delete == [held] and result.create == [FLOW]
 
 
@@ -378,7 +375,7 @@ def test_render_command_for_icmp_and_ipv6():
         "--src-nat [2001:db8:2::1]:20001 -t 60 --state TIME_WAIT")
 
 
-@pytest.mark.parametrize("state", ["merged", "replaced"])
+@pytest.mark.parametrize("state", ["merged", "replaced", "overridden"])
 def test_plan_outcome_is_a_partition_of_the_document(state):
     """Every document session ends up exactly once in create, unchanged or conflicts."""
     rebound = B._replace(reply=B.reply._replace(dport=20099))
@@ -389,3 +386,12 @@ def test_plan_outcome_is_a_partition_of_the_document(state):
     placed = result.create + result.unchanged + [c.wanted for c in result.conflicts]
     assert keys(placed) == keys(desired)
     assert result.refresh == [A] and A in result.unchanged
+
+
+def test_replaced_rebinds_the_documents_sessions_and_keeps_the_others():
+    # Per session: the document's A (another binding) replaces the host's A; B stays, unlike overridden.
+    rebound = snat("192.0.2.10", 40000, 20999)
+    result = plan([A, B], [A, B], [rebound], "replaced")
+    assert result.delete == [A] and result.create == [rebound] and result.conflicts == []
+    merged = plan([A, B], [A, B], [rebound], "merged")
+    assert merged.create == [] and len(merged.conflicts) == 1

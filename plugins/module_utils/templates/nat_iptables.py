@@ -30,14 +30,6 @@ KIND_TARGET = dict((kind, target) for target, kind in TARGET_KIND.items())
 # iptables-multiport takes at most 15 ports; a range uses two of them.
 MULTIPORT_SLOTS = 15
 
-# Programs per (backend, family).
-PROGRAMS = {
-    ("legacy", "ipv4"): ("iptables-legacy-save", "iptables-legacy-restore"),
-    ("legacy", "ipv6"): ("ip6tables-legacy-save", "ip6tables-legacy-restore"),
-    ("nft", "ipv4"): ("iptables-nft-save", "iptables-nft-restore"),
-    ("nft", "ipv6"): ("ip6tables-nft-save", "ip6tables-nft-restore"),
-}
-
 # What one family's nat table holds of ours.
 #   rules        NatRules of our chains, in chain order (prerouting first)
 #   unsupported  [{"rule": line, "reason": text}] for rules the model cannot express

@@ -7,8 +7,7 @@ Our rules live in a table of our own, `inet nfstate_nat`, with one nat chain per
 host's other tables are never touched. Gathering can also read them (parse_ruleset with
 include_foreign): a NAT written by hand keeps its rules in tables of its own. Rules are built and
 read as libnftables JSON objects:
-parse_ruleset() and render_commands() are pure; NftJson runs the commands through Debian's
-python3-nftables binding when it is importable, else through `nft -j -f -`.
+parse_ruleset() and render_commands() are pure; the nftables provider runs the commands.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -43,10 +42,6 @@ NftTable = namedtuple("NftTable", ["rules", "unsupported", "exists", "chains"])
 
 class RenderError(ValueError):
     """A rule the model holds but nftables cannot be given (e.g. a role without a device)."""
-
-
-class NftError(RuntimeError):
-    """libnftables refused a command; the message is its own."""
 
 
 def installed(table):
@@ -487,58 +482,3 @@ def list_command():
 
 def list_ruleset_command():
     return {"nftables": [{"list": {"ruleset": None}}]}
-
-
-# ---------------------------------------------------------------------------------------------
-# Running
-
-
-def load_binding():
-    """Debian's python3-nftables module, or None when it is not importable."""
-    try:
-        import nftables  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    return nftables
-
-
-class NftJson(object):
-    """Runs libnftables JSON commands, through the Python binding or `nft -j -f -`.
-
-    `run_command(args, data)` -> (rc, stdout, stderr) runs a program (the module's run_command);
-    it is only used when the binding is missing, with `nft_path`.
-    """
-
-    def __init__(self, binding=None, nft_path=None, run_command=None):
-        self.binding = binding
-        self.nft_path = nft_path
-        self.run_command = run_command
-        if binding is None and (nft_path is None or run_command is None):
-            raise ValueError("need the nftables binding or the nft program")
-
-    def run(self, commands, dry_run=False):
-        """Run commands; the JSON output ({} when there is none). Raises NftError."""
-        if self.binding is not None:
-            nft = self.binding.Nftables()
-            nft.set_json_output(True)
-            nft.set_dry_run(dry_run)
-            rc, output, error = nft.cmd(json.dumps(commands))
-        else:
-            args = [self.nft_path, "-j"] + (["-c"] if dry_run else []) + ["-f", "-"]
-            rc, output, error = self.run_command(args, json.dumps(commands))
-        if rc != 0:
-            raise NftError((error or "").strip() or "nft failed with status %s" % rc)
-        return json.loads(output) if output and output.strip() else {}
-
-    def list_ours(self):
-        """The JSON listing of our table, {"nftables": []} when it does not exist."""
-        try:
-            return self.run(list_command())
-        except NftError as exc:
-            if "No such file or directory" in str(exc):
-                return {"nftables": []}
-            raise
-
-    def list_ruleset(self):
-        """The JSON listing of every table of the host."""
-        return self.run(list_ruleset_command())

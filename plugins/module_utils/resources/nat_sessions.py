@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: nfstate.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the nat_sessions module does, without Ansible: gather, parse, render and apply sessions.
+"""The NAT sessions resource: what the nat_sessions module does, gather, parse, render and apply.
 
 Applying is all or nothing unless the operator asks for best effort: conflicts and a lack of room
 are found before the kernel is touched, and a kernel refusal part-way undoes what was done.
@@ -11,11 +11,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import copy
 import datetime
 import errno
 import os
-import socket
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import (
     Conntrack,
@@ -23,101 +21,50 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import
     conntrack_max,
     strerror,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import describe, is_translated
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
+    PROTOCOL_NAMES,
+    describe,
+    is_translated,
+)
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_xml import (
     ConntrackXmlError,
     parse_conntrack_xml,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import expired
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
     SNAPSHOT,
     DocumentError,
-    date_and_time,
+    build_document,
+    delta_document,
     document_sessions,
     instance,
-    new_document,
     read_document,
-    removed_mapping,
-    set_mapping_entries,
     write_document,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.resources.common import ResourceError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     ModelError,
-    entries_to_mappings,
     select,
     session_key,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import (
-    REFRESH_SLACK,
-    plan,
-    render_command,
-)
+from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan, render_command
 
 # How many problems an error message lists before it says "and N more".
 LISTED = 10
-# A session with less lifetime left than this when it would be applied is let go: it is ending on
-# the source as well, and re-creating it would only race its expiry.
-EXPIRY_MARGIN = 2
-# A delta carries a session whose binding is unchanged when the source refreshed it and the target's
-# copy has less than this left (seconds): a UDP or ICMP flow (30 to 180 s) kept alive by traffic.
-# A TCP connection with days to live is never carried, so a delta grows with what changed, not
-# with the table.
-REFRESH_HORIZON = 600
+STATES = ("gathered", "parsed", "rendered", "merged", "replaced", "overridden", "deleted")
+# The operations listed in `commands`: a table of 100k sessions would make a result of megabytes.
+COMMANDS_SHOWN = 1000
 
 
-class SessionApplyError(Exception):
-    """A refusal that names what is wrong; `details` go into the module's result."""
+class SessionApplyError(ResourceError):
+    """A refusal that names what is wrong; its extra details go into the module's result."""
 
-    def __init__(self, message, **details):
-        super(SessionApplyError, self).__init__(message)
-        self.details = details
+    @property
+    def details(self):
+        return self.extra
 
 
 # ---------------------------------------------------------------- reading the host
-
-def build_document(entries, instance_name, base=None, kind="full"):
-    """A snapshot document of `entries`; into a copy of `base` (e.g. the rules) when given."""
-    snapshot = dict(taken_at=date_and_time(), source_host=socket.gethostname(), kind=kind)
-    if base is None:
-        document = new_document(instance_name, **snapshot)
-    else:
-        document = copy.deepcopy(base)
-        meta = instance(document).setdefault(SNAPSHOT, {})
-        meta.update(new_document(instance_name, **snapshot)["ietf-nat:nat"]["instances"]["instance"][0][SNAPSHOT])
-    set_mapping_entries(document, entries_to_mappings(entries))
-    return document
-
-
-def delta_document(entries, previous, instance_name, base=None, elapsed=0):
-    """What changed since `previous` (a full snapshot's sessions, taken `elapsed` seconds before
-    `entries` were read): new or re-bound sessions, refreshed ones at risk (see refreshed_at_risk),
-    and the ended or re-bound ones flagged removed. Any other session whose binding is the same is
-    left out: its timeout and TCP state move on by themselves on the target.
-    Returns (document, added, removed, refreshed)."""
-    before = dict((session_key(e), e) for e in previous)
-    now = dict((session_key(e), e) for e in entries)
-    added = [e for key, e in now.items() if key not in before or before[key].reply != e.reply]
-    refreshed = [e for key, e in now.items()
-                 if key in before and before[key].reply == e.reply and refreshed_at_risk(before[key], e, elapsed)]
-    removed = [e for key, e in before.items() if key not in now or now[key].reply != e.reply]
-    document = build_document(added + refreshed, instance_name, base, kind="delta")
-    first = len(added) + len(refreshed) + 1
-    mappings = instance(document)["mapping-table"]["mapping-entry"]
-    mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, first))
-    set_mapping_entries(document, mappings)
-    return document, len(added), len(removed), len(refreshed)
-
-
-def refreshed_at_risk(before, now, elapsed):
-    """Whether a session with an unchanged binding must travel in a delta anyway.
-
-    The target's copy was made from `before` and has counted down since: `elapsed` seconds less.
-    The source's traffic kept the session alive meanwhile (its lifetime now is longer than that by
-    more than the slack), and that copy runs out within the horizon: without the delta the target
-    would lose a live flow if the migration outlasts it.
-    """
-    left_on_target = before.timeout - elapsed
-    return now.timeout - left_on_target > REFRESH_SLACK and left_on_target < REFRESH_HORIZON
-
 
 def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=None, since=None):
     with Conntrack() as conntrack:
@@ -193,7 +140,7 @@ def _wanted(documents, now=None):
             wanted.removed.append(entry)
         for entry in sessions.present:
             key = session_key(entry)
-            if entry.timeout - elapsed < EXPIRY_MARGIN:
+            if expired(entry.timeout, elapsed):
                 wanted.expired.add(key)
                 wanted.by_key.pop(key, None)
                 continue
@@ -253,24 +200,28 @@ def apply_sessions(documents, state, selectors, best_effort=False, liberal=True,
                     + [render_command(e, "create") for e in todo.create])
         result = dict(
             changed=bool(commands), sessions=len(desired) if desired is not None else len(selected),
-            before=len(selected), created=len(todo.create), deleted=len(todo.delete),
+            before=summary(selected), created=len(todo.create), deleted=len(todo.delete),
             unchanged=len(todo.unchanged), refreshed=len(todo.refresh),
             expired=len(wanted.expired) if wanted else 0,
             all_commands=commands, conflicts=conflicts, failed_sessions=[],
         )
+        failed_entries = set()
         if not check_mode and commands:
-            failed = _carry_out(conntrack, todo, liberal, best_effort)
+            failed, failed_entries = _carry_out(conntrack, todo, liberal, best_effort)
             result["failed_sessions"] = failed
             for key, action in (("created", "create "), ("deleted", "delete "), ("refreshed", "refresh ")):
                 result[key] -= len([f for f in failed if f.startswith(action)])
-    result["after"] = result["before"] - result["deleted"] + result["created"]
+    gone = set(session_key(e) for e in todo.delete if e not in failed_entries)
+    held = [e for e in selected if session_key(e) not in gone]
+    result["after"] = summary(held + [e for e in todo.create if e not in failed_entries])
     return result
 
 
 def _carry_out(conntrack, todo, liberal, best_effort):
     """Refresh, delete, then create; on a refusal (without best effort) stop, and put back what
     deleting and creating changed. Refreshes come first and are not undone: they only give sessions
-    the host already holds the lifetime they have on the source."""
+    the host already holds the lifetime they have on the source. Returns (lines naming what the
+    kernel refused, the refused entries)."""
     refresh_failures = _refresh(conntrack, todo.refresh, liberal)
     if refresh_failures and not best_effort:
         lines = ["%s: %s" % (describe(e), strerror(code)) for e, code in refresh_failures]
@@ -288,9 +239,10 @@ def _carry_out(conntrack, todo, liberal, best_effort):
     if creation_failures and not best_effort:
         _restore(conntrack, todo.delete, deletion_failures, todo.create, creation_failures)
         raise _kernel_refusal("create", creation_failures)
-    return (refreshed
-            + ["delete %s: %s" % (describe(e), strerror(code)) for e, code in deletion_failures]
-            + ["create %s: %s" % (describe(e), strerror(code)) for e, code in creation_failures])
+    lines = (refreshed
+             + ["delete %s: %s" % (describe(e), strerror(code)) for e, code in deletion_failures]
+             + ["create %s: %s" % (describe(e), strerror(code)) for e, code in creation_failures])
+    return lines, set(e for e, dummy in deletion_failures + creation_failures)
 
 
 def _refresh(conntrack, entries, liberal):
@@ -349,3 +301,54 @@ def _listing(lines):
     if len(lines) > LISTED:
         shown += "; and %d more" % (len(lines) - LISTED)
     return shown
+
+
+def summary(entries):
+    """A session table as structured data small enough for a result: counts by protocol."""
+    by_protocol = {}
+    for entry in entries:
+        name = PROTOCOL_NAMES.get(entry.orig.proto, str(entry.orig.proto))
+        by_protocol[name] = by_protocol.get(name, 0) + 1
+    return {"sessions": len(entries), "by_protocol": by_protocol}
+
+
+def documents_of(params, exists=os.path.exists):
+    """The documents to apply, with a label each for messages: given inline, or read on the host."""
+    if params.get("config") is not None:
+        return [(params["config"], "config")]
+    if not params.get("src"):
+        return None
+    documents = []
+    for path in params["src"]:
+        if not exists(path):
+            raise SessionApplyError("state document %s does not exist on the host" % path)
+        documents.append((_read(path), path))
+    return documents
+
+
+def run(params, check_mode=False, diff=False):
+    """Carry out one nat_sessions task; the result, or a SessionApplyError."""
+    state = params["state"]
+    selectors = params.get("selectors") or {}
+    if selectors.get("mark") is None:
+        # mark_mask has a default, filled in even when no mark is given; alone it selects nothing.
+        selectors = dict(selectors, mark_mask=None)
+    if state == "parsed":
+        return parse_sessions(params["running_config"], params["instance_name"])
+    if state == "gathered":
+        return gather_sessions(selectors, params["instance_name"], params.get("dest"), check_mode,
+                               base=params.get("base"), since=params.get("since"))
+    documents = documents_of(params)
+    if state == "rendered":
+        return render_sessions(documents)
+    result = apply_sessions(documents, state, selectors, best_effort=params.get("best_effort", False),
+                            liberal=params.get("liberal", True), check_mode=check_mode)
+    commands = result.pop("all_commands")
+    result["commands"] = commands[:COMMANDS_SHOWN]
+    if diff:
+        result["diff"] = {
+            "before": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -D " in c),
+            "after": "".join(c + "\n" for c in commands[:COMMANDS_SHOWN] if " -I " in c or " -U " in c),
+            "before_header": "sessions deleted", "after_header": "sessions created and refreshed",
+        }
+    return result

@@ -17,29 +17,28 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     FlowTuple,
     describe,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import EXPIRY_MARGIN, REFRESH_HORIZON, REFRESH_SLACK
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
     SNAPSHOT,
+    build_document,
+    delta_document,
     document_sessions,
     instance,
     mapping_entries,
     new_document,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.session_apply import (
-    EXPIRY_MARGIN,
-    REFRESH_HORIZON,
+from ansible_collections.nfstate.migration.plugins.module_utils.resources.nat_sessions import (
     SessionApplyError,
     _age,
     _carry_out,
     _listing,
     _sessions,
     _wanted,
-    build_document,
     check_room,
-    delta_document,
     render_sessions,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import REMOVED, session_key
-from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import REFRESH_SLACK, plan
+from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan
 from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model import validate
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -385,8 +384,8 @@ class RecordingTable(object):
 
 def test_refreshes_come_first_then_deletions_then_creations():
     table = RecordingTable()
-    todo = plan([FLOW._replace(timeout=2), B], [FLOW._replace(timeout=2), B], [FLOW._replace(timeout=100), C], "replaced")
-    assert _carry_out(table, todo, liberal=True, best_effort=False) == []
+    todo = plan([FLOW._replace(timeout=2), B], [FLOW._replace(timeout=2), B], [FLOW._replace(timeout=100), C], "overridden")
+    assert _carry_out(table, todo, liberal=True, best_effort=False)[0] == []
     assert table.calls == [("update", [FLOW._replace(timeout=100)]), ("delete", [B]), ("create", [C])]
 
 
@@ -395,7 +394,7 @@ def test_a_session_gone_before_its_refresh_is_created_again():
     wanted = FLOW._replace(timeout=100)
     table = RecordingTable(refuse={("update", wanted): errno.ENOENT})
     todo = plan([FLOW._replace(timeout=1)], [FLOW._replace(timeout=1)], [wanted], "merged")
-    assert _carry_out(table, todo, liberal=True, best_effort=False) == []
+    assert _carry_out(table, todo, liberal=True, best_effort=False)[0] == []
     assert table.calls[:2] == [("update", [wanted]), ("create", [wanted])]
 
 
@@ -410,7 +409,7 @@ def test_a_refused_refresh_stops_before_anything_else_is_applied():
     assert table.calls == [("update", [wanted])]
     # best effort: reported, the rest applied
     table = RecordingTable(refuse={("update", wanted): errno.EINVAL})
-    failed = _carry_out(table, todo, liberal=True, best_effort=True)
+    failed, dummy = _carry_out(table, todo, liberal=True, best_effort=True)
     assert failed == ["refresh %s: Invalid argument (the entry is not valid for the kernel)" % describe(wanted)]
     assert [action for action, _entries in table.calls] == ["update", "delete", "create"]
 
