@@ -247,25 +247,26 @@ def test_hand_written_nftables_nat_moves_to_iptables_legacy(nats):
 
 
 GATHER_PLAY = """
-- name: Gather with the nftables role
+- name: Gather with the nat role
   hosts: localhost
   gather_facts: false
   tasks:
     - name: Run the gather entry point
       ansible.builtin.include_role:
-        name: nfstate.migration.nftables
+        name: nfstate.migration.nat
         tasks_from: gather
 """
 
 
 def role_gather(nat, **extra):
-    """The policy of the document the nftables role's gather writes in the NAT namespace."""
+    """The policy of the document the nat role's gather writes in the NAT namespace (the
+    implementation detected: the hand-written tables are nftables')."""
     play = os.path.join(nat.tmp, "gather.yml")
     with open(play, "w") as out:
         out.write(GATHER_PLAY)
     dest = os.path.join(nat.tmp, "gathered-%d.json.gz" % len(extra))
-    extra_vars = dict(nftables_interfaces=INTERFACES, nftables_work_dir=os.path.join(nat.tmp, "work"),
-                      nftables_gather_dest=dest, ansible_python_interpreter=HOST_PYTHON, **extra)
+    extra_vars = dict(nat_interfaces=INTERFACES, nat_work_dir=os.path.join(nat.tmp, "work"),
+                      nat_gather_dest=dest, ansible_python_interpreter=HOST_PYTHON, **extra)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(nat.tmp, "coll"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
                ANSIBLE_LOCAL_TEMP=os.path.join(nat.tmp, "ansible-local"))
@@ -277,14 +278,14 @@ def role_gather(nat, **extra):
     return instance.get("policy", [])
 
 
-def test_the_nftables_role_gathers_hand_written_tables_by_default(nats):
+def test_the_nat_role_gathers_hand_written_nftables_tables_by_default(nats):
     source = nats("role")
     source.run(source.nat, "nft", "-f", "-", input=lab_rules())
     module = source.module(implementation="nftables", interfaces=INTERFACES, state="gathered",
                            include_builtin_chains=True)["gathered"]
     assert len(module) == 8
     assert role_gather(source) == module
-    assert role_gather(source, nftables_include_builtin_chains=False) == []
+    assert role_gather(source, nat_include_builtin_chains=False) == []
 
 
 def _comparable(listing):

@@ -1,17 +1,16 @@
-"""The iptables and nftables roles move a NAT both ways, and freeze, unfreeze and clean up.
+"""The nat role moves a NAT both ways between implementations, and freezes, unfreezes and cleans up.
 
 A lab of network namespaces: nat-a runs iptables-legacy with hand-written rules in the built-in
 chains, nat-b runs nftables and starts empty. Everything goes through ansible-playbook over SSH and
-the roles' entry points:
+the role's entry points, the implementation and backend detected on each host:
 
-1. iptables -> nftables: the iptables role gathers nat-a's rules and sessions (live TCP streams and
-   port forwards) into one document, which is fetched, validated and applied on nat-b by the
-   nftables role. The service addresses move: the live flows keep going, and a NEW connection is
+1. iptables -> nftables: the role gathers nat-a's rules and sessions (live TCP streams and
+   port forwards) into one document, which is fetched, validated and applied on nat-b. The service addresses move: the live flows keep going, and a NEW connection is
    translated by nat-b as nat-a did (203.0.113.1, a port of the pool 20000-29999).
-2. freeze / unfreeze through the nftables role: a new connection fails while frozen, works after.
-3. nftables -> iptables: nat-b's rules now live in the nftables role's own table; nat-a is made a
-   fresh target (its hand-written rules and sessions flushed). The nftables role gathers a pre-copy
-   and a delta, the iptables role applies both on nat-a, the addresses move back: flows keep going
+2. freeze / unfreeze of nat-b: a new connection fails while frozen, works after.
+3. nftables -> iptables: nat-b's rules now live in our own nftables table; nat-a is made a
+   fresh target (its hand-written rules and sessions flushed). The role gathers a pre-copy
+   and a delta on nat-b and applies both on nat-a, the addresses move back: flows keep going
    and new connections are translated by nat-a's rules, written by the role.
 4. cleanup on both hosts leaves no nfstate table or chain, no work directory, no service session.
 A role missing its programs says which, and the package to install.
@@ -116,12 +115,11 @@ def test_roles_move_freeze_and_clean_up_both_ways(lab, tmp_path):
 
     # 0. A role that misses its programs says which, and the package to install.
     run = playbook(lab, "roles_entry.yml", check=False, nodes="nat-a:nat-b", entry="main",
-                   iptables_tool_paths=["/nonexistent"], nftables_tool_paths=["/nonexistent"],
-                   report_dir=str(snapshots), **common)
+                   nat_tool_paths=["/nonexistent"], report_dir=str(snapshots), **common)
     assert run.returncode != 0
-    assert re.search(r"Missing on nat-a: iptables-legacy-save, iptables-legacy-restore, .*Install the package iptables",
-                     run.stdout), run.stdout[-3000:]
-    assert re.search(r"Missing on nat-b: nft .*Install the package nftables", run.stdout), run.stdout[-3000:]
+    assert re.search(r"Missing on nat-a for iptables: iptables-legacy-save, iptables-legacy-restore, .*"
+                     r"Install the package\(s\) iptables", run.stdout), run.stdout[-3000:]
+    assert re.search(r"Missing on nat-b for nftables: nft\. Install the package\(s\) nftables", run.stdout), run.stdout[-3000:]
 
     # 1. iptables (legacy) -> nftables, with live streams whose sessions move.
     with FlowSet(lab, kinds=("tcp", "fwd"), duration=60) as flows:
@@ -133,13 +131,14 @@ def test_roles_move_freeze_and_clean_up_both_ways(lab, tmp_path):
     assert FlowSet.healthy(results), format_results(results)
 
     gathered = read_json(snapshots / "forward-gathered.json")
-    assert gathered["backend"] == "legacy"  # detected: the legacy nat table holds the rules
-    assert gathered["gathered"]["rules"] == LAB_RULES == gathered["validated"]["rules"]
-    assert gathered["gathered"]["sessions"] == gathered["validated"]["sessions"] >= 4
+    # detected: the legacy nat table holds the rules
+    assert (gathered["implementation"], gathered["backend"]) == ("iptables", "legacy")
+    applied = read_json(snapshots / "forward-applied.json")
+    assert gathered["gathered"]["rules"] == LAB_RULES == applied["received"]["rules"]
+    assert gathered["gathered"]["sessions"] == applied["received"]["sessions"] >= 4
     assert gathered["gathered"]["path"] == os.path.join(work_root, "nat-a", "forward.json.gz")
     forward = instance(snapshots / "forward.json.gz")
     assert len(forward["policy"]) == LAB_RULES and forward["mapping-table"]["mapping-entry"]
-    applied = read_json(snapshots / "forward-applied.json")
     assert applied["rules"] == LAB_RULES
     assert applied["created"] + applied["unchanged"] + applied["expired"] == gathered["gathered"]["sessions"]
     assert applied["created"] >= 4
@@ -173,8 +172,9 @@ def test_roles_move_freeze_and_clean_up_both_ways(lab, tmp_path):
     precopy = read_json(snapshots / "precopy-gathered.json")
     delta = read_json(snapshots / "delta-gathered.json")
     assert precopy["gathered"]["rules"] == LAB_RULES and not precopy["gathered"]["delta"]
-    assert delta["gathered"]["delta"] and delta["gathered"]["rules"] == LAB_RULES == delta["validated"]["rules"]
-    assert delta["gathered"]["sessions"] + delta["gathered"]["removed"] == delta["validated"]["sessions"]
+    delta_applied = read_json(snapshots / "delta-applied.json")
+    assert delta["gathered"]["delta"] and delta["gathered"]["rules"] == LAB_RULES == delta_applied["received"]["rules"]
+    assert delta["gathered"]["sessions"] + delta["gathered"]["removed"] == delta_applied["received"]["sessions"]
     assert delta["gathered"]["host_sessions"] >= 4
     assert read_json(snapshots / "precopy-applied.json")["rules"] == LAB_RULES
     saved = lab.run("nat-a", ["iptables-legacy-save", "-t", "nat"]).stdout

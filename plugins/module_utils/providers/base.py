@@ -96,3 +96,7 @@ class Provider(object):
     def settings(self):
         """The settings this provider works with (for results and facts)."""
         return {}
+
+    def required_programs(self):
+        """The programs this provider runs on the host."""
+        return []

@@ -166,6 +166,9 @@ class Iptables(Provider):
     def settings(self):
         return {"iptables_backend": self.backend}
 
+    def required_programs(self):
+        return backend_programs(self.backend)
+
     @property
     def runner(self):
         if self._runner is None:

@@ -94,6 +94,14 @@ class Nftables(Provider):
             self._runner = NftRunner(self.host)
         return self._runner
 
+    def required_programs(self):
+        # The Python binding is used when there, but nft is what the nftables package brings and
+        # what the runner falls back to.
+        return ["nft"]
+
+    def settings(self):
+        return {"nftables_binding": load_binding() is not None}
+
     # -- NAT rules ------------------------------------------------------------------------------
 
     @staticmethod

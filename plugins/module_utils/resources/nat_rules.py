@@ -117,14 +117,16 @@ def run(provider, params, check_mode=False, diff=False, warn=None):
             return result
 
         before = provider.read_nat_rules(interfaces, include_foreign)
+        if state == "gathered":
+            _unsupported(before.unsupported, params.get("skip_unsupported"), result, warn)
+            result["gathered"] = to_policy(before.rules)
+            result.update(provider.settings())
+            return result
         target = target_rules(state, before.rules, wanted)
         if target is None:
             result["unsupported"] = before.unsupported  # everything of ours goes, expressible or not
         else:
             _unsupported(before.unsupported, params.get("skip_unsupported"), result, warn)
-        if state == "gathered":
-            result["gathered"] = to_policy(before.rules)
-            return result
 
         payload = None
         if target is None:
