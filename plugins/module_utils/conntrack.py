@@ -35,7 +35,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPS_SEEN_REPLY,
     describe,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     NFNL_HDRLEN,
     NFGENMSG,
     NLA_F_NESTED,
@@ -46,7 +46,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import
     NLM_F_REQUEST,
     NLMSG_LEN_TYPE,
     NLMSGHDR,
-    NetfilterSocket,
+    NETLINK_NETFILTER,
+    NetlinkSocket,
     NetlinkError,
     iter_attrs,
     nfnl_msg_type,
@@ -609,10 +610,10 @@ class Conntrack(object):
 
     def __init__(self, ack_each=False, batch_size=None):
         """ack_each: have the kernel acknowledge every request, not only each batch's last one
-        (failures are reported either way; see NetfilterSocket.transact). batch_size: at most
+        (failures are reported either way; see NetlinkSocket.transact). batch_size: at most
         this many requests per sendmsg (default: as many as the socket buffers allow)."""
         try:
-            self._nl = NetfilterSocket()
+            self._nl = NetlinkSocket(NETLINK_NETFILTER)
         except OSError as exc:
             raise ConntrackError("cannot open a netfilter netlink socket: %s" % exc)
         self.ack_each = ack_each

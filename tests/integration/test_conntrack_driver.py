@@ -37,7 +37,7 @@ pytestmark = [
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 # The directory holding ansible_collections/, as tests/conftest.py set it up.
 COLLECTIONS_ROOT = conntrack_module.__file__.split(os.sep + "ansible_collections" + os.sep, maxsplit=1)[0]
-PREFIX = "nfsh1-%d-" % os.getpid()
+PREFIX = "k1-%d-" % os.getpid()
 A4, A6 = socket.AF_INET, socket.AF_INET6
 SEEN = IPS_ASSURED | IPS_SEEN_REPLY | IPS_CONFIRMED
 LIBERAL = conntrack_module.IP_CT_TCP_FLAG_BE_LIBERAL
