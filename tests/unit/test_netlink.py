@@ -486,7 +486,7 @@ class ScriptedDump(object):
 def _conntrack_over(messages, per_chunk=3):
     table = ct.Conntrack.__new__(ct.Conntrack)
     table._nl = ScriptedDump(messages, per_chunk)
-    table._layouts = {}
+    table._reader = ct.EntryReader()
     return table
 
 
