@@ -35,7 +35,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPS_SEEN_REPLY,
     describe,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     NFNL_HDRLEN,
     NFGENMSG,
     NLA_F_NESTED,
@@ -46,7 +46,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import
     NLM_F_REQUEST,
     NLMSG_LEN_TYPE,
     NLMSGHDR,
-    NetfilterSocket,
+    NETLINK_NETFILTER,
+    NetlinkSocket,
     NetlinkError,
     iter_attrs,
     nfnl_msg_type,
@@ -303,6 +304,12 @@ def delete_template(family, proto):
     return MessageTemplate(CT_DELETE, NLM_F_REQUEST, family, nodes)
 
 
+def get_template(family, proto):
+    """The CT_GET message for one entry (no NLM_F_DUMP): found as CT_DELETE finds it."""
+    nodes = [_tuple_node(CTA_TUPLE_ORIG, family, proto), _attr(CTA_ZONE, ("H", F_ZONE))]
+    return MessageTemplate(CT_GET, NLM_F_REQUEST, family, nodes)
+
+
 def nat_kinds(entry):
     """(nat_src, nat_dst) kinds of an entry; the same rule as conntrack_entry.translation()."""
     orig, reply = entry.orig, entry.reply
@@ -340,10 +347,11 @@ class _MessageBuilder(object):
     def __init__(self):
         self._templates = {}
 
-    def _template(self, key, factory):
+    def _template(self, key, factory, *args):
+        """The compiled template of one kind of entry: factory(*args), or factory(*key)."""
         template = self._templates.get(key)
         if template is None:
-            template = self._templates[key] = factory(*key)
+            template = self._templates[key] = factory(*(args or key))
         return template
 
     def create_messages(self, entries, liberal, failures, order):
@@ -429,14 +437,15 @@ class _MessageBuilder(object):
             order.append(index)
             yield message
 
-    def delete_messages(self, entries, failures, order):
-        """Yield a CT_DELETE message per entry, like create_messages()."""
+    def delete_messages(self, entries, failures, order, factory=delete_template):
+        """Yield a CT_DELETE message per entry, like create_messages() (factory=get_template: a
+        CT_GET, which finds the entry the same way)."""
         pton = socket.inet_pton
         for index, entry in enumerate(entries):
             try:
                 orig = entry.orig
                 family, proto = orig.family, orig.proto
-                template = self._template((family, proto), delete_template)
+                template = self._template((factory, family, proto), factory, family, proto)
                 icmp = proto in _ICMP_PROTOS
                 message = template.pack((
                     pton(family, orig.src), pton(family, orig.dst), orig.sport, 0 if icmp else orig.dport,
@@ -602,6 +611,35 @@ def _entry(layout, buf, offset, addresses):
 
 
 _MAX_LAYOUTS = 256
+_MAX_ADDRESSES = 1 << 16
+
+
+class EntryReader(object):
+    """ConntrackEntry tuples out of single ctnetlink messages: an event, the answer to a GET.
+
+    Shares the DumpLayout machinery (and its cache) with the dump, so that a long stream of
+    events costs about what a dump of as many entries does."""
+
+    def __init__(self):
+        self.layouts = {}
+        self.addresses = _TextAddresses()
+
+    def layout(self, buf, offset, length):
+        layout = self.layouts.get(length)
+        if layout is not None and layout.matches(buf, offset):
+            return layout
+        layout = DumpLayout(buf, offset, length)
+        # Keyed by length: the common shapes differ in length; a same-length newcomer replaces
+        # the cached one (still correct, the header check tells them apart).
+        if len(self.layouts) < _MAX_LAYOUTS or length in self.layouts:
+            self.layouts[length] = layout
+        return layout
+
+    def entry(self, buf, offset, length):
+        """The entry of the message at buf[offset:offset + length], or None if it holds no tuples."""
+        if len(self.addresses) > _MAX_ADDRESSES:  # a reader may live as long as its agent
+            self.addresses.clear()
+        return _entry(self.layout(buf, offset, length), buf, offset, self.addresses)
 
 
 class Conntrack(object):
@@ -609,16 +647,16 @@ class Conntrack(object):
 
     def __init__(self, ack_each=False, batch_size=None):
         """ack_each: have the kernel acknowledge every request, not only each batch's last one
-        (failures are reported either way; see NetfilterSocket.transact). batch_size: at most
+        (failures are reported either way; see NetlinkSocket.transact). batch_size: at most
         this many requests per sendmsg (default: as many as the socket buffers allow)."""
         try:
-            self._nl = NetfilterSocket()
+            self._nl = NetlinkSocket(NETLINK_NETFILTER)
         except OSError as exc:
             raise ConntrackError("cannot open a netfilter netlink socket: %s" % exc)
         self.ack_each = ack_each
         self.batch_size = batch_size
         self._builder = _MessageBuilder()
-        self._layouts = {}
+        self._reader = EntryReader()
 
     def close(self):
         self._nl.close()
@@ -655,7 +693,8 @@ class Conntrack(object):
         request = pack_message(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, b"", family=family)
         entries = []
         append = entries.append
-        layouts = self._layouts
+        reader = self._reader
+        layouts = reader.layouts
         len_type = NLMSG_LEN_TYPE.unpack_from
         from_bytes = int.from_bytes
         nat_mask = IPS_NAT_MASK if translated_only else 0
@@ -669,7 +708,7 @@ class Conntrack(object):
                 length, mtype = len_type(buf, offset)
                 layout = layouts.get(length)
                 if layout is None or from_bytes(view[offset:offset + length], "little") & layout.mask != layout.expected:
-                    layout = self._layout(buf, offset, length)
+                    layout = reader.layout(buf, offset, length)
                 if layout.usable and mtype == CT_NEW and not (family and layout.family != family):
                     (osrc, odst, osp, odp, oit, oic, rsrc, rdst, rsp, rdp, rit, ric, status, timeout,
                      mark, zone, labels, state, wso, wsr, flo, flr) = layout.pick(
@@ -684,13 +723,33 @@ class Conntrack(object):
             view.release()
         return entries
 
-    def _layout(self, buf, offset, length):
-        layout = DumpLayout(buf, offset, length)
-        # Keyed by length: the common shapes differ in length; a same-length newcomer replaces
-        # the cached one (still correct, the header check tells them apart).
-        if len(self._layouts) < _MAX_LAYOUTS or length in self._layouts:
-            self._layouts[length] = layout
-        return layout
+    def get(self, entries):
+        """The kernel's current entry for each of the given ones, found by original tuple and zone,
+        in their order: a ConntrackEntry as a dump would give it, or None where it is gone.
+
+        One batched request per few thousand entries (IPCTNL_MSG_CT_GET without NLM_F_DUMP): what
+        re-reading a few hundred sessions' lifetimes costs without dumping a table of 100k.
+        """
+        entries = entries if isinstance(entries, list) else list(entries)
+        found = [None] * len(entries)
+        failures, order = [], []
+        reader = self._reader
+
+        def on_reply(index, buf, offset, length):
+            found[order[index]] = reader.entry(buf, offset, length)
+
+        messages = self._builder.delete_messages(entries, failures, order, factory=get_template)
+        try:
+            refused = self._nl.transact(messages, max_messages=self.batch_size, on_reply=on_reply)
+        except NetlinkError as exc:
+            raise ConntrackError("conntrack get failed: %s" % exc)
+        except (ValueError, struct.error) as exc:
+            raise ConntrackError("malformed conntrack message in an answer: %s" % exc)
+        failures.extend((entries[order[index]], code) for index, code in refused)
+        for entry, code in failures:
+            if code != errno.ENOENT:
+                raise ConntrackError("conntrack get of %s failed: %s" % (describe(entry), strerror(code)))
+        return found
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -22,28 +22,24 @@ import struct
 import time
 from collections import namedtuple
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
+    NETLINK_ROUTE,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
     NLM_F_EXCL,
     NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
     NLMSG_HDRLEN,
-    NLMSGERR,
-    NLMSGHDR,
-    SOL_NETLINK,
-    NETLINK_CAP_ACK,
+    NetlinkError,
+    NetlinkSocket,
     iter_attrs,
     iter_messages,
+    pack_netlink,
     pack_nla,
 )
 
 ROLES = ("inside", "outside")
 
-NETLINK_ROUTE = 0
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_GETADDR = 22
@@ -71,10 +67,9 @@ NA_FLAG_OVERRIDE = 0x20000000
 ICMP6_FILTER = 1
 ALL_NODES = "ff02::1"
 
-_TIMEVAL = struct.Struct("@ll")
-_ERR_SEQ = struct.Struct("=iIHHI")
-_RECV_SIZE = 1 << 20
 RECV_TIMEOUT = 10
+# An address dump of a busy router is a few hundred kilobytes; requests are a handful.
+_BUFFER = 4 << 20
 
 ServiceAddress = namedtuple("ServiceAddress", "address prefixlen role device")
 HeldAddress = namedtuple("HeldAddress", "family address prefixlen ifindex flags")
@@ -184,7 +179,7 @@ def collateral_removals(remove, held, promotes):
 
 def _address_message(msg_type, flags, family, prefixlen, ifa_flags, ifindex, attrs):
     payload = IFADDRMSG.pack(family, prefixlen, ifa_flags & 0xFF, RT_SCOPE_UNIVERSE, ifindex) + b"".join(attrs)
-    return NLMSGHDR.pack(NLMSG_HDRLEN + len(payload), msg_type, flags, 0, 0) + payload
+    return pack_netlink(msg_type, flags, payload)
 
 
 def new_address_message(address, ifindex):
@@ -235,19 +230,13 @@ class Rtnetlink(object):
     """A NETLINK_ROUTE socket: read the host's addresses, change them with one errno per request."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:
-            self.sock.bind((0, 0))
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(RECV_TIMEOUT, 0))
-        except Exception:
-            self.sock.close()
-            raise
-        self._buf = bytearray(_RECV_SIZE)
-        self._seq = int(time.time()) & 0xFFFFFF
+            self._nl = NetlinkSocket(NETLINK_ROUTE, buffer_size=_BUFFER, timeout=RECV_TIMEOUT)
+        except OSError as error:
+            raise AddressError("cannot open a route netlink socket: %s" % os.strerror(error.errno or errno.EIO))
 
     def close(self):
-        self.sock.close()
+        self._nl.close()
 
     def __enter__(self):
         return self
@@ -255,60 +244,36 @@ class Rtnetlink(object):
     def __exit__(self, *exc):
         self.close()
 
-    def _recv(self, what):
-        try:
-            return self.sock.recv_into(self._buf)
-        except OSError as error:
-            raise AddressError("reading the kernel's answer to %s: %s" % (what, os.strerror(error.errno or errno.EIO)))
-
     def addresses(self):
         """Every IPv4 and IPv6 address of the host (this network namespace) as HeldAddress."""
+        request = _address_message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, socket.AF_UNSPEC, 0, 0, 0, [])
         for _attempt in range(3):
-            result = self._dump_addresses()
-            if result is not None:
-                return result
+            held = []
+            try:
+                for buf, start, end in self._nl.dump(request):
+                    for offset, length, mtype, _flags, _seq in iter_messages(buf, start, end):
+                        if mtype == RTM_NEWADDR:
+                            entry = parse_address_message(buf, offset, length)
+                            if entry is not None:
+                                held.append(entry)
+            except NetlinkError as error:
+                if error.errno == errno.EINTR:
+                    continue  # the list changed while it was read: read it again
+                raise AddressError("reading the addresses: %s" % os.strerror(error.errno or errno.EIO))
+            return held
         raise AddressError("the address list kept changing while it was read")
 
-    def _dump_addresses(self):
-        self._seq += 1
-        request = _address_message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, socket.AF_UNSPEC, 0, 0, 0, [])
-        request = request[:8] + struct.pack("=I", self._seq) + request[12:]
-        self.sock.send(request)
-        held, interrupted = [], False
-        while True:
-            nbytes = self._recv("the address dump")
-            for offset, length, mtype, flags, _seq in iter_messages(self._buf, 0, nbytes):
-                if flags & NLM_F_DUMP_INTR:
-                    interrupted = True
-                if mtype == NLMSG_DONE:
-                    return None if interrupted else held
-                if mtype == NLMSG_ERROR:
-                    code = -NLMSGERR.unpack_from(self._buf, offset + NLMSG_HDRLEN)[0]
-                    raise AddressError("reading the addresses: %s" % os.strerror(code))
-                if mtype == RTM_NEWADDR:
-                    entry = parse_address_message(self._buf, offset, length)
-                    if entry is not None:
-                        held.append(entry)
-
     def transact(self, messages):
-        """Send the requests in one sendmsg; returns [errno or 0] in their order."""
-        if not messages:
-            return []
-        first = self._seq + 1
-        data = bytearray()
-        for message in messages:
-            self._seq += 1
-            data += message[:8] + struct.pack("=I", self._seq) + message[12:]
-        self.sock.send(data)
-        answers = {}
-        while len(answers) < len(messages):
-            nbytes = self._recv("the address changes")
-            for offset, _length, mtype, _flags, _seq in iter_messages(self._buf, 0, nbytes):
-                if mtype == NLMSG_ERROR:
-                    code, _l, _t, _f, seq = _ERR_SEQ.unpack_from(self._buf, offset + NLMSG_HDRLEN)
-                    if first <= seq <= self._seq:
-                        answers[seq - first] = -code
-        return [answers[i] for i in range(len(messages))]
+        """Send the requests (in as few sendmsg as fit); returns [errno or 0] in their order."""
+        answers = [0] * len(messages)
+        try:
+            refused = self._nl.transact(messages, ack_each=True)
+        except NetlinkError as error:
+            raise AddressError("reading the kernel's answer to the address changes: %s"
+                               % os.strerror(error.errno or errno.EIO))
+        for index, code in refused:
+            answers[index] = code
+        return answers
 
 
 # ---------------------------------------------------------------- devices

@@ -1,22 +1,16 @@
-"""The ctnetlink driver against the real kernel, inside network namespaces made here.
-
-Every call to the driver runs in a child /usr/bin/python3 (the managed hosts' interpreter) started
-with `ip netns exec`, so no conntrack entry is ever created or deleted in the root namespace.
-"""
+"""The ctnetlink driver against the real kernel, inside network namespaces made here (kernel_lab)."""
 
 import errno
 import json
 import os
-import pickle
-import select
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
 
 import ansible_collections.nfstate.migration.plugins.module_utils.conntrack as conntrack_module
+from kernel_lab import (ECHO_SERVER, HOLDING_CLIENT, NAT_CHAINS, PYTHON, Namespaces, driver, in_ns, load_rules,
+                        nat_site, read_line)
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     IPS_ASSURED,
     IPS_CONFIRMED,
@@ -34,100 +28,16 @@ pytestmark = [
     pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "nft", "conntrack")), reason="needs ip, nft, conntrack"),
 ]
 
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-# The directory holding ansible_collections/, as tests/conftest.py set it up.
-COLLECTIONS_ROOT = conntrack_module.__file__.split(os.sep + "ansible_collections" + os.sep, maxsplit=1)[0]
-PREFIX = "nfsh1-%d-" % os.getpid()
 A4, A6 = socket.AF_INET, socket.AF_INET6
 SEEN = IPS_ASSURED | IPS_SEEN_REPLY | IPS_CONFIRMED
 LIBERAL = conntrack_module.IP_CT_TCP_FLAG_BE_LIBERAL
 
-NAT_CHAINS = """
-table ip nat {
-    chain pre { type nat hook prerouting priority -100; }
-    chain post { type nat hook postrouting priority 100; }
-}
-table ip6 nat {
-    chain pre { type nat hook prerouting priority -100; }
-    chain post { type nat hook postrouting priority 100; }
-}
-"""
 # Labels are kept only once the namespace uses them: a rule that sets one (and never matches).
 LABEL_RULE = """
 table inet labels {
     chain pre { type filter hook prerouting priority 0; ip daddr 203.0.113.254 ct label set 1; }
 }
 """
-
-DRIVER_CALL = """
-import pickle, sys
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.nfstate.migration.plugins.module_utils import conntrack
-options, method, args, kwargs = pickle.load(sys.stdin.buffer)
-if method in ("conntrack_count", "conntrack_max"):
-    result = getattr(conntrack, method)()
-else:
-    with conntrack.Conntrack(**options) as table:
-        result = getattr(table, method)(*args, **kwargs)
-sys.stdout.buffer.write(pickle.dumps(result))
-"""
-
-
-def run(*argv, **kwargs):
-    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30, **kwargs)
-
-
-def in_ns(ns, *argv, **kwargs):
-    return run("ip", "netns", "exec", ns, *argv, **kwargs)
-
-
-def driver(ns, method, *args, **kwargs):
-    """Call Conntrack().method(*args, **kwargs) inside namespace ns and return its result."""
-    options = kwargs.pop("options", {})
-    proc = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-c", DRIVER_CALL, COLLECTIONS_ROOT],
-                          input=pickle.dumps((options, method, args, kwargs)), capture_output=True, timeout=60,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return pickle.loads(proc.stdout)
-
-
-class Namespaces(object):
-    """Network namespaces made by a test, removed with everything started in them."""
-
-    def __init__(self):
-        self.names = []
-        self.procs = []
-
-    def add(self, short):
-        name = PREFIX + short
-        run("ip", "netns", "add", name)
-        self.names.append(name)
-        in_ns(name, "ip", "link", "set", "lo", "up")
-        return name
-
-    def link(self, ns_a, dev_a, addr_a, ns_b, dev_b, addr_b):
-        run("ip", "-n", ns_a, "link", "add", dev_a, "type", "veth", "peer", "name", dev_b, "netns", ns_b)
-        for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
-            run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
-            run("ip", "-n", ns, "link", "set", dev, "up")
-
-    def start(self, ns, code, *args):
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-c", code] + list(args),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.procs.append(proc)
-        return proc
-
-    def cleanup(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()  # by its PID: ip netns exec execs the interpreter itself
-            proc.wait(timeout=10)
-        for name in reversed(self.names):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
-
-
-def load_rules(ns, rules):
-    in_ns(ns, "nft", "-f", "-", input=rules)
 
 
 @pytest.fixture(scope="module")
@@ -309,25 +219,6 @@ def test_table_limits_are_readable_in_a_namespace(table):
 
 # -- real traffic -------------------------------------------------------------------------------
 
-ECHO_SERVER = """
-import socket, sys
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(4)
-print("ready", flush=True)
-while True:
-    conn, _ = srv.accept()
-    data = conn.recv(100)
-    conn.sendall(data)
-"""
-
-HOLDING_CLIENT = """
-import socket, sys
-sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-sock.sendall(b"hello"); assert sock.recv(100) == b"hello"
-print(sock.getsockname()[1], flush=True)
-sys.stdin.read()
-"""
-
 # Waits for one TCP segment to the given port on the given device; prints its source address/port.
 SNIFFER = """
 import json, socket, struct, sys
@@ -359,33 +250,6 @@ header = header[:16] + struct.pack("!H", checksum(pseudo + header + payload)) + 
 sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 sock.sendto(header + payload, (dst, 0))
 """
-
-
-def nat_rules(port_range):
-    return NAT_CHAINS + """
-table ip nat {
-    chain post { oifname "out0" ip saddr 192.0.2.0/24 meta l4proto { tcp, udp } snat to 198.51.100.1:%s; }
-}
-""" % port_range
-
-
-def nat_site(spaces, tag, port_range):
-    """client -- NAT (SNAT to 198.51.100.1 with a port range) -- server, all on documentation ranges."""
-    client, nat, server = spaces.add(tag + "c"), spaces.add(tag + "n"), spaces.add(tag + "s")
-    spaces.link(client, "eth0", "192.0.2.2/24", nat, "in0", "192.0.2.1/24")
-    spaces.link(nat, "out0", "198.51.100.1/24", server, "eth0", "198.51.100.2/24")
-    in_ns(client, "ip", "route", "add", "default", "via", "192.0.2.1")
-    in_ns(nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    load_rules(nat, nat_rules(port_range))
-    return client, nat, server
-
-
-def read_line(proc, timeout=10):
-    ready = select.select([proc.stdout], [], [], timeout)[0]
-    assert ready, "no answer from %s" % proc.args
-    line = proc.stdout.readline().strip()
-    assert line, proc.stderr.read()
-    return line
 
 
 def sniff(spaces, ns, dev, port, send):

@@ -1,5 +1,6 @@
 """Service addresses without touching a host: options, planning, netlink messages, announcement frames."""
 
+import errno
 import ipaddress
 import json
 import os
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils import service_addresses as sa
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import NLMSGHDR, iter_attrs
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import NLMSGHDR, NetlinkError, iter_attrs
 from ansible_collections.nfstate.migration.plugins.module_utils.service_addresses import (
     AddressError,
     HeldAddress,
@@ -162,6 +163,55 @@ def test_parse_address_message_reads_back_what_the_kernel_sends():
     peer = sa._address_message(sa.RTM_NEWADDR, 0, V4, 32, sa.IFA_F_SECONDARY, 4, [
         sa.pack_nla(sa.IFA_ADDRESS, bytes([198, 51, 100, 9])), sa.pack_nla(sa.IFA_LOCAL, bytes([198, 51, 100, 1]))])
     assert sa.parse_address_message(peer, 0, len(peer)) == HeldAddress(V4, "198.51.100.1", 32, 4, sa.IFA_F_SECONDARY)
+
+
+class ScriptedRoute(object):
+    """Stands in for the NetlinkSocket under Rtnetlink: dumps given as lists of chunks (an
+    errno in place of a dump raises NetlinkError), refusals as (index, errno)."""
+
+    def __init__(self, dumps=(), refused=()):
+        self.dumps = list(dumps)
+        self.refused = list(refused)
+        self.sent = []
+
+    def dump(self, request):
+        self.sent.append(request)
+        answer = self.dumps.pop(0)
+        if isinstance(answer, int):
+            raise NetlinkError(answer, "scripted")
+        for chunk in answer:
+            yield chunk, 0, len(chunk)
+
+    def transact(self, messages, ack_each=False):
+        assert ack_each  # every address change has its own errno
+        self.sent.extend(messages)
+        return self.refused
+
+
+def _rtnetlink(route):
+    netlink = sa.Rtnetlink.__new__(sa.Rtnetlink)
+    netlink._nl = route
+    return netlink
+
+
+def test_rtnetlink_reads_addresses_again_when_the_dump_was_interrupted():
+    one = sa.new_address_message(ServiceAddress("192.0.2.254", 24, "inside", "in0"), 3)
+    two = sa.new_address_message(ServiceAddress("2001:db8:1::fe", 64, "inside", "in0"), 3)
+    route = ScriptedRoute(dumps=[errno.EINTR, [one + two]])
+    assert _rtnetlink(route).addresses() == [HeldAddress(V4, "192.0.2.254", 24, 3, 0),
+                                             HeldAddress(V6, "2001:db8:1::fe", 64, 3, sa.IFA_F_NODAD)]
+    assert len(route.sent) == 2
+    with pytest.raises(AddressError, match="kept changing"):
+        _rtnetlink(ScriptedRoute(dumps=[errno.EINTR] * 3)).addresses()
+    with pytest.raises(AddressError, match="reading the addresses"):
+        _rtnetlink(ScriptedRoute(dumps=[errno.EPERM])).addresses()
+
+
+def test_rtnetlink_transact_gives_one_errno_per_request_in_order():
+    messages = [sa.del_address_message(held("192.0.2.%d/24" % i, 3)) for i in (1, 2, 3)]
+    route = ScriptedRoute(refused=[(1, errno.EADDRNOTAVAIL)])
+    assert _rtnetlink(route).transact(messages) == [0, errno.EADDRNOTAVAIL, 0]
+    assert route.sent == messages
 
 
 # ---------------------------------------------------------------- announcements

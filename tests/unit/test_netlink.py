@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils import conntrack as ct
-from ansible_collections.nfstate.migration.plugins.module_utils import nfnetlink as nl
+from ansible_collections.nfstate.migration.plugins.module_utils import netlink as nl
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     IPS_ASSURED,
     IPS_CONFIRMED,
@@ -88,36 +88,49 @@ def _error_answer(request, error):
 # -- batched requests against a scripted kernel -------------------------------------------------
 
 class ScriptedKernel(object):
-    """Stands in for the socket: answers like netlink_rcv_skb (errors always, acks on request)."""
+    """Stands in for the socket: answers like netlink_rcv_skb (errors always, acks on request).
 
-    def __init__(self, refuse):
-        self.refuse = refuse  # {request payload marker: errno}
+    refuse: {request payload marker: errno}; data: {marker: payload of the data answer} (a GET
+    answered with an entry); queue: datagrams waiting to be read (an OSError in it is raised)."""
+
+    def __init__(self, refuse, data=None):
+        self.refuse = refuse
+        self.data = data or {}
         self.queue = []
         self.sends = 0
         self.requests = 0
 
     def send(self, data):
         self.sends += 1
-        for offset, length, _t, flags, _seq in nl.iter_messages(data, 0, len(data)):
+        for offset, length, mtype, flags, seq in nl.iter_messages(data, 0, len(data)):
             self.requests += 1
             marker = bytes(data[offset + nl.NFNL_HDRLEN:offset + length])
+            if marker in self.data:
+                self.queue.append(nl.pack_message(mtype, 0, self.data[marker], seq=seq))
             error = -self.refuse.get(marker, 0)
             if error or flags & nl.NLM_F_ACK:
                 self.queue.append(_error_answer(bytes(data[offset:offset + nl.NLMSG_HDRLEN]), error))
         return len(data)
 
-    def recv_into(self, buf):
+    def recv_into(self, buf, nbytes=0, flags=0):
+        if not self.queue:
+            if flags & socket.MSG_DONTWAIT:
+                raise BlockingIOError(errno.EAGAIN, "nothing queued")
+            raise OSError(errno.EAGAIN, "timed out")
         answer = self.queue.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
         buf[:len(answer)] = answer
         return len(answer)
 
 
-def _scripted_socket(refuse):
-    sock = nl.NetfilterSocket.__new__(nl.NetfilterSocket)
-    sock.sock = ScriptedKernel(refuse)
+def _scripted_socket(refuse, data=None):
+    sock = nl.NetlinkSocket.__new__(nl.NetlinkSocket)
+    sock.sock = ScriptedKernel(refuse, data)
     sock.rcvbuf, sock.sndbuf = 1 << 20, 1 << 20
     sock._buf = bytearray(4096)
     sock._seq = 0x7FFFFFFF - 10  # crosses the sequence wrap on the way
+    sock._dirty = False
     return sock
 
 
@@ -138,6 +151,76 @@ def test_transact_rejects_answer_to_unknown_sequence():
     sock.sock.queue.append(stray)
     with pytest.raises(nl.NetlinkError):
         sock.transact([nl.pack_message(0x100, nl.NLM_F_REQUEST, b"")])
+
+
+def test_transact_hands_data_answers_to_their_request_and_sizes_batches_for_them():
+    markers = [nl.pack_nla(1, struct.pack("=I", i)) for i in range(40)]
+    messages = [nl.pack_message(0x101, nl.NLM_F_REQUEST, m) for m in markers]
+    # Even requests are answered with data, odd ones are refused (a GET of an entry that is gone).
+    data = {m: b"entry%d" % i for i, m in enumerate(markers) if i % 2 == 0}
+    refuse = {m: errno.ENOENT for i, m in enumerate(markers) if i % 2}
+    sock = _scripted_socket(refuse, data)
+    answers = {}
+
+    def on_reply(index, buf, offset, length):
+        answers[index] = bytes(buf[offset + nl.NFNL_HDRLEN:offset + length])
+
+    failures = sock.transact(messages, on_reply=on_reply)
+    assert failures == [(i, errno.ENOENT) for i in range(1, 40, 2)]
+    assert answers == {i: b"entry%d" % i for i in range(0, 40, 2)}
+    # 1 MiB of receive buffer holds 128 answers of a page: 40 requests are one sendmsg
+    assert sock.sock.sends == 1 and sock.batch_limits(nl.DATA_REPLY_COST)[0] == 128
+    assert sock.sock.queue == []
+
+
+def _done(seq, flags=0):
+    return nl.NLMSGHDR.pack(nl.NLMSG_HDRLEN + 4, nl.NLMSG_DONE, flags, seq, 0) + struct.pack("=i", 0)
+
+
+def _dump_chunks(count, seq=0, flags=nl.NLM_F_MULTI):
+    return [nl.pack_message(0x100, flags, nl.pack_nla(1, struct.pack("=I", i)), seq=seq) for i in range(count)]
+
+
+def test_dump_reports_an_interrupted_dump_only_after_reading_it_to_its_end():
+    sock = _scripted_socket({})
+    sock.sock.queue = _dump_chunks(2) + [_dump_chunks(1, flags=nl.NLM_F_MULTI | nl.NLM_F_DUMP_INTR)[0], _done(0)]
+    seen = []
+    with pytest.raises(nl.NetlinkError) as error:
+        for buf, start, end in sock.dump(nl.pack_message(0x101, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, b"")):
+            seen.extend(nl.iter_messages(buf, start, end))
+    assert error.value.errno == errno.EINTR
+    assert len(seen) == 3 and sock.sock.queue == []  # nothing left for the next request
+
+
+def test_an_abandoned_dump_is_drained_before_the_next_request():
+    sock = _scripted_socket({})
+    sock.sock.queue = _dump_chunks(3) + [_done(0)]
+    chunks = sock.dump(nl.pack_message(0x101, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, b""))
+    next(chunks)
+    chunks.close()  # the caller stopped reading: two messages and DONE are still queued
+    assert len(sock.sock.queue) == 3
+    assert sock.transact([nl.pack_message(0x100, nl.NLM_F_REQUEST, b"")]) == []
+    assert sock.sock.queue == []
+
+
+def test_receive_returns_datagrams_times_out_and_reports_lost_notifications():
+    sock = _scripted_socket({})
+    event = nl.pack_message(0x100, 0, b"")
+    sock.sock.queue = [event, OSError(errno.ENOBUFS, "No buffer space available"), event]
+    buf, nbytes = sock.receive(timeout=0)
+    assert bytes(buf[:nbytes]) == event
+    with pytest.raises(nl.NetlinkError) as error:
+        sock.receive(timeout=0)
+    assert error.value.errno == errno.ENOBUFS
+    assert sock.receive(timeout=0)[1] == len(event)  # the socket goes on after the loss
+    assert sock.receive(timeout=0)[1] == 0
+
+
+def test_one_socket_class_speaks_both_protocols():
+    with nl.NetlinkSocket(nl.NETLINK_ROUTE, buffer_size=1 << 16) as route:
+        assert route.protocol == nl.NETLINK_ROUTE and route.rcvbuf >= 1 << 16
+    with nl.NetlinkSocket(nl.NETLINK_NETFILTER, buffer_size=1 << 16) as netfilter:
+        assert netfilter.sock.proto == nl.NETLINK_NETFILTER
 
 
 # -- ctnetlink requests: the compiled templates against attribute-by-attribute packing ----------
@@ -381,7 +464,7 @@ def test_parse_entry_message_reads_every_field(entry):
 
 
 class ScriptedDump(object):
-    """Stands in for NetfilterSocket.dump(): yields chunks in a reused buffer, as the socket does."""
+    """Stands in for NetlinkSocket.dump(): yields chunks in a reused buffer, as the socket does."""
 
     def __init__(self, messages, per_chunk=3):
         self.messages = messages
@@ -403,7 +486,7 @@ class ScriptedDump(object):
 def _conntrack_over(messages, per_chunk=3):
     table = ct.Conntrack.__new__(ct.Conntrack)
     table._nl = ScriptedDump(messages, per_chunk)
-    table._layouts = {}
+    table._reader = ct.EntryReader()
     return table
 
 

@@ -1,11 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: nfstate.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Netfilter netlink (NETLINK_NETFILTER) with the standard library only.
+"""Netlink with the standard library only: one socket class for rtnetlink and nfnetlink.
 
-Message framing (nlmsghdr + nfgenmsg), netlink attributes (NLA) packing and parsing, and a socket
-that sends many requests per sendmsg and maps every acknowledgement back to its request, or reads
-a dump. Protocol knowledge (which attributes mean what) lives in the callers.
+Message framing (nlmsghdr, and nfgenmsg for NETLINK_NETFILTER), netlink attributes (NLA) packing and
+parsing, and a socket that sends many requests per sendmsg and maps every answer back to its
+request, reads a dump, or receives multicast notifications. Protocol knowledge (which messages and
+attributes mean what) lives in the callers: conntrack.py, conntrack_events.py, service_addresses.py.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -14,12 +15,15 @@ __metaclass__ = type
 
 import errno
 import os
+import select
 import socket
 import struct
 import sys
 
+NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
@@ -62,6 +66,8 @@ _ERR_SEQ = struct.Struct("=iIHHI")  # error, then the echoed request's len, type
 # the receive buffer; this is a generous estimate of that charge, used to size batches so that no
 # acknowledgement is ever dropped for lack of room.
 ACK_COST = 2048  # measured here: about 830 bytes each
+# A request answered with data (a GET) is answered by a message the kernel allocates a page for.
+DATA_REPLY_COST = 8192
 # Past a few thousand requests per sendmsg nothing gets faster; memory keeps growing.
 MAX_BATCH = 4096
 
@@ -92,6 +98,11 @@ def pack_nla(atype, payload):
 def pack_nested(atype, *children):
     """A nested attribute holding already packed children (NLA_F_NESTED set, as the kernel does)."""
     return pack_nla(atype | NLA_F_NESTED, b"".join(children))
+
+
+def pack_netlink(msg_type, flags, payload, seq=0):
+    """One plain netlink message (rtnetlink): nlmsghdr + payload (the family header included)."""
+    return NLMSGHDR.pack(NLMSG_HDRLEN + len(payload), msg_type, flags, seq, 0) + payload
 
 
 def pack_message(msg_type, flags, payload, family=0, seq=0, res_id=0):
@@ -135,23 +146,37 @@ def error_of(buf, offset):
     return -error, seq
 
 
-class NetfilterSocket(object):
-    """A NETLINK_NETFILTER socket with batched requests and dump reading."""
+class NetlinkSocket(object):
+    """A netlink socket of one protocol (NETLINK_ROUTE, NETLINK_NETFILTER, ...).
 
-    def __init__(self, buffer_size=_BIG_BUFFER):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    Requests: transact() sends many per sendmsg and maps every answer back to its request; dump()
+    reads a dump. Notifications: give the multicast groups to join and read them with receive(),
+    blocking or with a timeout (fileno() for select/poll).
+    """
+
+    def __init__(self, protocol, buffer_size=_BIG_BUFFER, groups=(), timeout=RECV_TIMEOUT):
+        """buffer_size: the receive buffer asked for (the send buffer gets at most 4 MiB of it);
+        timeout: seconds a request waits for its answers (None: no limit)."""
+        self.protocol = protocol
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         try:
             self.sock.bind((0, 0))
             # Error acknowledgements then carry only the request's header, not its whole payload.
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.rcvbuf = self._grow(socket.SO_RCVBUF, SO_RCVBUFFORCE, buffer_size)
             self.sndbuf = self._grow(socket.SO_SNDBUF, SO_SNDBUFFORCE, min(buffer_size, 4 << 20))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(RECV_TIMEOUT, 0))
+            if timeout:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(int(timeout), 0))
+            for group in groups:
+                self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
         except Exception:
             self.sock.close()
             raise
         self._buf = bytearray(_RECV_SIZE)
         self._seq = 1
+        # Set while an exchange is left half read (an error, a dump abandoned): its late answers
+        # are read and thrown away before the next request, which would otherwise take them.
+        self._dirty = False
 
     def _grow(self, plain, force, size):
         # FORCE ignores net.core.[rw]mem_max but needs CAP_NET_ADMIN; fall back to the capped size.
@@ -160,6 +185,9 @@ class NetfilterSocket(object):
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, plain, size)
         return self.sock.getsockopt(socket.SOL_SOCKET, plain)
+
+    def fileno(self):
+        return self.sock.fileno()
 
     def close(self):
         self.sock.close()
@@ -170,11 +198,13 @@ class NetfilterSocket(object):
     def __exit__(self, *exc):
         self.close()
 
-    def batch_limits(self):
-        """(messages, bytes) one sendmsg may carry without losing an acknowledgement."""
-        return max(16, min(MAX_BATCH, self.rcvbuf // ACK_COST)), max(4096, self.sndbuf // 2 - 4096)
+    # -- requests ------------------------------------------------------------------------------
 
-    def transact(self, messages, ack_each=False, max_messages=None):
+    def batch_limits(self, reply_cost=ACK_COST):
+        """(messages, bytes) one sendmsg may carry without losing an answer of reply_cost bytes."""
+        return max(16, min(MAX_BATCH, self.rcvbuf // reply_cost)), max(4096, self.sndbuf // 2 - 4096)
+
+    def transact(self, messages, ack_each=False, max_messages=None, on_reply=None):
         """Send requests and map the kernel's answers back to them.
 
         messages: an iterable of packed messages (their seq fields are overwritten). Many go in
@@ -184,18 +214,23 @@ class NetfilterSocket(object):
         of a sendmsg carries NLM_F_ACK: its answer proves all before it were handled, and the
         acknowledgements of the successful ones (half the kernel's work) are never made.
         ack_each=True asks for one per request instead.
+        on_reply(index, buf, offset, length): called for every answer that is not an
+        acknowledgement (a GET's entry); batches are then sized for answers of a page each.
         Returns [(index, errno)] for the refused requests, index counting from 0 in given order.
         """
-        count_limit, byte_limit = self.batch_limits()
+        if self._dirty:
+            self._drain()
+        count_limit, byte_limit = self.batch_limits(DATA_REPLY_COST if on_reply else ACK_COST)
         if max_messages:
             count_limit = min(count_limit, max_messages)
         failures = []
         data = bytearray()
         count = index = last = 0
         seq0 = self._next_seq(count_limit)
+        self._dirty = True
         for message in messages:
             if count and (count >= count_limit or len(data) + len(message) > byte_limit):
-                self._exchange(data, last, seq0, count, index - count, failures)
+                self._exchange(data, last, seq0, count, index - count, failures, on_reply)
                 data = bytearray()
                 count = 0
                 seq0 = self._next_seq(count_limit)
@@ -207,7 +242,8 @@ class NetfilterSocket(object):
             count += 1
             index += 1
         if count:
-            self._exchange(data, last, seq0, count, index - count, failures)
+            self._exchange(data, last, seq0, count, index - count, failures, on_reply)
+        self._dirty = False
         return failures
 
     def _next_seq(self, count):
@@ -216,19 +252,20 @@ class NetfilterSocket(object):
         seq, self._seq = self._seq, self._seq + count
         return seq
 
-    def _exchange(self, data, last, seq0, count, first_index, failures):
+    def _exchange(self, data, last, seq0, count, first_index, failures, on_reply):
         data[last + _FLAGS_LOW_BYTE] |= NLM_F_ACK
         self._sendall(data)
         buf = self._buf
         recv_into = self.sock.recv_into
         unpack_err = _ERR_SEQ.unpack_from
+        unpack_seq = _SEQ.unpack_from
         len_type = NLMSG_LEN_TYPE.unpack_from
         last_seq = seq0 + count - 1
         while True:
             try:
                 nbytes = recv_into(buf)
             except OSError as exc:
-                raise NetlinkError(exc.errno, "reading netlink acknowledgements: %s" % os.strerror(exc.errno))
+                raise NetlinkError(exc.errno, "reading netlink answers: %s" % os.strerror(exc.errno))
             offset = 0
             while offset + NLMSG_HDRLEN <= nbytes:
                 length, mtype = len_type(buf, offset)
@@ -243,6 +280,11 @@ class NetfilterSocket(object):
                         failures.append((first_index + position, -error))
                     if seq == last_seq:
                         return
+                elif on_reply is not None and mtype >= 0x10:  # below: NOOP, DONE, OVERRUN
+                    position = unpack_seq(buf, offset + SEQ_OFFSET)[0] - seq0
+                    if not 0 <= position < count:
+                        raise NetlinkError(errno.EPROTO, "answer for unknown sequence number %d" % (position + seq0))
+                    on_reply(first_index + position, buf, offset, length)
                 offset += nla_align(length)
 
     def _sendall(self, data):
@@ -253,19 +295,36 @@ class NetfilterSocket(object):
         if sent != len(data):
             raise NetlinkError(errno.EMSGSIZE, "netlink accepted %d of %d bytes" % (sent, len(data)))
 
+    def _drain(self):
+        """Read and drop whatever an abandoned exchange left (a dump runs on as it is read)."""
+        while True:
+            try:
+                self.sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    break
+        self._dirty = False
+
     def dump(self, request):
         """Send a dump request and yield (buffer, start, end) for each received chunk of messages.
 
         The buffer is reused: consume a chunk before asking for the next. Chunks hold only data
         messages (the closing NLMSG_DONE is removed). Raises NetlinkError when the kernel reports
-        an error or the dump was interrupted or lost data (the receive buffer overran).
+        an error or lost data (the receive buffer overran); EINTR, once the dump has been read to
+        its end, when the table changed while it was dumped (NLM_F_DUMP_INTR: read it again).
         """
+        if self._dirty:
+            self._drain()
         data = bytearray(request)
         _SEQ.pack_into(data, SEQ_OFFSET, self._next_seq(1))
+        self._dirty = True
         self._sendall(data)
         buf = self._buf
         recv_into = self.sock.recv_into
         unpack = NLMSGHDR.unpack_from
+        interrupted = False
         while True:
             try:
                 nbytes = recv_into(buf)
@@ -277,18 +336,52 @@ class NetfilterSocket(object):
                 if length < NLMSG_HDRLEN:
                     raise NetlinkError(errno.EPROTO, "malformed netlink message")
                 if flags & NLM_F_DUMP_INTR:
-                    raise NetlinkError(errno.EINTR, "netlink dump interrupted by a concurrent change")
+                    interrupted = True
                 if mtype == NLMSG_DONE:
                     code = 0
                     if length >= NLMSG_HDRLEN + NLMSGERR.size:
                         code = -NLMSGERR.unpack_from(buf, offset + NLMSG_HDRLEN)[0]
+                    self._dirty = False
                     if code:
                         raise NetlinkError(code, "netlink dump failed: %s" % os.strerror(code))
                     if offset:
                         yield buf, 0, offset
+                    if interrupted:
+                        raise NetlinkError(errno.EINTR, "netlink dump interrupted by a concurrent change")
                     return
                 if mtype == NLMSG_ERROR:
                     code = -NLMSGERR.unpack_from(buf, offset + NLMSG_HDRLEN)[0]
+                    self._dirty = False
                     raise NetlinkError(code, "netlink dump failed: %s" % os.strerror(code))
                 offset += nla_align(length)
             yield buf, 0, nbytes
+
+    # -- notifications -------------------------------------------------------------------------
+
+    def receive(self, timeout=None):
+        """(buffer, bytes) of the next datagram of notifications; (buffer, 0) if none came within
+        timeout seconds (None: wait as long as it takes). The buffer is reused by the next call.
+
+        Raises NetlinkError(ENOBUFS) when the kernel dropped notifications because the receive
+        buffer was full: they are lost for good, the socket goes on with the next ones.
+        """
+        buf = self._buf
+        try:
+            try:
+                return buf, self.sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if timeout is not None and timeout <= 0:
+                    return buf, 0
+            if not _readable(self.sock, timeout):
+                return buf, 0
+            return buf, self.sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return buf, 0
+        except OSError as exc:
+            raise NetlinkError(exc.errno, "reading netlink notifications: %s" % os.strerror(exc.errno))
+
+
+def _readable(sock, timeout):
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
