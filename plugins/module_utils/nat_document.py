@@ -291,3 +291,19 @@ def delta_document(entries, previous, instance_name, base=None, elapsed=0):
     mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, first))
     set_mapping_entries(document, mappings)
     return document, len(added), len(removed), len(refreshed)
+
+
+def snapshot_age(document, now):
+    """Seconds since the document's snapshot was taken (0 when it does not say)."""
+    taken_at = instance(document).get(SNAPSHOT, {}).get("taken-at")
+    if not taken_at:
+        return 0
+    # A document read on the host has not been through the YANG validator: a time that is not
+    # date-and-time text must not end the module with a traceback.
+    try:
+        moment = datetime.datetime.fromisoformat(taken_at.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return 0
+    if moment.tzinfo is None:
+        return 0
+    return max(0, int((now - moment).total_seconds()))

@@ -26,10 +26,10 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     instance,
     mapping_entries,
     new_document,
+    snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.resources.nat_sessions import (
     SessionApplyError,
-    _age,
     _carry_out,
     _listing,
     _sessions,
@@ -216,7 +216,7 @@ def test_full_then_delta_gives_the_sources_current_set():
     assert wanted.expired == set()
 
 
-def test_lifetimes_are_counted_down_by_each_snapshots_age():
+def test_lifetimes_are_counted_down_by_each_snapshotssnapshot_age():
     chain = [(full([A._replace(timeout=300)]), "full"),
              (delta([A._replace(timeout=250), C._replace(timeout=200)], [A], later(50)), "delta")]
     wanted = _wanted(chain, now=later(60))
@@ -281,7 +281,7 @@ def test_a_snapshot_without_a_time_is_taken_as_fresh():
     document = new_document("edge")
     document = build_document([A], "edge", base=document)
     del instance(document)[SNAPSHOT]["taken-at"]
-    assert _age(document, later(3600)) == 0
+    assert snapshot_age(document, later(3600)) == 0
     assert [e.timeout for e in _wanted([(document, "doc")], now=later(3600)).present] == [A.timeout]
 
 
@@ -289,11 +289,11 @@ def test_a_snapshot_without_a_time_is_taken_as_fresh():
 def test_age_reads_any_time_offset(stamp):
     document = build_document([], "edge")
     instance(document)[SNAPSHOT]["taken-at"] = stamp
-    assert _age(document, later(42)) == 42
+    assert snapshot_age(document, later(42)) == 42
 
 
 def test_age_of_a_snapshot_from_the_future_is_zero():
-    assert _age(full([], moment=later(100)), T0) == 0
+    assert snapshot_age(full([], moment=later(100)), T0) == 0
 
 
 @pytest.mark.parametrize("stamp", ["yesterday", "2026-03-01T12:00:00", 1772366400, ""])
@@ -301,7 +301,7 @@ def test_a_bad_snapshot_time_does_not_crash_the_fold(stamp):
     # Documents read on the host have not been through the YANG validator.
     document = build_document([A], "edge")
     instance(document)[SNAPSHOT]["taken-at"] = stamp
-    assert _age(document, later(10)) == 0
+    assert snapshot_age(document, later(10)) == 0
     assert bindings(_wanted([(document, "doc")], now=later(10)).present) == bindings([A])
 
 

@@ -37,6 +37,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     build_document,
     delta_document,
     document_sessions,
+    snapshot_age,
     instance,
     read_document,
     write_document,
@@ -78,7 +79,7 @@ def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=
         if instance(previous).get(SNAPSHOT, {}).get("kind") == "delta":
             raise SessionApplyError("%s is a delta snapshot; give the full snapshot a delta is taken against" % since)
         document, added, removed, refreshed = delta_document(
-            entries, _sessions(previous, since).present, instance_name, base, elapsed=_age(previous, read_at))
+            entries, _sessions(previous, since).present, instance_name, base, elapsed=snapshot_age(previous, read_at))
         result.update(delta_added=added, delta_removed=removed, delta_refreshed=refreshed)
     if dest is None:
         result["gathered"] = document
@@ -131,7 +132,7 @@ def _wanted(documents, now=None):
     wanted = _Wanted()
     for position, (document, label) in enumerate(documents):
         sessions = _sessions(document, label)
-        elapsed = _age(document, now)
+        elapsed = snapshot_age(document, now)
         for entry in sessions.removed:
             key = session_key(entry)
             current = wanted.by_key.get(key)
@@ -147,22 +148,6 @@ def _wanted(documents, now=None):
             wanted.expired.discard(key)
             wanted.by_key[key] = entry._replace(timeout=entry.timeout - elapsed)
     return wanted
-
-
-def _age(document, now):
-    """Seconds since the document's snapshot was taken (0 when it does not say)."""
-    taken_at = instance(document).get(SNAPSHOT, {}).get("taken-at")
-    if not taken_at:
-        return 0
-    # A document read on the host has not been through the YANG validator: a time that is not
-    # date-and-time text must not end the module with a traceback.
-    try:
-        moment = datetime.datetime.fromisoformat(taken_at.replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
-        return 0
-    if moment.tzinfo is None:
-        return 0
-    return max(0, int((now - moment).total_seconds()))
 
 
 def check_room(to_create, to_delete, count, maximum):

@@ -1,0 +1,144 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Drive the freeze window through agents started before it: milliseconds, not module runs.
+
+    prepare  both agents load the pre-copy (outside the window)
+    freeze   the source stops creating sessions (the kernel lifts it at the deadline)
+    delta    the source's events give what changed since the pre-copy
+    apply    the target applies it against the pre-copy it holds (the delta's text is passed on as is)
+    check    the source has been frozen without a break since the delta
+    claim    the target takes the service addresses, if it is still soon enough after the check
+    release  the source gives them up; the window has closed for new connections at the claim
+Each step is timed on the controller's clock. A freeze that lapsed (the source's check says so) is
+taken again with a new delta, up to `retries` times. The delta is written to the snapshot
+directory after the window; its YANG validation is the playbook's next task.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import gzip
+import json
+import os
+import time
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_relay import AgentClient, ChannelError
+
+# How long before the source's freeze lifts the claim must reach the target (the check's answer,
+# then the claim, travel over two channels).
+CLAIM_MARGIN_MS = 2000
+STEP_TIMEOUT = 120
+
+
+def is_ok(raw):
+    """Whether an answer line says ok, reading only its tail (a delta's line is megabytes)."""
+    return b'"ok":true,"mono":' in raw[-128:]
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("source_socket", "target_socket", "precopy_source", "precopy_target", "interfaces",
+                             "deadline", "addresses", "source_interfaces", "target_interfaces", "claim",
+                             "delta_dest", "retries", "keep_target_rules", "precopy_age"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        args = self._task.args
+        try:
+            source = AgentClient(args["source_socket"], timeout=10)
+            target = AgentClient(args["target_socket"], timeout=10)
+        except ChannelError as exc:
+            raise AnsibleActionFail("cannot reach the agents: %s" % exc)
+        try:
+            result.update(self._cutover(source, target, args))
+        except ChannelError as exc:
+            raise AnsibleActionFail("the cutover failed, nothing was committed: %s" % exc)
+        finally:
+            source.close()
+            target.close()
+        return result
+
+    def _cutover(self, source, target, args):
+        marks = {}
+
+        def mark(name):
+            marks[name] = time.time()
+
+        source.send_raw(self._line({"op": "prepare", "precopy": args["precopy_source"],
+                                    "age": float(args.get("precopy_age", 0))}))
+        target.send_raw(self._line({"op": "prepare", "precopy": args["precopy_target"],
+                                    "keep_rules": bool(args.get("keep_target_rules"))}))
+        prepared = {"source": source.answer(STEP_TIMEOUT)["sessions"], "target": target.answer(STEP_TIMEOUT)["sessions"]}
+
+        attempts = []
+        for attempt in range(int(args.get("retries", 2)) + 1):
+            mark("freeze_sent")
+            source.request({"op": "freeze", "interfaces": args["interfaces"], "deadline": int(args["deadline"])},
+                           STEP_TIMEOUT)
+            mark("frozen")
+            source.send_raw(b'{"op":"delta"}')
+            raw = source.receive_raw(STEP_TIMEOUT)
+            if not is_ok(raw):
+                raise ChannelError("delta: %s" % json.loads(raw).get("error"))
+            mark("delta_taken")
+            # The source's answer is the target's request: its "document" is the delta.
+            applied = target.request_raw(b'{"op":"apply",' + raw[1:], STEP_TIMEOUT)
+            mark("applied")
+            check = source.request({"op": "check"}, STEP_TIMEOUT)
+            mark("checked")
+            attempts.append({"attempt": attempt + 1, "frozen": check["frozen"], "remaining_ms": check["remaining_ms"],
+                             "created_since_delta": check["created_since_delta"]})
+            if check["frozen"] and check["remaining_ms"] > CLAIM_MARGIN_MS:
+                break
+        else:
+            raise ChannelError("the source's freeze did not hold from the delta to the claim (%s)" % attempts)
+
+        claimed = None
+        if args.get("claim", True):
+            claimed = target.request({"op": "claim", "addresses": args["addresses"],
+                                      "interfaces": args["target_interfaces"],
+                                      "valid_ms": check["remaining_ms"] - CLAIM_MARGIN_MS}, STEP_TIMEOUT)
+            mark("claimed")
+            source.request({"op": "release", "addresses": args["addresses"],
+                            "interfaces": args["source_interfaces"]}, STEP_TIMEOUT)
+            mark("released")
+        # The target holds the state (and, with a claim, serves): nothing is undone from here on.
+        source.request({"op": "commit"}, STEP_TIMEOUT)
+        target.request({"op": "commit"}, STEP_TIMEOUT)
+        if claimed:
+            target.request({"op": "announce", "addresses": args["addresses"], "interfaces": args["target_interfaces"],
+                            "count": 2, "interval": 0.1}, STEP_TIMEOUT)
+        for agent in (source, target):
+            agent.request({"op": "bye"}, STEP_TIMEOUT)
+
+        delta = json.loads(raw)
+        if args.get("delta_dest"):
+            self._write(args["delta_dest"], delta["document"])
+        window_end = marks.get("claimed", marks["checked"])
+        return dict(
+            changed=True, prepared=prepared, attempts=attempts, marks=marks,
+            window_ms=round((window_end - marks["freeze_sent"]) * 1000, 1),
+            parts_ms=dict((name, round((marks[name] - marks["freeze_sent"]) * 1000, 1)) for name in marks),
+            delta={"added": delta["added"], "removed": delta["removed"], "refreshed": delta["refreshed"],
+                   "lost_events": delta["lost_events"]},
+            applied=dict((k, applied[k]) for k in ("created", "deleted", "refreshed", "sessions", "removed")),
+            claimed=claimed and {"timings": claimed["timings"], "since_delta_ms": claimed["since_delta_ms"]},
+        )
+
+    @staticmethod
+    def _line(message):
+        return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+    @staticmethod
+    def _write(path, document):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        data = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            handle.write(gzip.compress(data, compresslevel=6, mtime=0) if path.endswith(".gz") else data)

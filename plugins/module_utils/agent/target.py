@@ -1,0 +1,133 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The target's side of a cutover: apply a delta against the pre-copy it holds, then claim.
+
+The target plans against the pre-copy it verified (loaded before the window), never against a
+fresh dump of its table. Every session of a delta goes through the collection's strict model
+checker before the kernel is touched. The claim is refused unless it comes soon enough after the
+delta was applied: the driver says for how long the source's freeze is known to hold, measured
+from the source's check, and that is compared with this host's own clock.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import time
+
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack, strerror
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import describe
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
+    DocumentError,
+    document_sessions,
+    read_document,
+)
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import ModelError, session_key
+
+
+class TargetSide(object):
+    """Requests the driver sends the target's agent."""
+
+    def __init__(self, provider):
+        self.provider = provider
+        self.held = None          # session key -> entry: what the pre-copy put here, then each delta
+        self.created = []         # sessions this agent created (an undo deletes them)
+        self.applied_at = None    # monotonic time the last delta was applied
+        self.claimed = None       # (addresses, interfaces) claimed
+        self.keep_rules = False
+
+    def prepare(self, precopy, keep_rules=False):
+        try:
+            present = document_sessions(read_document(precopy)).present
+        except (OSError, ValueError) as exc:
+            raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
+        self.held = dict((session_key(e), e) for e in present)
+        self.keep_rules = bool(keep_rules)
+        return {"sessions": len(self.held)}
+
+    def apply(self, document):
+        """Apply a delta document (already parsed JSON); all or nothing."""
+        if self.held is None:
+            raise AgentError("no pre-copy loaded: send prepare first")
+        try:
+            sessions = document_sessions(document)
+        except (DocumentError, ModelError) as exc:
+            raise AgentError("the delta is not a valid state document, nothing was applied: %s" % exc)
+        held = self.held
+        create, delete, refresh = [], [], []
+        for gone in sessions.removed:
+            current = held.get(session_key(gone))
+            if current is not None and current.reply == gone.reply:
+                delete.append(current)
+        deleted_keys = set(session_key(e) for e in delete)
+        for wanted in sessions.present:
+            key = session_key(wanted)
+            current = held.get(key)
+            if current is not None and key not in deleted_keys:
+                if current.reply == wanted.reply:
+                    refresh.append(wanted)
+                    continue
+                delete.append(current)
+            create.append(wanted)
+        with Conntrack() as table:
+            refused = [(e, code) for e, code in table.update(refresh) if code != errno.ENOENT]
+            refused += [(e, code) for e, code in table.delete(delete) if code != errno.ENOENT]
+            if refused:
+                raise AgentError(self._refusal("refresh or delete", refused))
+            failures = table.create(create)
+            if failures:
+                done = [e for e in create if e not in set(f[0] for f in failures)]
+                table.delete(done)
+                raise AgentError(self._refusal("create", failures) + " (those created were deleted again)")
+        for entry in delete:
+            held.pop(session_key(entry), None)
+        for entry in create:
+            held[session_key(entry)] = entry
+        self.created.extend(create)
+        self.applied_at = time.monotonic()
+        return {"created": len(create), "deleted": len(delete), "refreshed": len(refresh),
+                "sessions": len(sessions.present), "removed": len(sessions.removed)}
+
+    @staticmethod
+    def _refusal(verb, failures):
+        shown = "; ".join("%s: %s" % (describe(e), strerror(code)) for e, code in failures[:10])
+        return "the kernel refused to %s %d session(s): %s" % (verb, len(failures), shown)
+
+    def claim(self, addresses, interfaces, valid_ms, run_addresses):
+        """Take the addresses, unless the source's freeze may have lapsed since the delta."""
+        if self.applied_at is None:
+            raise AgentError("claim before any delta was applied")
+        since = (time.monotonic() - self.applied_at) * 1000
+        if since >= valid_ms:
+            raise AgentError("the claim came %d ms after the delta was applied, and the source's freeze was "
+                             "known to hold for %d ms only: not claimed" % (since, valid_ms))
+        result = run_addresses(dict(addresses=addresses, interfaces=interfaces, state="present", announce="true",
+                                    count=1, interval=0.0))
+        self.claimed = (addresses, interfaces)
+        return {"added": len(result["added"]), "timings": result["timings"], "since_delta_ms": int(since)}
+
+    def announce(self, addresses, interfaces, count, interval, run_addresses):
+        """More rounds of announcements, after the window (a neighbour that missed the first)."""
+        run_addresses(dict(addresses=addresses, interfaces=interfaces, state="present", announce="always",
+                           count=count, interval=interval))
+        return {}
+
+    def undo(self, run_addresses):
+        """The controller is gone before the end: leave nothing of ours active here."""
+        if self.claimed is not None:
+            addresses, interfaces = self.claimed
+            run_addresses(dict(addresses=addresses, interfaces=interfaces, state="absent", announce="false",
+                               count=1, interval=0.0))
+        if self.held:
+            with Conntrack() as table:
+                table.delete(list(self.held.values()))
+        if not self.keep_rules:
+            current = self.provider.read_nat_rules({})
+            if current.present:
+                self.provider.remove_nat_rules(current)
+
+    def close(self):
+        pass
