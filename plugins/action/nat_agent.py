@@ -14,9 +14,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
 import json
 import os
 import shlex
+import tempfile
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_bytes
@@ -28,6 +30,15 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_relay impo
 SSH_TRANSPORTS = ("ssh", "ansible.builtin.ssh")
 LOCAL_TRANSPORTS = ("local", "ansible.builtin.local")
 READY_TIMEOUT = 60
+
+
+def short_socket_path(socket_dir, role, host):
+    """A Unix socket path within the kernel's 108 bytes, whatever the snapshot directory's length:
+    a directory of this user's under the temporary directory, named after a digest of the place."""
+    base = os.path.join(tempfile.gettempdir(), "nfstate-agents-%d" % os.getuid())
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    digest = hashlib.sha1(("%s\0%s\0%s" % (os.path.abspath(socket_dir), role, host)).encode("utf-8")).hexdigest()
+    return os.path.join(base, digest[:20] + ".sock")
 
 
 def agent_command(interpreter, zip_path, args):
@@ -79,9 +90,10 @@ class ActionModule(ActionBase):
 
         host = task_vars.get("inventory_hostname")
         os.makedirs(args["socket_dir"], mode=0o700, exist_ok=True)
-        socket_path = os.path.join(args["socket_dir"], "%s-%s.sock" % (args["role"], host))
+        log_path = os.path.join(args["socket_dir"], "%s-%s.log" % (args["role"], host))
+        socket_path = short_socket_path(args["socket_dir"], args["role"], host)
         # The relay watches ansible-playbook itself (this task's worker ends with the task).
-        spawn(socket_path, os.getppid(), argv, os.path.join(args["socket_dir"], "%s-%s.log" % (args["role"], host)))
+        spawn(socket_path, os.getppid(), argv, log_path)
         try:
             client = AgentClient(socket_path, timeout=READY_TIMEOUT)
             try:
@@ -92,8 +104,7 @@ class ActionModule(ActionBase):
             finally:
                 client.close()
         except ChannelError as exc:
-            raise AnsibleActionFail("the %s agent on %s did not start: %s (see %s)"
-                                    % (args["role"], host, exc, socket_path[:-5] + ".log"))
+            raise AnsibleActionFail("the %s agent on %s did not start: %s (see %s)" % (args["role"], host, exc, log_path))
         result.update(changed=True, socket=socket_path, pid=ready.get("pid"), role=args["role"])
         return result
 
