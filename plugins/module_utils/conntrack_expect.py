@@ -104,6 +104,9 @@ IP_CT_DIR_ORIGINAL = 0
 IP_CT_DIR_REPLY = 1
 
 HELPER_NAME_MAX = 16  # NF_CT_HELPER_NAME_LEN, the terminating NUL included
+# Expectation functions have longer names ("nat-follow-master"); the kernel bounds them only by the
+# attribute, this by what any of them needs.
+EXPECTFN_NAME_MAX = 33
 
 _ADDR_LEN = {socket.AF_INET: 4, socket.AF_INET6: 16}
 _IP_ATTRS = {socket.AF_INET: (CTA_IP_V4_SRC, CTA_IP_V4_DST), socket.AF_INET6: (CTA_IP_V6_SRC, CTA_IP_V6_DST)}
@@ -208,10 +211,10 @@ def _string(buf, offset, size):
     return bytes(buf[offset:offset + size]).split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def _nul_string(text):
+def _nul_string(text, limit=HELPER_NAME_MAX):
     data = text.encode("ascii") + b"\0"
-    if len(data) > HELPER_NAME_MAX:
-        raise ValueError("name %r is longer than the kernel's %d bytes" % (text, HELPER_NAME_MAX - 1))
+    if len(data) > limit:
+        raise ValueError("name %r is longer than the kernel's %d bytes" % (text, limit - 1))
     return data
 
 
@@ -252,7 +255,7 @@ def create_message(exp):
                                  pack_nla(CTA_EXPECT_NAT_DIR, _BE32.pack(exp.nat_dir)),
                                  pack_tuple(CTA_EXPECT_NAT_TUPLE, exp.nat_tuple)))
     if exp.fn:
-        attrs.append(pack_nla(CTA_EXPECT_FN, _nul_string(exp.fn)))
+        attrs.append(pack_nla(CTA_EXPECT_FN, _nul_string(exp.fn, EXPECTFN_NAME_MAX)))
     return pack_message(EXP_NEW, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, b"".join(attrs),
                         family=exp.tuple.family)
 
