@@ -414,7 +414,7 @@ def describe_expectation(exp):
     """One line naming an expectation, for errors and reports."""
     tup = exp.tuple
     name = PROTOCOL_NAMES.get(tup.proto, str(tup.proto))
-    return "%s expectation %s:%s -> %s:%s of %s" % (exp.helper or "helper", name, tup.src, tup.sport, tup.dst, tup.dport,
+    return "%s expectation %s %s:%s -> %s:%s of %s" % (exp.helper or "helper", name, tup.src, tup.sport, tup.dst, tup.dport,
                                                     "%s:%s -> %s:%s" % (exp.master.src, exp.master.sport,
                                                                         exp.master.dst, exp.master.dport))
 
