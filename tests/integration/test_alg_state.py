@@ -125,11 +125,12 @@ def ct_create(entries):
     for orig, reply, status, timeout, state, helper in entries:
         attrs = [pack_tuple(CTA_TUPLE_ORIG, orig), pack_tuple(CTA_TUPLE_REPLY, inverse(orig)),
                  pack_nla(CTA_STATUS, BE32.pack(IPS_CONFIRMED | (status & (IPS_SEEN_REPLY | IPS_ASSURED)))),
-                 pack_nla(CTA_TIMEOUT, BE32.pack(timeout)),
-                 pack_nested(CTA_PROTOINFO, pack_nested(
-                     CTA_PROTOINFO_TCP, pack_nla(CTA_TCP_STATE, bytes([state])),
-                     pack_nla(CTA_TCP_FLAGS_ORIG, bytes([LIBERAL, LIBERAL])),
-                     pack_nla(CTA_TCP_FLAGS_REPLY, bytes([LIBERAL, LIBERAL]))))]
+                 pack_nla(CTA_TIMEOUT, BE32.pack(timeout))]
+        if orig.proto == 6:
+            attrs.append(pack_nested(CTA_PROTOINFO, pack_nested(
+                CTA_PROTOINFO_TCP, pack_nla(CTA_TCP_STATE, bytes([state])),
+                pack_nla(CTA_TCP_FLAGS_ORIG, bytes([LIBERAL, LIBERAL])),
+                pack_nla(CTA_TCP_FLAGS_REPLY, bytes([LIBERAL, LIBERAL])))))
         if (reply.dst, reply.dport) != (orig.src, orig.sport):
             attrs.append(pack_nested(CTA_NAT_SRC, pack_nla(CTA_NAT_V4_MINIP, socket.inet_aton(reply.dst)),
                                      pack_nested(CTA_NAT_PROTO, pack_nla(CTA_PROTONAT_PORT_MIN, struct.pack(">H", reply.dport)))))
@@ -250,6 +251,88 @@ for line in sys.stdin:
 """
 
 
+UDP_PEER_CODE = r"""
+import hashlib, json, socket, struct, sys
+role, address, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+state = {}
+
+def udp(port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    sock.settimeout(timeout)
+    return sock
+
+INVITE_SDP = ("v=0\r\no=alice 2890844526 2890844526 IN IP4 {me}\r\ns=-\r\nc=IN IP4 {me}\r\nt=0 0\r\n"
+              "m=audio {rtp} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+INVITE = ("INVITE sip:bob@{peer} SIP/2.0\r\nVia: SIP/2.0/UDP {me}:5060;branch=z9hG4bK776asdhds\r\n"
+          "Max-Forwards: 70\r\nTo: <sip:bob@{peer}>\r\nFrom: <sip:alice@{me}>;tag=1928301774\r\n"
+          "Call-ID: a84b4c76e66710@{me}\r\nCSeq: 314159 INVITE\r\nContact: <sip:alice@{me}:5060>\r\n"
+          "Content-Type: application/sdp\r\nContent-Length: {length}\r\n\r\n{sdp}")
+
+def run(op):
+    name = op["op"]
+    # the client
+    if name == "tftp-rrq":  # a read request; the answer will come from another port
+        sock = state["tftp"] = udp(0)
+        sock.sendto(b"\0\x01data.bin\0octet\0", (op["server"], 69))
+        return {"port": sock.getsockname()[1]}
+    if name == "tftp-receive":
+        sock, data, block = state["tftp"], bytearray(), 1
+        while True:
+            packet, sender = sock.recvfrom(1024)
+            opcode, number = struct.unpack("!HH", packet[:4])
+            if opcode != 3 or number != block:
+                continue
+            data += packet[4:]
+            sock.sendto(struct.pack("!HH", 4, number), sender)
+            if len(packet) - 4 < 512:
+                return {"sha": hashlib.sha256(data).hexdigest(), "size": len(data), "from": list(sender)}
+            block += 1
+    if name == "sip-invite":  # signalling from 5060, media expected on op["rtp"]
+        state["media"] = udp(op["rtp"])
+        sdp = INVITE_SDP.format(me=address, rtp=op["rtp"])
+        udp(5060).sendto(INVITE.format(me=address, peer=op["server"], length=len(sdp), sdp=sdp).encode(), (op["server"], 5060))
+        return {}
+    if name == "rtp-receive":
+        packet, sender = state["media"].recvfrom(2048)
+        return {"data": packet.decode(), "from": list(sender)}
+    # the server
+    if name == "tftp-wait-rrq":
+        sock = state["listen-69"]
+        packet, state["client"] = sock.recvfrom(1024)
+        return {"request": packet[2:].split(b"\0")[0].decode(), "client": list(state["client"])}
+    if name == "tftp-send":  # from a port of its own, as TFTP servers do
+        sock, payload = udp(0), open(op["file"], "rb").read()
+        blocks = [payload[i:i + 512] for i in range(0, len(payload) + 1, 512)]
+        for number, block in enumerate(blocks, 1):
+            sock.sendto(struct.pack("!HH", 3, number) + block, state["client"])
+            answer, _ = sock.recvfrom(1024)
+            if struct.unpack("!HH", answer[:4]) != (4, number):
+                return {"error": "bad ack %r" % answer}
+        return {"blocks": len(blocks)}
+    if name == "sip-wait-invite":
+        sock = state["listen-5060"]
+        packet, sender = sock.recvfrom(4096)
+        lines = packet.decode().split("\r\n")
+        return {"from": list(sender), "c": [l for l in lines if l.startswith("c=")],
+                "m": [l for l in lines if l.startswith("m=")]}
+    if name == "rtp-send":
+        udp(op["sport"]).sendto(op["data"].encode(), (op["to"], op["port"]))
+        return {}
+    raise ValueError(op)
+
+if role == "server":  # listening before any request is sent
+    state["listen-69"], state["listen-5060"] = udp(69), udp(5060)
+print(json.dumps({"ready": role}), flush=True)
+for line in sys.stdin:
+    try:
+        answer = run(json.loads(line))
+    except Exception as exc:
+        answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    print(json.dumps(answer), flush=True)
+"""
+
+
 def read_line(proc, timeout):
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
@@ -265,10 +348,17 @@ class Client(object):
         self.proc = proc
 
     def __call__(self, op, **args):
+        self.send(op, **args)
+        return self.answer()
+
+    def send(self, op, **args):
+        """Start a step without waiting for its end."""
         args["op"] = op
         self.proc.stdin.write(json.dumps(args) + "\n")
         self.proc.stdin.flush()
-        # ftplib's own timeouts end a failing step; this one only guards against a hang.
+
+    def answer(self):
+        # The peers' own socket timeouts end a failing step; this one only guards against a hang.
         return json.loads(read_line(self.proc, 4 * TIMEOUT + 10))
 
 
@@ -279,14 +369,17 @@ NAT_RULES = {
                "*filter\n:FORWARD DROP [0:0]\n"
                "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
                "-A FORWARD -i in0 -o out0 -p tcp -m tcp --dport 21 -m conntrack --ctstate NEW -j ACCEPT\n"
+               "-A FORWARD -i in0 -o out0 -p udp -m multiport --dports 69,5060 -m conntrack --ctstate NEW -j ACCEPT\n"
                "COMMIT\n") % NAT_ADDR,
     "nft": ("table ip a_nat {\n  chain post {\n    type nat hook postrouting priority 100;\n"
             "    oifname \"out0\" snat to %s\n  }\n}\n"
             "table inet a_filter {\n  chain forward {\n    type filter hook forward priority 0; policy drop;\n"
             "    ct state established,related accept\n"
-            "    iifname \"in0\" oifname \"out0\" tcp dport 21 ct state new accept\n  }\n}\n") % NAT_ADDR,
+            "    iifname \"in0\" oifname \"out0\" tcp dport 21 ct state new accept\n"
+            "    iifname \"in0\" oifname \"out0\" udp dport { 69, 5060 } ct state new accept\n  }\n}\n") % NAT_ADDR,
 }
-FTP_ALGS = [{"name": "ftp", "transport-protocol": 6, "dst-transport-port": {"start-port-number": 21}, "status": True}]
+ALGS = [{"name": "ftp", "transport-protocol": 6, "dst-transport-port": {"start-port-number": 21}, "status": True},
+        {"name": "tftp", "status": True}, {"name": "sip", "transport-protocol": 17}]
 
 
 class Lab(object):
@@ -334,10 +427,14 @@ class Lab(object):
         self.reader = threading.Thread(target=self._collect, daemon=True)
         self.reader.start()
         self.client = Client(self.spawn("cli", CLIENT_CODE, SERVER, str(TIMEOUT)))
+        self.udp_client = Client(self.spawn("cli", UDP_PEER_CODE, "client", CLIENT, str(TIMEOUT)))
+        self.udp_server = Client(self.spawn("srv", UDP_PEER_CODE, "server", SERVER, str(TIMEOUT)))
+        for peer in (self.udp_client, self.udp_server):
+            assert "ready" in peer.answer()
 
     def load_rules(self, short, with_alg):
         ns = self.ns(short)
-        rules, refused = alg_model.algs_to_rules(FTP_ALGS)
+        rules, refused = alg_model.algs_to_rules(ALGS)
         assert refused == [] and rules
         if self.kinds[short] == "legacy":
             sh("ip", "netns", "exec", ns, "iptables-legacy-restore", input=NAT_RULES["legacy"])
@@ -420,10 +517,10 @@ def make_lab():
 
 # --- the migration of one NAT's FTP state ---------------------------------------------------------
 
-def gather(lab, short):
+def gather(lab, short, proto=6):
     """The client's sessions and the expectations, as the model carries them."""
     entries = [e for e in in_netns(lab.ns(short), ct_dump)
-               if e[0].proto == 6 and e[0].src == CLIENT and e[4] == TCP_ESTABLISHED]
+               if e[0].proto == proto and e[0].src == CLIENT and (proto != 6 or e[4] == TCP_ESTABLISHED)]
     expectations = in_netns(lab.ns(short), exp_dump)
     pairs = [(index, entry[0]) for index, entry in enumerate(entries, 1)]
     container, refused = alg_model.expectations_container(expectations, alg_model.master_index_of(pairs))
@@ -447,10 +544,13 @@ def apply(lab, short, entries, members, container, with_alg):
     return expectations
 
 
-def migrate(lab, with_alg=True):
-    entries, members, container, refused, dumped = gather(lab, "nat1")
+def migrate(lab, with_alg=True, proto=6, edit=None):
+    """Source to target; edit(container) may change the model on the way (an older snapshot)."""
+    entries, members, container, refused, dumped = gather(lab, "nat1", proto)
     assert len(entries) == 1, entries  # the control session
     assert refused == []
+    if edit is not None:
+        edit(container)
     apply(lab, "nat2", entries, members, container, with_alg)
     lab.move("nat1", "nat2")
     return entries, members, container, dumped
@@ -468,23 +568,27 @@ DIRECTIONS = [("legacy", "nft"), ("nft", "legacy")]
 @pytest.mark.parametrize("source,target", DIRECTIONS)
 def test_passive_ftp_pending_data_connection_survives_the_move(make_lab, source, target):
     lab = make_lab(source, target)
-    assert lab.alg_rules("nat1") == lab.alg_rules("nat2") == alg_model.algs_to_rules(FTP_ALGS)[0]
+    assert lab.alg_rules("nat1") == lab.alg_rules("nat2") == alg_model.algs_to_rules(ALGS)[0]
     client = lab.client
     assert "error" not in client("login")
     before = client("retr", passive=True)
     assert before.get("size") == PAYLOAD_SIZE, before
     port = client("pasv")["port"]  # pause: the server listens, the NAT expects the connection
 
-    entries, members, container, dumped = migrate(lab)
+    def older(container):  # as if the snapshot were older: the target must not restart the clock
+        container[alg_model.EXPECTATIONS]["expectation"][0]["lifetime"] = 120
+
+    entries, members, container, dumped = migrate(lab, edit=older)
     master = entries[0]
     assert master[5].helper == "ftp" and members[0][alg_model.HELPER] == "ftp"
     items = container[alg_model.EXPECTATIONS]["expectation"]
     assert len(items) == 1 and items[0]["dst-port"] == port and items[0]["master"] == 1
     assert items[0]["src-address"] == CLIENT + "/32" and items[0]["helper"] == "ftp"
-    # The target holds what the source held: the expectation, tied to the re-created master.
+    # The target holds what the source held: the expectation, tied to the re-created master, with
+    # the lifetime the document gave, not the FTP helper's 300 s.
     on_target = in_netns(lab.ns("nat2"), exp_dump)
     assert [comparable(e) for e in on_target] == [comparable(e) for e in dumped]
-    assert abs(on_target[0].timeout - dumped[0].timeout) <= 2
+    assert dumped[0].timeout > 250 and 100 <= on_target[0].timeout <= 120
     assert [e[5].helper for e in in_netns(lab.ns("nat2"), ct_dump)] == ["ftp"]
 
     data = client("fetch-pending")
@@ -543,3 +647,65 @@ def test_control_active_without_sequence_adjustment_garbles_the_next_command(mak
     # The server's TCP takes the first bytes for ones it already has: it reads the rest.
     assert answer.get("error", "").startswith("error_perm: 500"), answer
     assert lab.server_received() == ["NOOP"[offset:]]
+
+
+# --- TFTP and SIP: their expectations move with their NAT binding ----------------------------------
+
+@pytest.mark.parametrize("source,target", DIRECTIONS)
+def test_tftp_transfer_answered_after_the_move(make_lab, source, target):
+    lab = make_lab(source, target)
+    port = lab.udp_client("tftp-rrq", server=SERVER)["port"]
+    request = lab.udp_server("tftp-wait-rrq")
+    assert request["request"] == "data.bin" and request["client"][0] == NAT_ADDR
+    nat_port = request["client"][1]
+
+    entries, members, container, dumped = migrate(lab, proto=17)
+    assert members == [{alg_model.HELPER: "tftp"}]
+    item, = container[alg_model.EXPECTATIONS]["expectation"]
+    # The answer may come from any port of the server, to the translated client, and is translated back.
+    assert (item["src-address"], item["dst-address"], item["dst-port"]) == (SERVER + "/32", NAT_ADDR, nat_port)
+    assert "src-port" not in item and item["nat"] == {"direction": "reply", "port": port}
+    assert item["expectfn"] == "nat-follow-master"
+    assert [comparable(e) for e in in_netns(lab.ns("nat2"), exp_dump)] == [comparable(e) for e in dumped]
+
+    lab.udp_client.send("tftp-receive")
+    assert "error" not in lab.udp_server("tftp-send", file=os.path.join(lab.tmp, "data.bin"))
+    received = lab.udp_client.answer()
+    assert received["sha"] == hashlib.sha256(lab.payload).hexdigest(), received
+    assert received["from"][0] == SERVER
+
+
+def test_control_tftp_without_its_expectation_gets_no_answer(make_lab):
+    lab = make_lab("legacy", "nft")
+    lab.udp_client("tftp-rrq", server=SERVER)
+    lab.udp_server("tftp-wait-rrq")
+    migrate(lab, with_alg=False, proto=17)
+    lab.udp_client.send("tftp-receive")
+    sent = lab.udp_server("tftp-send", file=os.path.join(lab.tmp, "data.bin"))
+    assert "timed out" in sent.get("error", ""), sent
+    assert "timed out" in lab.udp_client.answer().get("error", "")
+
+
+@pytest.mark.parametrize("source,target", DIRECTIONS)
+def test_sip_call_media_expectations_move_with_their_binding(make_lab, source, target):
+    lab = make_lab(source, target)
+    lab.udp_client("sip-invite", server=SERVER, rtp=16384)
+    invite = lab.udp_server("sip-wait-invite")
+    # The source's SIP ALG rewrote the SDP: media is to be sent to the NAT's address.
+    assert invite["from"][0] == NAT_ADDR and invite["c"] == ["c=IN IP4 " + NAT_ADDR], invite
+    media_port = int(invite["m"][0].split()[1])
+
+    entries, members, container, dumped = migrate(lab, proto=17)
+    assert members == [{alg_model.HELPER: "sip"}]
+    items = sorted(container[alg_model.EXPECTATIONS]["expectation"], key=lambda item: item["dst-port"])
+    assert [(i["dst-address"], i["dst-port"], i["class"], i["expectfn"]) for i in items] == [
+        (NAT_ADDR, media_port, 1, "sip"), (NAT_ADDR, media_port + 1, 1, "sip")]  # RTP and RTCP, audio
+    assert [i["nat"] for i in items] == [{"direction": "reply", "address": CLIENT, "port": 16384},
+                                         {"direction": "reply", "address": CLIENT, "port": 16385}]
+    on_target = in_netns(lab.ns("nat2"), exp_dump)
+    assert sorted(comparable(e) for e in on_target) == sorted(comparable(e) for e in dumped)
+
+    lab.udp_client.send("rtp-receive")
+    assert lab.udp_server("rtp-send", sport=40000, to=NAT_ADDR, port=media_port, data="rtp 1") == {}
+    assert lab.udp_client.answer() == {"data": "rtp 1", "from": [SERVER, 40000]}
+
