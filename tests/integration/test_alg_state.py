@@ -14,6 +14,7 @@ namespace's tables.
 """
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -31,12 +32,18 @@ import pytest
 from ansible_collections.nfstate.migration.plugins.module_utils import alg_model
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import FlowTuple, inverse
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_expect import (
+    Expectation,
     ExpectTable,
+    exact_mask,
     pack_tuple,
     parse_tuple,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_helper import (
+    IPS_EXPECTED,
+    IPS_HELPER,
+    IPS_SEQ_ADJUST,
     HelperState,
+    SeqAdjust,
     pack_helper_attrs,
     parse_helper_attrs,
 )
@@ -82,6 +89,7 @@ PAYLOAD_SIZE = 200000
 
 CT_NEW = nfnl_msg_type(1, 0)
 CT_GET = nfnl_msg_type(1, 1)
+CT_DELETE = nfnl_msg_type(1, 2)
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_NAT_SRC, CTA_TIMEOUT = 1, 2, 3, 4, 6, 7
 CTA_PROTOINFO_TCP, CTA_TCP_STATE, CTA_TCP_FLAGS_ORIG, CTA_TCP_FLAGS_REPLY = 1, 1, 4, 5
 CTA_NAT_V4_MINIP, CTA_NAT_PROTO, CTA_PROTONAT_PORT_MIN = 1, 3, 1
@@ -139,6 +147,18 @@ def ct_create(entries):
         messages.append(pack_message(CT_NEW, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, b"".join(attrs), family=orig.family))
     with NetfilterSocket(buffer_size=1 << 20) as nl:
         return nl.transact(messages, ack_each=True)
+
+
+def ct_delete(tuples):
+    """Delete entries by original tuple; returns [(index, errno)]."""
+    messages = [pack_message(CT_DELETE, NLM_F_REQUEST, pack_tuple(CTA_TUPLE_ORIG, orig), family=orig.family) for orig in tuples]
+    with NetfilterSocket(buffer_size=1 << 20) as nl:
+        return nl.transact(messages, ack_each=True)
+
+
+def exp_delete(expectations):
+    with ExpectTable() as table:
+        return table.delete(expectations)
 
 
 def exp_dump():
@@ -551,6 +571,13 @@ def migrate(lab, with_alg=True, proto=6, edit=None):
     assert refused == []
     if edit is not None:
         edit(container)
+    # The source lets go first: its expectations, then its masters.
+    source = lab.ns("nat1")
+    assert in_netns(source, exp_delete, dumped) == []
+    assert [code for _exp, code in in_netns(source, exp_delete, dumped)] == [errno.ENOENT] * len(dumped)
+    assert in_netns(source, ct_delete, [entry[0] for entry in entries]) == []
+    moved = set(entry[0] for entry in entries)
+    assert in_netns(source, exp_dump) == [] and not [e for e in in_netns(source, ct_dump) if e[0] in moved]
     apply(lab, "nat2", entries, members, container, with_alg)
     lab.move("nat1", "nat2")
     return entries, members, container, dumped
@@ -709,3 +736,45 @@ def test_sip_call_media_expectations_move_with_their_binding(make_lab, source, t
     assert lab.udp_server("rtp-send", sport=40000, to=NAT_ADDR, port=media_port, data="rtp 1") == {}
     assert lab.udp_client.answer() == {"data": "rtp 1", "from": [SERVER, 40000]}
 
+
+
+# --- the kernel's rules, on synthetic entries -------------------------------------------------------
+
+@pytest.fixture
+def solo_ns():
+    name = PREFIX + "solo"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "netns", "exec", name, "nft", "-f", "-", input=NAT_RULES["nft"])
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+
+
+def test_kernel_wants_the_helper_before_expectations_and_links_children_to_masters(solo_ns):
+    control = FlowTuple(socket.AF_INET, 6, CLIENT, SERVER, 40000, 21)
+    bare = FlowTuple(socket.AF_INET, 6, CLIENT, SERVER, 40001, 21)
+    data = FlowTuple(socket.AF_INET, 6, CLIENT, SERVER, 40002, 50000)
+    seen = IPS_SEEN_REPLY | IPS_ASSURED
+    created = in_netns(solo_ns, ct_create, [
+        (control, inverse(control), seen, 600, TCP_ESTABLISHED, HelperState("ftp", SeqAdjust(1000, 0, 2), SeqAdjust(5, 0, 0))),
+        (bare, inverse(bare), seen, 600, TCP_ESTABLISHED, None),
+        (data, inverse(data), seen, 600, TCP_ESTABLISHED, HelperState(master=control)),
+    ])
+    assert created == []
+    dumped = dict((e[0], e) for e in in_netns(solo_ns, ct_dump))
+    assert dumped[control][5] == HelperState("ftp", SeqAdjust(1000, 0, 2), SeqAdjust(5, 0, 0))
+    assert dumped[control][2] & (IPS_HELPER | IPS_SEQ_ADJUST) == IPS_HELPER | IPS_SEQ_ADJUST
+    assert dumped[data][5].master == control and dumped[data][2] & IPS_EXPECTED
+    assert dumped[bare][5] == HelperState()
+
+    def expecting(master, dport):
+        tup = FlowTuple(socket.AF_INET, 6, CLIENT, SERVER, 0, dport)
+        return Expectation(master, tup, exact_mask(tup)._replace(sport=0), 60, "ftp", 0, 0, 0,
+                           FlowTuple(socket.AF_INET, 6, "0.0.0.0", "0.0.0.0", dport, 0), "nat-follow-master")
+
+    unknown = FlowTuple(socket.AF_INET, 6, CLIENT, SERVER, 40003, 21)
+    refused = in_netns(solo_ns, exp_create, [expecting(bare, 50001), expecting(unknown, 50002), expecting(control, 50003)])
+    assert [code for _exp, code in refused] == [errno.EOPNOTSUPP, errno.ENOENT]
+    made, = in_netns(solo_ns, exp_dump)
+    assert made.master == control and made.tuple.dport == 50003 and 50 <= made.timeout <= 60
