@@ -414,9 +414,10 @@ def describe_expectation(exp):
     """One line naming an expectation, for errors and reports."""
     tup = exp.tuple
     name = PROTOCOL_NAMES.get(tup.proto, str(tup.proto))
-    return "%s expectation %s %s:%s -> %s:%s of %s" % (exp.helper or "helper", name, tup.src, tup.sport, tup.dst, tup.dport,
-                                                    "%s:%s -> %s:%s" % (exp.master.src, exp.master.sport,
-                                                                        exp.master.dst, exp.master.dport))
+    master = exp.master
+    return "%s expectation %s %s:%s -> %s:%s of %s:%s -> %s:%s" % (
+        exp.helper or "helper", name, tup.src, tup.sport, tup.dst, tup.dport,
+        master.src, master.sport, master.dst, master.dport)
 
 
 def not_moved(helper):

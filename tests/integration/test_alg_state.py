@@ -115,7 +115,7 @@ def ct_dump():
                         fields[atype] = BE32.unpack_from(buf, off)[0]
                     elif atype == CTA_PROTOINFO:
                         for _t, t_off, t_size in iter_attrs(buf, off, off + size):
-                            for s_type, s_off, _ in iter_attrs(buf, t_off, t_off + t_size):
+                            for s_type, s_off, _size in iter_attrs(buf, t_off, t_off + t_size):
                                 if s_type == CTA_TCP_STATE:
                                     fields["state"] = buf[s_off]
                 entries.append((fields[CTA_TUPLE_ORIG], fields[CTA_TUPLE_REPLY], fields[CTA_STATUS],
@@ -354,7 +354,7 @@ for line in sys.stdin:
 
 
 def read_line(proc, timeout):
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    ready = select.select([proc.stdout], [], [], timeout)[0]
     if not ready:
         raise AssertionError("no answer within %s s" % timeout)
     line = proc.stdout.readline()
@@ -735,7 +735,6 @@ def test_sip_call_media_expectations_move_with_their_binding(make_lab, source, t
     lab.udp_client.send("rtp-receive")
     assert lab.udp_server("rtp-send", sport=40000, to=NAT_ADDR, port=media_port, data="rtp 1") == {}
     assert lab.udp_client.answer() == {"data": "rtp 1", "from": [SERVER, 40000]}
-
 
 
 # --- the kernel's rules, on synthetic entries -------------------------------------------------------

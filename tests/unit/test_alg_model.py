@@ -73,7 +73,7 @@ def _random_expectation(rng):
 @pytest.mark.parametrize("seed", range(60))
 def test_random_expectations_round_trip_through_the_container(seed):
     rng = random.Random(seed)
-    made = [_random_expectation(rng) for _ in range(rng.randrange(1, 6))]
+    made = [_random_expectation(rng) for _count in range(rng.randrange(1, 6))]
     index_of = am.master_index_of((position, exp.master) for position, exp in enumerate(made, 10))
     container, refused = am.expectations_container(made, index_of)
     assert refused == []
@@ -237,6 +237,7 @@ def test_algs_the_kernel_cannot_run_are_refused_with_a_reason(alg, member):
 
 
 def test_rules_to_algs_round_trips():
-    rules, _ = am.algs_to_rules([{"name": "ftp"}, {"name": "sip", "dst-transport-port": {"start-port-number": 5060, "end-port-number": 5061},
-                                                   "src-transport-port": {"start-port-number": 5060}}])
+    algs = [{"name": "ftp"}, {"name": "sip", "dst-transport-port": {"start-port-number": 5060, "end-port-number": 5061},
+                              "src-transport-port": {"start-port-number": 5060}}]
+    rules = am.algs_to_rules(algs)[0]
     assert am.algs_to_rules(am.rules_to_algs(rules)) == (rules, [])

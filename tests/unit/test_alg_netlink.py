@@ -104,7 +104,7 @@ def test_random_expectations_round_trip_through_a_dump_chunk(seed):
     rng = random.Random(seed)
     chunk = bytearray()
     made = []
-    for _ in range(rng.randrange(1, 5)):
+    for _count in range(rng.randrange(1, 5)):
         family = rng.choice((A4, A6))
         proto = rng.choice((6, 17))
         any_source = rng.random() < 0.3
