@@ -10,19 +10,28 @@ carries, beside its tuples and NAT binding:
 - CTA_SEQ_ADJ_ORIG / CTA_SEQ_ADJ_REPLY: where the NAT helper changed the payload's length (a PORT
   command rewritten from 192,0,2,2 to 198,51,100,1 grows by 3 bytes), the correction position and
   the offsets before and after it. Without them every later segment's sequence number is off by
-  that many bytes: the server reads the next command from the middle ("500 'OP' not understood").
+  that many bytes: the server reads the next command from the middle (measured: after a +3 rewrite,
+  NOOP arrives as "P").
 - CTA_TUPLE_MASTER on an expected connection (a data connection already open): its master.
 
 Pure functions: they pack these attributes to append to an IPCTNL_MSG_CT_NEW that creates the
 entry (beside its tuples, status and NAT attributes), and read them back from a dumped CT_NEW
 message. The kernel takes them only on creation.
 
-For conntrack.py's compiled templates (the integration): the helper name is a constant per template
-(a template key member: `pack_helper(name)` is constant bytes); each direction's sequence
-adjustment is three big-endian u32 fields, in this order: correction_pos, offset_before,
-offset_after (see seq_adj_node_fields). A ConntrackEntry carrying them would gain the fields
-`helper` (str or None), `seq_adj_orig` and `seq_adj_reply` (SeqAdjust or None) and `master`
-(FlowTuple or None).
+For conntrack.py's compiled templates (the integration):
+- ConntrackEntry gains `helper` (str or None), `seq_adj_orig`, `seq_adj_reply` (SeqAdjust or None)
+  and `master` (FlowTuple or None), all defaulting to None: a HelperState's members by name.
+- create_template(): the helper name joins the template key (a handful of helpers, so a handful of
+  templates) and is constant bytes, `pack_helper(name)`; each direction's sequence adjustment is a
+  nest of three ">I" fields, F_SEQ_ORIG_POS, F_SEQ_ORIG_BEFORE, F_SEQ_ORIG_AFTER (and F_SEQ_REPLY_*),
+  in the order of seq_adj_node_fields(); the key says which directions are present. `master` is a
+  tuple node like the original one (CTA_TUPLE_MASTER), its fields F_MSRC, F_MDST, F_MSPORT, F_MDPORT.
+  Attribute order does not matter to the kernel; the NAT attributes stay where they are.
+- The dump: entries that have any of them are rare (IPS_HELPER or IPS_EXPECTED in the status), so
+  the fast layout reads the status and such messages go through parse_helper_attrs() as well.
+- update_template() must not carry them: the kernel sets no helper on an existing entry
+  (EOPNOTSUPP) nor changes one (EBUSY), and a refresh would overwrite the target's live sequence
+  adjustment, which its own helper moves on, with the source's stale one.
 """
 
 from __future__ import absolute_import, division, print_function
