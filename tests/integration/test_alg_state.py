@@ -777,3 +777,19 @@ def test_kernel_wants_the_helper_before_expectations_and_links_children_to_maste
     assert [code for _exp, code in refused] == [errno.EOPNOTSUPP, errno.ENOENT]
     made, = in_netns(solo_ns, exp_dump)
     assert made.master == control and made.tuple.dport == 50003 and 50 <= made.timeout <= 60
+
+
+def test_ipv6_expectation_round_trips_through_the_model_and_the_kernel(solo_ns):
+    control = FlowTuple(socket.AF_INET6, 6, "2001:db8::2", "2001:db8:1::9", 40000, 21)
+    assert in_netns(solo_ns, ct_create, [
+        (control, inverse(control), IPS_SEEN_REPLY | IPS_ASSURED, 600, TCP_ESTABLISHED, HelperState("ftp"))]) == []
+    item = {"index": 1, "master": 1, "transport-protocol": 6, "src-address": "2001:db8:1::9/128",
+            "dst-address": "2001:db8::2", "dst-port": 50010, "lifetime": 90, "helper": "ftp",
+            "nat": {"direction": "reply", "port": 50011}, "expectfn": "nat-follow-master"}
+    exp = alg_model.expectation_of_item(item, {1: control})
+    assert in_netns(solo_ns, exp_create, [exp]) == []
+    dumped, = in_netns(solo_ns, exp_dump)
+    assert comparable(dumped) == comparable(exp)
+    back = alg_model.expectation_item(dumped, 1, 1)
+    assert 80 <= back.pop("lifetime") <= 90
+    assert back == dict((key, value) for key, value in item.items() if key != "lifetime")
