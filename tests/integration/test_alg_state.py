@@ -359,7 +359,8 @@ def read_line(proc, timeout):
         raise AssertionError("no answer within %s s" % timeout)
     line = proc.stdout.readline()
     if not line:
-        raise AssertionError("process ended: %s" % proc.stderr.read())
+        with open(proc.log) as log:
+            raise AssertionError("process ended: %s" % log.read())
     return line
 
 
@@ -436,7 +437,7 @@ class Lab(object):
         sh("ip", "-n", self.ns("srv"), "addr", "add", SERVER + "/24", "dev", "eth0")
         for short in ("nat1", "nat2"):
             sh("ip", "netns", "exec", self.ns(short), "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            self.load_rules(short, with_alg=True)
+            self.load_rules(short)
         self.claim("nat1")
         with open(os.path.join(self.tmp, "data.bin"), "wb") as handle:
             handle.write(self.payload)
@@ -452,18 +453,17 @@ class Lab(object):
         for peer in (self.udp_client, self.udp_server):
             assert "ready" in peer.answer()
 
-    def load_rules(self, short, with_alg):
+    def load_rules(self, short):
+        """NAT, forward filter and our rendered ALG rules, in the NAT's implementation."""
         ns = self.ns(short)
         rules, refused = alg_model.algs_to_rules(ALGS)
         assert refused == [] and rules
         if self.kinds[short] == "legacy":
             sh("ip", "netns", "exec", ns, "iptables-legacy-restore", input=NAT_RULES["legacy"])
-            if with_alg:
-                sh("ip", "netns", "exec", ns, "iptables-legacy-restore", "--noflush", input=alg_iptables.restore_payload(rules))
+            sh("ip", "netns", "exec", ns, "iptables-legacy-restore", "--noflush", input=alg_iptables.restore_payload(rules))
         else:
             sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=NAT_RULES["nft"])
-            if with_alg:
-                sh("ip", "netns", "exec", ns, "nft", "-j", "-f", "-", input=json.dumps(alg_nftables.render_commands(rules)))
+            sh("ip", "netns", "exec", ns, "nft", "-j", "-f", "-", input=json.dumps(alg_nftables.render_commands(rules)))
 
     def alg_rules(self, short):
         """The ALG rules the NAT holds, parsed back by the template of its implementation."""
@@ -487,8 +487,11 @@ class Lab(object):
             sh("ip", "-n", self.ns(short), "neigh", "flush", "dev", "eth0")
 
     def spawn(self, short, code, *args):
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(short), SYSTEM_PYTHON, "-c", code] + list(args),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stderr goes to a file: a pipe nobody reads could fill and stall the peer.
+        with open(os.path.join(self.tmp, "%s-%d.log" % (short, len(self.procs))), "w") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.ns(short), SYSTEM_PYTHON, "-c", code] + list(args),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        proc.log = log.name
         self.procs.append(proc)
         return proc
 
@@ -500,9 +503,9 @@ class Lab(object):
 
     def server_received(self):
         """The command lines the server received since the last call."""
-        deadline = time.monotonic() + 0.5  # the last reply came after its command was logged
-        while time.monotonic() < deadline and self.reader.is_alive():
-            time.sleep(0.05)
+        # The server logs a command before it answers it: what the client saw answered is in the
+        # pipe; the reader thread needs a moment to take it.
+        time.sleep(0.3)
         with self.lock:
             lines, self.received = self.received, []
         return lines
@@ -512,9 +515,11 @@ class Lab(object):
             if proc.poll() is None:
                 proc.kill()  # by PID: ip netns exec execs the interpreter itself
             proc.wait(timeout=10)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
+        if getattr(self, "reader", None) is not None:
+            self.reader.join(timeout=10)  # it ends at the server's end of output
+        for proc in self.procs:
+            for stream in (proc.stdin, proc.stdout):
+                stream.close()
         for name in reversed(self.names):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
