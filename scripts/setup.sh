@@ -12,6 +12,7 @@ apt_packages=(
   conntrack nftables iptables ipset iproute2 python3-nftables   # the NAT implementations
   openssh-server openssh-client arping ndisc6 iputils-ping      # lab hosts, address moves
   python3 python3-venv tcpdump socat                            # interpreters, captures
+  python3-pyftpdlib                                             # ALG tests: a real FTP server
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
