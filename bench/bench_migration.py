@@ -47,7 +47,7 @@ PROBE_PORT = 5007
 QUIET_SECONDS = 2.0
 # The playbook's tasks that bound the freeze window: new connections wait from the freeze on, until
 # the target holds the addresses.
-FREEZE_TASK = "Freeze the source, no new sessions until the redirect (or the deadline)"
+FREEZE_TASK = "Cut over (freeze, delta, apply, check, claim, release)"
 PRECOPY_GATHERED = "Carry the pre-copy snapshot to the target"
 
 
@@ -278,32 +278,19 @@ def profile_rows(cases):
     return rows
 
 
-# The steps of the window, by the tasks' names (first match wins); the rest is the playbook's bookkeeping.
-STEPS = (
-    ("freeze (until the rule is in force)", ("Freeze the source",)),
-    ("gather the delta on the source", ("Gather what changed",)),
-    ("carry the delta (fetch, validate, copy)", ("snapshot", "Carry the delta")),
-    ("apply the delta on the target", ("Apply the delta",)),
-    ("claim the addresses on the target", ("redirect_addresses", "Claim the service addresses")),
-)
+# The cutover's own steps, as it timed them on the controller's clock (report.json's "cutover").
+PARTS = ("frozen", "delta_taken", "applied", "checked", "claimed", "released")
 
 
-def step_of(task):
-    for step, needles in STEPS:
-        if any(needle in task for needle in needles):
-            return step
-    return "bookkeeping (set_fact, marks, includes, asserts)"
-
-
-def step_rows(cases):
-    """profile_rows, summed by step."""
-    names = [step for step, _needles in STEPS] + [step_of("")]
-    table = dict((name, [0.0] * len(cases)) for name in names)
-    for index, case in enumerate(cases):
-        for task in case["window_tasks"]:
-            table[step_of(task["task"])][index] += task["inside"]
-    rows = [[name] + ["%.2f" % s for s in table[name]] for name in names]
-    rows.append(["(sum = the window)"] + ["%.2f" % sum(t["inside"] for t in case["window_tasks"]) for case in cases])
+def part_rows(cases):
+    """Milliseconds from the freeze request to the end of each step of the window, per case."""
+    rows = []
+    for part in PARTS:
+        row = [part]
+        for case in cases:
+            parts = ((case["report"].get("cutover") or {}).get("parts_ms") or {})
+            row.append("%.1f" % parts[part] if part in parts else "-")
+        rows.append(row)
     return rows
 
 
@@ -321,8 +308,8 @@ def print_all(cases, gather_profile=None):
     print("run max gap: lab/flows.py's max_gap_ms over the whole run (CPU contention included).")
     print("\nPROFILE: seconds of each task inside the client's freeze window (a task lasts until the next starts)")
     bench_results.print_table(["task"] + [case_label(c) for c in cases], profile_rows(cases), left_first=True)
-    print("\nPROFILE by step (the same seconds, summed)")
-    bench_results.print_table(["step"] + [case_label(c) for c in cases], step_rows(cases), left_first=True)
+    print("\nCUTOVER: ms from the freeze request to the end of each step, by the cutover's clock (controller)")
+    bench_results.print_table(["step"] + [case_label(c) for c in cases], part_rows(cases), left_first=True)
     if gather_profile:
         print("\nPROFILE of the delta gather at %d sessions (cProfile, in nat-a's namespace), cumulative:"
               % gather_profile["sessions"])

@@ -78,6 +78,10 @@ def migration_report_lines(report):
             lines.append("%-10s %d sessions %s" % ("", report[key], label))
     if "freeze_window_seconds" in report:
         lines.append("freeze window (new connections wait): %.3f s" % report["freeze_window_seconds"])
+    cutover = report.get("cutover")
+    if cutover:
+        lines.append("freeze window by the cutover's clock: %.1f ms (%s)" % (cutover["window_ms"], ", ".join(
+            "%s %.1f" % (name, ms) for name, ms in sorted(cutover["parts_ms"].items(), key=lambda item: item[1]))))
     if report.get("redirect_gap_ms") is not None:
         lines.append("redirect gap (address move and announcement): %.1f ms" % float(report["redirect_gap_ms"]))
     return lines

@@ -34,7 +34,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPPROTO_ICMPV6,
     FlowTuple,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     NFNL_HDRLEN,
     NFGENMSG,
     NLM_F_CREATE,
@@ -42,7 +42,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NLMSGHDR,
-    NetfilterSocket,
+    NETLINK_NETFILTER,
+    NetlinkSocket,
     NetlinkError,
     iter_attrs,
     iter_messages,
@@ -327,7 +328,7 @@ class ExpectTable(object):
 
     def __init__(self):
         try:
-            self._nl = NetfilterSocket(buffer_size=4 << 20)
+            self._nl = NetlinkSocket(NETLINK_NETFILTER, buffer_size=4 << 20)
         except OSError as exc:
             raise ExpectError("cannot open a netfilter netlink socket: %s" % exc)
 

@@ -46,7 +46,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_expect
     pack_tuple,
     parse_tuple,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     NFGENMSG,
     NFNL_HDRLEN,
     NLMSGHDR,

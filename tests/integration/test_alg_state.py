@@ -47,7 +47,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_helper
     pack_helper_attrs,
     parse_helper_attrs,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     NFGENMSG,
     NFNL_HDRLEN,
     NLM_F_CREATE,
@@ -55,7 +55,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NLMSGHDR,
-    NetfilterSocket,
+    NETLINK_NETFILTER,
+    NetlinkSocket,
     iter_attrs,
     iter_messages,
     nfnl_msg_type,
@@ -101,7 +102,7 @@ BE32 = struct.Struct(">I")
 def ct_dump():
     """[(orig, reply, status, timeout, tcp_state, HelperState)] of the namespace's IPv4 entries."""
     entries = []
-    with NetfilterSocket(buffer_size=1 << 20) as nl:
+    with NetlinkSocket(NETLINK_NETFILTER, buffer_size=1 << 20) as nl:
         for buf, start, end in nl.dump(pack_message(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, b"", family=socket.AF_INET)):
             for offset, length, mtype, _f, _s in iter_messages(buf, start, end):
                 if mtype != CT_NEW:
@@ -145,14 +146,14 @@ def ct_create(entries):
         if helper is not None:
             attrs.append(pack_helper_attrs(helper))
         messages.append(pack_message(CT_NEW, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, b"".join(attrs), family=orig.family))
-    with NetfilterSocket(buffer_size=1 << 20) as nl:
+    with NetlinkSocket(NETLINK_NETFILTER, buffer_size=1 << 20) as nl:
         return nl.transact(messages, ack_each=True)
 
 
 def ct_delete(tuples):
     """Delete entries by original tuple; returns [(index, errno)]."""
     messages = [pack_message(CT_DELETE, NLM_F_REQUEST, pack_tuple(CTA_TUPLE_ORIG, orig), family=orig.family) for orig in tuples]
-    with NetfilterSocket(buffer_size=1 << 20) as nl:
+    with NetlinkSocket(NETLINK_NETFILTER, buffer_size=1 << 20) as nl:
         return nl.transact(messages, ack_each=True)
 
 

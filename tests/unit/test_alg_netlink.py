@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_expect as ce
 from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_helper as ch
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import FlowTuple
-from ansible_collections.nfstate.migration.plugins.module_utils.nfnetlink import (
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     NFNL_HDRLEN,
     NLM_F_CREATE,
     NLM_F_EXCL,
