@@ -23,16 +23,18 @@ from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
-PROJECT_PLAYBOOK = """---
-- name: Migrate a NAT
-  ansible.builtin.import_playbook: nfstate.migration.migrate_nat
-"""
+PROJECT_PLAYBOOK = os.path.join(REPO, "docs", "awx", "project", "migrate_nat.yml")  # the one docs/awx.md gives
 
 
 def write(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as handle:
         handle.write(text)
+
+
+def read(path):
+    with open(path) as handle:
+        return handle.read()
 
 
 def install_collection(where):
@@ -67,28 +69,28 @@ def job_artifacts(runner):
 
 
 def stdout_tail(runner, size=6000):
-    with open(runner.stdout.name) as handle:
-        return handle.read()[-size:]
+    return read(runner.stdout.name)[-size:]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 def test_migration_through_ansible_runner(tmp_path):
+    """One pair, iptables to nftables, live flows through it, the job run as AWX runs it."""
     collections = install_collection(str(tmp_path))
     snapshots = tmp_path / "snapshots"  # outside the job's directory, as a persistent volume would be
     with Lab("wrun", source_impl="iptables-legacy", target_impl="nftables") as lab:
-        with open(lab.inventory_path) as handle:
-            inventory = handle.read()
+        inventory = read(lab.inventory_path)
         # AWX passes no ansible.cfg of ours: only the environment, and the connection details in the inventory.
         envvars = {key: value for key, value in lab.env_overrides().items()
                    if key not in ("ANSIBLE_CONFIG", "ANSIBLE_INVENTORY")}
         envvars.update(ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_NOCOLOR="1")
         pdd = private_data_dir(str(tmp_path / "job"), inventory,
-                               {"nfstate_source": "nat-a", "nfstate_target": "nat-b",
+                               # The survey's answers (docs/awx/survey.json), and the template's snapshot place.
+                               {"nfstate_source": "nat-a", "nfstate_target": "nat-b", "nfstate_freeze_deadline": 120,
                                 "nfstate_snapshot_dir": str(snapshots)},
-                               envvars, "migrate.yml", PROJECT_PLAYBOOK)
+                               envvars, "migrate_nat.yml", read(PROJECT_PLAYBOOK))
         with FlowSet(lab, duration=150) as flows:
             time.sleep(1.0)
-            runner = ansible_runner.run(private_data_dir=pdd, playbook="migrate.yml",
+            runner = ansible_runner.run(private_data_dir=pdd, playbook="migrate_nat.yml",
                                         quiet=True, timeout=600)
             time.sleep(2.0)
             results = flows.stop()
