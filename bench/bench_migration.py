@@ -156,7 +156,7 @@ def run_playbook(lab, snapshots, times_path, log_path, on_precopy=None):
 
 def only_report(snapshots):
     runs = sorted(d for d in os.listdir(snapshots) if os.path.isdir(os.path.join(snapshots, d)))
-    with open(os.path.join(snapshots, runs[-1], "report.json")) as handle:
+    with open(os.path.join(snapshots, runs[-1], "nat-a", "report.json")) as handle:
         return json.load(handle)
 
 

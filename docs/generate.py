@@ -1,19 +1,26 @@
 # -*- coding: utf-8 -*-
 # Copyright: nfstate.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Regenerate the YANG tree diagrams in docs/model.md from the modules (never typed by hand).
+"""Regenerate what the docs show of the code (never typed by hand): the YANG tree diagrams in
+docs/model.md, from the modules, and the tables of variables in docs/migration.md and the roles'
+READMEs, from the roles' argument specs (their one source).
 
-    python docs/generate.py          rewrite the generated section of docs/model.md
-    python docs/generate.py --check  exit 1 when docs/model.md is out of date
+    python docs/generate.py          rewrite the generated sections
+    python docs/generate.py --check  exit 1 when one is out of date
 
 The trees are `pyang -f tree` of ietf-nat (from the installed pyang distribution) with
 yang/nfstate-nat.yang: the session (mapping-entry) and the snapshot metadata.
 """
 
 import argparse
+import glob
+import json
 import os
+import re
 import subprocess
 import sys
+
+import yaml
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
@@ -66,21 +73,67 @@ def render(text):
     return text[:start] + generated_section() + text[end + len(END):]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail when docs/model.md is out of date")
-    args = parser.parse_args(argv)
+# <!-- BEGIN GENERATED VARIABLES: ROLE ENTRY_POINT --> ... <!-- END GENERATED VARIABLES -->
+VARIABLES = re.compile(r"(<!-- BEGIN GENERATED VARIABLES: (\S+) (\S+) -->\n).*?(<!-- END GENERATED VARIABLES -->)", re.S)
+VARIABLE_DOCS = ("docs/migration.md", "roles/*/README.md")
+
+
+def _cell(text):
+    text = " ".join(text) if isinstance(text, list) else str(text)
+    text = re.sub(r"[OVRMC]\(([^)]*)\)", r"`\1`", text)  # Ansible's semantic markup, as code
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def variables_table(role, entry_point):
+    """The options of a role's entry point as a markdown table: variable, default, meaning."""
+    with open(os.path.join(ROOT, "roles", role, "meta", "argument_specs.yml"), encoding="utf-8") as handle:
+        options = yaml.safe_load(handle)["argument_specs"][entry_point].get("options", {})
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, spec in options.items():
+        if spec.get("required"):
+            default = "(required)"
+        elif "default" in spec:
+            value = spec["default"]
+            default = "`%s`" % (json.dumps(value) if isinstance(value, (list, dict, bool)) else _cell(value))
+        else:
+            default = ""
+        rows.append("| `%s` | %s | %s |" % (name, default, _cell(spec.get("description", ""))))
+    return "\n".join(rows) + "\n"
+
+
+def render_variables(text):
+    return VARIABLES.sub(lambda m: m.group(1) + variables_table(m.group(2), m.group(3)) + m.group(4), text)
+
+
+def documents():
+    """(path, current text, wanted text) of every generated document."""
     with open(MODEL_DOC, encoding="utf-8") as handle:
         current = handle.read()
-    wanted = render(current)
-    if args.check:
-        if wanted != current:
-            print("docs/model.md is out of date: run python docs/generate.py", file=sys.stderr)
-            return 1
-        return 0
-    if wanted != current:
-        with open(MODEL_DOC, "w", encoding="utf-8") as handle:
-            handle.write(wanted)
+    found = [(MODEL_DOC, current, render(current))]
+    for pattern in VARIABLE_DOCS:
+        for path in sorted(glob.glob(os.path.join(ROOT, pattern))):
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            if VARIABLES.search(text):
+                found.append((path, text, render_variables(text)))
+    return found
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail when a generated section is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, current, wanted in documents():
+        if wanted == current:
+            continue
+        stale.append(os.path.relpath(path, ROOT))
+        if not args.check:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(wanted)
+    if args.check and stale:
+        print("out of date: %s: run python docs/generate.py" % ", ".join(stale), file=sys.stderr)
+        return 1
     return 0
 
 

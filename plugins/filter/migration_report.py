@@ -96,10 +96,53 @@ def _size(count):
     return str(count)
 
 
+def fleet_pairs(sources, hostvars):
+    """The pairs of a fleet: each source with the target its host variable nfstate_migrate_to names."""
+    return [{"source": source, "target": (hostvars.get(source) or {}).get("nfstate_migrate_to", "")}
+            for source in sources]
+
+
+def fleet_entry(hostvars):
+    """One pair's line of a fleet summary, from its source's host variables."""
+    report = hostvars.get("nfstate_pair_report") or {}
+    entry = {
+        "source": hostvars.get("nfstate_source"),
+        "target": hostvars.get("nfstate_target"),
+        "outcome": hostvars.get("nfstate_outcome"),
+        "snapshots": hostvars.get("nfstate_run_dir"),
+    }
+    if entry["outcome"] == "rolled back":
+        entry["failure"] = hostvars.get("nfstate_failure")
+    if report:
+        cutover = report.get("cutover") or {}
+        entry.update(sessions=report.get("sessions"), bytes=report.get("bytes"),
+                     freeze_window_ms=cutover.get("window_ms"), total_seconds=report.get("total_seconds"))
+    return entry
+
+
+def fleet_lines(entries):
+    """The fleet summary as lines a person reads: one per pair."""
+    lines = ["%d pair(s): %d migrated, %d rolled back" % (
+        len(entries), len([e for e in entries if e.get("outcome") == "migrated"]),
+        len([e for e in entries if e.get("outcome") == "rolled back"]))]
+    for entry in entries:
+        line = "%s -> %s: %s" % (entry.get("source"), entry.get("target"), entry.get("outcome"))
+        if entry.get("freeze_window_ms") is not None:
+            line += ", window %.1f ms, %s sessions, %s compressed" % (
+                entry["freeze_window_ms"], entry.get("sessions"), _size((entry.get("bytes") or {}).get("compressed", 0)))
+        if entry.get("failure"):
+            line += " (%s)" % entry["failure"][:300]
+        lines.append(line)
+    return lines
+
+
 class FilterModule(object):
 
     def filters(self):
         return {
             "migration_report": migration_report,
             "migration_report_lines": migration_report_lines,
+            "fleet_pairs": fleet_pairs,
+            "fleet_entry": fleet_entry,
+            "fleet_lines": fleet_lines,
         }

@@ -26,9 +26,10 @@ def migrate(lab, source, target, snapshots, *extra, timeout=600):
     return subprocess.run(argv, env=lab.env, capture_output=True, text=True, check=False, timeout=timeout)
 
 
-def only_report(snapshots):
+def only_report(snapshots, source="nat-a"):
+    """The report of the last run's pair whose source is `source` (SNAPSHOTS/RUN/SOURCE/report.json)."""
     runs = sorted(os.listdir(snapshots))
-    with open(os.path.join(snapshots, runs[-1], "report.json")) as handle:
+    with open(os.path.join(snapshots, runs[-1], source, "report.json")) as handle:
         return json.load(handle)
 
 
