@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -293,8 +294,9 @@ def test_continuous_ping_across_moves_loses_at_most_one_packet(lab):
     lab.module("a", announce="false")
     lab.ping(V4)
     lab.ping(V6)
-    # 10 ms apart for 9 s: long enough for a move to B and back to A
-    pings = [lab.spawn("cli", "ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "900", address,
+    # 10 ms apart until the moves to B and back to A are done, however long the machine takes for them
+    # (stopped with SIGINT, on which ping prints its statistics); 120 s at most.
+    pings = [lab.spawn("cli", "ping", "-n", "-q", "-i", "0.01", "-W", "1", "-w", "120", address,
                        stdout=subprocess.PIPE, text=True) for address in (V4, V6)]
     time.sleep(0.3)
     assert lab.module("b")["changed"]
@@ -303,11 +305,14 @@ def test_continuous_ping_across_moves_loses_at_most_one_packet(lab):
     assert lab.module("a")["changed"]
     assert lab.module("b", state="absent")["changed"]
     assert lab.neighbour(V4)[0] == MAC["a"] and lab.neighbour(V6)[0] == MAC["a"]
+    time.sleep(0.3)
     assert all(proc.poll() is None for proc in pings), "the moves took longer than the pings"
+    for proc in pings:
+        proc.send_signal(signal.SIGINT)
     for address, proc in zip((V4, V6), pings):
         sent, received = ping_stats(proc)
         print("ping %s across two moves: %d sent, %d received" % (address, sent, received))
-        assert sent == 900 and sent - received <= 1, (address, sent, received)
+        assert sent >= 50 and sent - received <= 1, (address, sent, received)
 
 
 PLAYBOOK = """
