@@ -22,10 +22,13 @@ import socket
 import struct
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
+    PORT_PROTOCOLS,
+    PORTED_PROTOCOLS,
     ConntrackEntry,
     FlowTuple,
     ICMP_REPLY_TYPE,
     ICMPV6_REPLY_TYPE,
+    IPPROTO_GRE,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
@@ -224,9 +227,12 @@ def _tuple_node(direction, family, proto):
                                 (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE))
         l4 = (_attr(a_id, ("H", F_SPORT)), _attr(a_type, ("B", F_RTYPE if reply else F_ITYPE)),
               _attr(a_code, ("B", F_ICODE)))
-    else:
+    elif proto in PORTED_PROTOCOLS:
+        # Ports, or GRE's keys: the kernel reads both from CTA_PROTO_SRC_PORT/DST_PORT.
         sport, dport = (F_DPORT, F_SPORT) if reply else (F_SPORT, F_DPORT)
         l4 = (_attr(CTA_PROTO_SRC_PORT, ("H", sport)), _attr(CTA_PROTO_DST_PORT, ("H", dport)))
+    else:
+        l4 = ()  # the generic tracker: a protocol number and addresses
     return _nest(direction, ip, _nest(CTA_TUPLE_PROTO, num, *l4))
 
 
@@ -316,6 +322,8 @@ def nat_kinds(entry):
     if orig.proto in _ICMP_PROTOS:
         src = NAT_ADDR_PORT if reply.dst != orig.src or reply.sport != orig.sport else NAT_NONE
         return src, (NAT_ADDR if reply.src != orig.dst else NAT_NONE)
+    if orig.proto not in PORT_PROTOCOLS:
+        return (NAT_ADDR if reply.dst != orig.src else NAT_NONE), (NAT_ADDR if reply.src != orig.dst else NAT_NONE)
     src = NAT_ADDR_PORT if reply.dst != orig.src or reply.dport != orig.sport else NAT_NONE
     dst = NAT_ADDR_PORT if reply.src != orig.dst or reply.sport != orig.dport else NAT_NONE
     return src, dst
@@ -375,12 +383,21 @@ class _MessageBuilder(object):
                     ndport = None
                     nat_src = NAT_ADDR_PORT if reply.dst != orig.src or nsport != sport else NAT_NONE
                     nat_dst = NAT_ADDR if reply.src != orig.dst else NAT_NONE
-                else:
+                elif proto in PORT_PROTOCOLS:
                     sport, dport = orig.sport, orig.dport
                     itype = icode = rtype = None
                     nsport, ndport = reply.dport, reply.sport
                     nat_src = NAT_ADDR_PORT if reply.dst != orig.src or nsport != sport else NAT_NONE
                     nat_dst = NAT_ADDR_PORT if reply.src != orig.dst or ndport != dport else NAT_NONE
+                else:
+                    # GRE (its keys as they are: only the PPTP helper translates them) and the
+                    # generic tracker's protocols: translated by address alone.
+                    sport, dport = orig.sport or 0, orig.dport or 0
+                    if proto == IPPROTO_GRE and (reply.sport, reply.dport) != (dport, sport):
+                        raise ValueError("translated GRE keys cannot be given to the kernel")
+                    itype = icode = rtype = nsport = ndport = None
+                    nat_src = NAT_ADDR if reply.dst != orig.src else NAT_NONE
+                    nat_dst = NAT_ADDR if reply.src != orig.dst else NAT_NONE
                 key = (family, proto, nat_src, nat_dst, labels is not None, protoinfo)
                 template = templates.get(key) or self._template(key, create_template)
                 if protoinfo:

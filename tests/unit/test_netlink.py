@@ -243,7 +243,7 @@ def _ref_tuple(atype, tup):
         l4 += [nl.pack_nla(ct.CTA_PROTO_ICMPV6_ID, struct.pack(">H", tup.sport)),
                nl.pack_nla(ct.CTA_PROTO_ICMPV6_TYPE, bytes([tup.icmp_type])),
                nl.pack_nla(ct.CTA_PROTO_ICMPV6_CODE, bytes([tup.icmp_code]))]
-    else:
+    elif tup.proto in (6, 17, 47, 136):  # ports, or GRE's keys in their place
         l4 += [nl.pack_nla(ct.CTA_PROTO_SRC_PORT, struct.pack(">H", tup.sport)),
                nl.pack_nla(ct.CTA_PROTO_DST_PORT, struct.pack(">H", tup.dport))]
     return nl.pack_nested(atype, ip, nl.pack_nested(ct.CTA_TUPLE_PROTO, *l4))
@@ -315,6 +315,20 @@ SAMPLES = [
     ConntrackEntry(FlowTuple(A6, 17, "2001:db8:2::2", "2001:db8:2::1", 5555, 8080),
                    FlowTuple(A6, 17, "2001:db8:1::2", "2001:db8:2::2", 80, 5555), IPS_DST_NAT, 100, zone=3,
                    labels=b"\x01" + b"\x00" * 15),
+    # GRE (PPTP keys, SNAT by address), plain GRE with DNAT, ESP and protocol 99 (generic tracker)
+    ConntrackEntry(FlowTuple(A4, 47, "192.0.2.2", "198.51.100.2", 0, 0x1234),
+                   FlowTuple(A4, 47, "198.51.100.2", "198.51.100.1", 0x1234, 0), SEEN | IPS_SRC_NAT, 180),
+    ConntrackEntry(FlowTuple(A4, 47, "198.51.100.2", "198.51.100.1", 0, 0),
+                   FlowTuple(A4, 47, "192.0.2.2", "198.51.100.2", 0, 0), IPS_DST_NAT, 30, mark=5),
+    ConntrackEntry(FlowTuple(A4, 50, "192.0.2.2", "198.51.100.2", 0, 0),
+                   FlowTuple(A4, 50, "198.51.100.2", "198.51.100.1", 0, 0), SEEN | IPS_SRC_NAT, 600),
+    ConntrackEntry(FlowTuple(A6, 50, "2001:db8:1::2", "2001:db8:2::2", 0, 0),
+                   FlowTuple(A6, 50, "2001:db8:2::2", "2001:db8:2::1", 0, 0), SEEN | IPS_SRC_NAT, 600, zone=2),
+    ConntrackEntry(FlowTuple(A4, 99, "198.51.100.2", "198.51.100.1", 0, 0),
+                   FlowTuple(A4, 99, "192.0.2.2", "198.51.100.2", 0, 0), IPS_DST_NAT, 600),
+    # UDP-Lite, SNAT with a port
+    ConntrackEntry(FlowTuple(A4, 136, "192.0.2.2", "198.51.100.2", 4000, 5000),
+                   FlowTuple(A4, 136, "198.51.100.2", "198.51.100.1", 5000, 20100), SEEN | IPS_SRC_NAT, 30),
 ]
 
 
@@ -410,6 +424,23 @@ def test_delete_message_holds_original_tuple_and_zone():
                                _ref_tuple(ct.CTA_TUPLE_ORIG, entry.orig) + nl.pack_nla(ct.CTA_ZONE, struct.pack(">H", 7)),
                                family=A4)
     assert built == [expected]
+
+
+def test_generic_tracker_messages_carry_no_ports_and_nat_no_port_range():
+    esp = SAMPLES[-3]
+    [message] = ct._MessageBuilder().create_messages([esp], True, [], [])
+    found = message.find(nl.pack_nla(ct.CTA_PROTO_NUM, b"\x32"))
+    assert found > 0
+    assert nl.pack_nla(ct.CTA_PROTO_SRC_PORT, b"\0\0") not in message
+    assert nl.pack_nested(ct.CTA_NAT_PROTO, nl.pack_nla(ct.CTA_PROTONAT_PORT_MIN, b"\0\0")) not in message
+
+
+def test_translated_gre_keys_are_refused_before_the_kernel():
+    gre = SAMPLES[-6]
+    rekeyed = gre._replace(reply=gre.reply._replace(sport=0x9999))
+    failures, order = [], []
+    assert list(ct._MessageBuilder().create_messages([rekeyed, gre], True, failures, order)) != []
+    assert failures == [(rekeyed, errno.EINVAL)] and order == [1]
 
 
 def test_nat_kinds_follow_translation():
