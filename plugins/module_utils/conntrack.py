@@ -34,6 +34,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPPROTO_TCP,
     IPS_ASSURED,
     IPS_CONFIRMED,
+    IPS_FIXED_TIMEOUT,
     IPS_NAT_MASK,
     IPS_SEEN_REPLY,
     describe,
@@ -310,6 +311,13 @@ def delete_template(family, proto):
     return MessageTemplate(CT_DELETE, NLM_F_REQUEST, family, nodes)
 
 
+def status_template(family, proto):
+    """The CT_NEW message that sets the status bits of an existing entry (found by tuple and zone)."""
+    nodes = [_tuple_node(CTA_TUPLE_ORIG, family, proto), _attr(CTA_ZONE, ("H", F_ZONE)),
+             _attr(CTA_STATUS, ("I", F_STATUS))]
+    return MessageTemplate(CT_NEW, NLM_F_REQUEST, family, nodes)
+
+
 def get_template(family, proto):
     """The CT_GET message for one entry (no NLM_F_DUMP): found as CT_DELETE finds it."""
     nodes = [_tuple_node(CTA_TUPLE_ORIG, family, proto), _attr(CTA_ZONE, ("H", F_ZONE))]
@@ -448,6 +456,24 @@ class _MessageBuilder(object):
                     addr[orig.src], addr[orig.dst], orig.sport, 0 if icmp else orig.dport,
                     orig.icmp_type, orig.icmp_code, None, None, entry.timeout, mark, entry.zone or 0, labels,
                 ) + tcp + (None,) * (_NFIELDS - 17))
+            except (KeyError, OSError, TypeError, ValueError, AttributeError, struct.error):
+                failures.append((entry, errno.EINVAL))
+                continue
+            order.append(index)
+            yield message
+
+    def fixed_timeout_messages(self, entries, failures, order):
+        """Yield, per entry, the update that sets IPS_FIXED_TIMEOUT (kept status bits as created)."""
+        pton = socket.inet_pton
+        for index, entry in enumerate(entries):
+            try:
+                orig = entry.orig
+                family, proto = orig.family, orig.proto
+                template = self._template((status_template, family, proto), status_template, family, proto)
+                message = template.pack((
+                    pton(family, orig.src), pton(family, orig.dst), orig.sport, orig.dport, None, None, None,
+                    IPS_CONFIRMED | (entry.status & STATUS_KEPT) | IPS_FIXED_TIMEOUT, None, None, entry.zone or 0,
+                ) + (None,) * (_NFIELDS - 11))
             except (KeyError, OSError, TypeError, ValueError, AttributeError, struct.error):
                 failures.append((entry, errno.EINVAL))
                 continue
@@ -777,11 +803,24 @@ class Conntrack(object):
         CTA_NAT_SRC / CTA_NAT_DST, so the kernel computes the translated reply itself. liberal marks
         TCP entries IP_CT_TCP_FLAG_BE_LIBERAL both ways: their window tracking starts blind.
         Typical errors: EEXIST (the tuple, or the translated one, is taken), ENOMEM (table full).
+
+        GRE entries are then marked IPS_FIXED_TIMEOUT: the kernel (6.18) sets a GRE entry's own
+        timeouts only when a packet creates it, so one made through ctnetlink has them at 0 and is
+        deleted by its first packet. Marked so, it lives out the lifetime it was given (traffic
+        does not extend it; update() does) and translates the flow's packets meanwhile.
         """
         entries = entries if isinstance(entries, list) else list(entries)
         failures, order = [], []
         messages = self._builder.create_messages(entries, liberal, failures, order)
-        return self._transact(entries, messages, failures, order, "create")
+        failures = self._transact(entries, messages, failures, order, "create")
+        gre = [entry for entry in entries if entry.orig.proto == IPPROTO_GRE]
+        if gre:
+            refused = set(id(entry) for entry, _code in failures)
+            created = [entry for entry in gre if id(entry) not in refused]
+            fixups, order = [], []
+            messages = self._builder.fixed_timeout_messages(created, fixups, order)
+            failures.extend(self._transact(created, messages, fixups, order, "create (GRE timeout)"))
+        return failures
 
     def update(self, entries, liberal=True):
         """Refresh existing entries in place. Returns [(entry, errno)] of those refused.

@@ -23,6 +23,7 @@ IPS_CONFIRMED = 1 << 3
 IPS_SRC_NAT = 1 << 4
 IPS_DST_NAT = 1 << 5
 IPS_NAT_MASK = IPS_SRC_NAT | IPS_DST_NAT
+IPS_FIXED_TIMEOUT = 1 << 10
 
 # TCP conntrack states (enum tcp_conntrack), by kernel number.
 TCP_STATES = (

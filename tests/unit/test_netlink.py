@@ -16,6 +16,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPS_ASSURED,
     IPS_CONFIRMED,
     IPS_DST_NAT,
+    IPS_FIXED_TIMEOUT,
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
     ConntrackEntry,
@@ -441,6 +442,36 @@ def test_translated_gre_keys_are_refused_before_the_kernel():
     failures, order = [], []
     assert list(ct._MessageBuilder().create_messages([rekeyed, gre], True, failures, order)) != []
     assert failures == [(rekeyed, errno.EINVAL)] and order == [1]
+
+
+class RecordingSocket(object):
+    """Stands in for the NetlinkSocket under Conntrack.create(): answers each transact in turn."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.sent = []
+
+    def transact(self, messages, ack_each=False, max_messages=None):
+        self.sent.append(list(messages))
+        return self.answers.pop(0)
+
+
+def test_created_gre_entries_get_a_fixed_timeout_and_only_those_created():
+    gre, tcp = SAMPLES[-6], SAMPLES[0]
+    taken = SAMPLES[-5]  # another GRE entry, refused with EEXIST: someone else's, left alone
+    table = ct.Conntrack.__new__(ct.Conntrack)
+    table._nl = RecordingSocket([[(2, errno.EEXIST)], []])
+    table._builder = ct._MessageBuilder()
+    table.ack_each, table.batch_size = False, None
+    assert table.create([gre, tcp, taken]) == [(taken, errno.EEXIST)]
+    creates, fixups = table._nl.sent
+    assert len(creates) == 3 and len(fixups) == 1
+    [fixup] = fixups
+    expected = nl.pack_message(ct.CT_NEW, nl.NLM_F_REQUEST, b"".join([
+        _ref_tuple(ct.CTA_TUPLE_ORIG, gre.orig), nl.pack_nla(ct.CTA_ZONE, struct.pack(">H", 0)),
+        nl.pack_nla(ct.CTA_STATUS, struct.pack(">I", IPS_CONFIRMED | IPS_ASSURED | IPS_SEEN_REPLY | IPS_FIXED_TIMEOUT))]),
+        family=A4)
+    assert fixup == expected
 
 
 def test_nat_kinds_follow_translation():

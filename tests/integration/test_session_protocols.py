@@ -1,0 +1,206 @@
+"""Sessions of every protocol the kernel tracks, moved between two NAT implementations and back.
+
+Real packets of UDP, UDP-Lite, GRE (plain and enhanced, with a key), ESP, AH and SCTP go from a
+client through an iptables-legacy NAT. Its sessions are gathered (driver dump and session_model),
+validated (the YANG validator and the strict checker), deleted, and re-created on a second site
+whose NAT is nftables and would translate to another address. Gathered there again they give the
+same document, and the same packets sent on the second site keep the first site's translation.
+Then the same way back. SCTP is listed with its reason, never emitted.
+"""
+
+import json
+import os
+import shutil
+import socket
+import struct
+
+import pytest
+
+from kernel_lab import PYTHON, Namespaces, driver, in_ns, load_rules, read_line
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import IPS_FIXED_TIMEOUT
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import new_document, set_mapping_entries
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
+    entries_to_mappings,
+    mappings_to_entries,
+)
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "nft", "iptables-legacy")),
+                       reason="needs ip, nft, iptables-legacy"),
+]
+
+# One packet of a protocol from the client, by a raw socket (the kernel adds the IP header).
+SEND = """
+import socket, struct, sys
+proto, src, dst, payload = int(sys.argv[1]), sys.argv[2], sys.argv[3], bytes.fromhex(sys.argv[4])
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
+sock.bind((src, 0))
+sock.sendto(payload, (dst, 0))
+"""
+
+# Prints source address and the first 8 bytes of the payload of the first packet of a protocol.
+SNIFFER = """
+import json, socket, sys
+dev, proto = sys.argv[1], int(sys.argv[2])
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+sock.bind((dev, 0)); sock.settimeout(5)
+print("ready", flush=True)
+while True:
+    pkt = sock.recv(2048)
+    ihl = (pkt[0] & 15) * 4
+    if pkt[9] == proto:
+        print(json.dumps([socket.inet_ntoa(pkt[12:16]), pkt[ihl:ihl + 8].hex()]), flush=True)
+        break
+"""
+
+
+
+def _udplite(sport, dport, data):
+    """A UDP-Lite datagram whose checksum covers its header (RFC 3828)."""
+    header = struct.pack("!HHHH", sport, dport, 8, 0)
+    pseudo = socket.inet_aton("192.0.2.2") + socket.inet_aton("198.51.100.2") + struct.pack("!BBH", 0, 136, 8 + len(data))
+    words = struct.unpack("!%dH" % ((len(pseudo) + 8) // 2), pseudo + header)
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return (header[:6] + struct.pack("!H", (~total & 0xFFFF) or 0xFFFF) + data).hex()
+
+
+# (name, protocol, payload). The NAT namespaces do not verify checksums (nf_conntrack_checksum=0):
+# this kernel's UDP-Lite tracker checks them with UDP's pseudo-header and refuses correct ones,
+# and the SCTP INIT below leaves its CRC32c at 0.
+PACKETS = [
+    ("udp", 17, "0fa0138800100000" + "68656c6c6f212121"),  # 4000 -> 5000, no checksum (IPv4 allows it)
+    ("udplite", 136, _udplite(4001, 5001, b"hello!!!")),  # 4001 -> 5001, coverage: the header
+    ("gre", 47, "00000800" + "4500001400000000400100000000000000000000"),  # plain GRE (version 0)
+    ("gre-pptp", 47, "2001880b00001234"),  # enhanced GRE (version 1, PPTP), call ID 0x1234
+    ("esp", 50, "0000100100000001" + "00" * 16),  # SPI 0x1001, sequence 1
+    ("ah", 51, "3201000000002002" + "0000000100" + "00" * 11),  # SPI 0x2002
+]
+# An SCTP INIT (verification tag 0), which the kernel tracks with its own state machine.
+SCTP_INIT = "0fa2138a000000000000000001000014" + "0000abcd0001000000010001" + "00000001"
+
+SOURCE_RULES = [  # iptables-legacy: every protocol leaves as 198.51.100.1
+    ["-t", "nat", "-A", "POSTROUTING", "-o", "out0", "-s", "192.0.2.0/24", "-j", "SNAT", "--to-source", "198.51.100.1"],
+]
+# nftables: a packet it does not know leaves as 198.51.100.3, so the first site's translation
+# can only come from the re-created session.
+TARGET_RULES = """
+table ip nat {
+    chain post {
+        type nat hook postrouting priority 100;
+        oifname "out0" ip saddr 192.0.2.0/24 snat to 198.51.100.3
+    }
+}
+"""
+
+
+def site(spaces, tag):
+    client, nat, server = spaces.add(tag + "c"), spaces.add(tag + "n"), spaces.add(tag + "s")
+    spaces.link(client, "eth0", "192.0.2.2/24", nat, "in0", "192.0.2.1/24")
+    spaces.link(nat, "out0", "198.51.100.1/24", server, "eth0", "198.51.100.2/24")
+    in_ns(nat, "ip", "addr", "add", "198.51.100.3/24", "dev", "out0")
+    in_ns(client, "ip", "route", "add", "default", "via", "192.0.2.1")
+    in_ns(nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    in_ns(nat, "sysctl", "-qw", "net.netfilter.nf_conntrack_checksum=0")
+    return client, nat, server
+
+
+def send(client, proto, payload):
+    in_ns(client, PYTHON, "-c", SEND, str(proto), "192.0.2.2", "198.51.100.2", payload)
+
+
+def sniffed(spaces, server, client, proto, payload):
+    sniffer = spaces.start(server, SNIFFER, "eth0", str(proto))
+    assert read_line(sniffer) == "ready"
+    send(client, proto, payload)
+    return json.loads(read_line(sniffer))
+
+
+def gathered(nat):
+    """The NAT's sessions as the gather builds them: (mapping entries, listed unsupported)."""
+    unsupported = []
+    mappings = entries_to_mappings(driver(nat, "dump"), unsupported=unsupported)
+    return mappings, unsupported
+
+
+def comparable(mappings):
+    """The mapping entries without what differs between two reads: order, index, lifetime."""
+    return sorted(json.dumps(dict((k, v) for k, v in m.items() if k not in ("index", "lifetime")), sort_keys=True)
+                  for m in mappings)
+
+
+@pytest.fixture
+def sites():
+    spaces = Namespaces()
+    try:
+        source = site(spaces, "ps")
+        target = site(spaces, "pt")
+        for rule in SOURCE_RULES:
+            in_ns(source[1], "iptables-legacy", *rule)
+        load_rules(target[1], TARGET_RULES)
+        yield spaces, source, target
+    finally:
+        spaces.cleanup()
+
+
+def test_every_protocol_moves_between_iptables_legacy_and_nftables_and_keeps_its_translation(sites):
+    from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model import validate
+
+    spaces, (client_a, nat_a, server_a), (client_b, nat_b, server_b) = sites
+    for _name, proto, payload in PACKETS:
+        assert sniffed(spaces, server_a, client_a, proto, payload)[0] == "198.51.100.1"
+    send(client_a, 132, SCTP_INIT)
+
+    mappings, unsupported = gathered(nat_a)
+    protocols = sorted(m["transport-protocol"] for m in mappings)
+    assert protocols == [17, 47, 47, 50, 51, 136]
+    assert len(unsupported) == 1 and unsupported[0].startswith("sctp 192.0.2.2:4002 -> 198.51.100.2:5002")
+    assert "association state" in unsupported[0]
+    by_proto = dict((m["transport-protocol"], m) for m in mappings if m["transport-protocol"] != 47)
+    assert by_proto[50]["external-src-address"] == "198.51.100.1/32"
+    assert not [k for k in by_proto[50] if k.endswith("-port")]
+    assert by_proto[136]["internal-src-port"] == {"start-port-number": 4001}
+    keys = sorted(m["nfstate-nat:gre"]["destination-key"] for m in mappings if m["transport-protocol"] == 47)
+    assert keys == [0, 0x1234]
+
+    document = new_document("edge-nat", taken_at="2026-12-01T00:00:00Z", source_host="nat-a", kind="full")
+    set_mapping_entries(document, mappings)
+    assert validate(document) == []
+    entries = mappings_to_entries(mappings)  # the strict checker of the hosts
+
+    # Moved: deleted on the source, re-created on the target.
+    assert driver(nat_a, "delete", entries) == []
+    assert [e for e in driver(nat_a, "dump") if e.orig.proto != 132] == []
+    assert driver(nat_b, "create", entries) == []
+    again, unsupported_b = gathered(nat_b)
+    assert unsupported_b == []
+    assert comparable(again) == comparable(mappings)
+
+    # The same packets on the target leave with the source's translation, not the target's own.
+    for name, proto, payload in PACKETS:
+        address, head = sniffed(spaces, server_b, client_b, proto, payload)
+        assert address == "198.51.100.1", name
+        if proto in (17, 136):
+            assert head[:8] == payload[:8], name  # the ports as the source had them
+    # GRE entries made through ctnetlink outlive their first packets (the driver fixed their timeout).
+    gre = [e for e in driver(nat_b, "dump") if e.orig.proto == 47]
+    assert len(gre) == 2 and all(e.reply.dst == "198.51.100.1" and e.status & IPS_FIXED_TIMEOUT for e in gre)
+    # Control: a session the target was not given gets the target's own mapping.
+    assert sniffed(spaces, server_b, client_b, 99, "00" * 16)[0] == "198.51.100.3"
+
+    # And back, from nftables to iptables-legacy, whose own rule now translates to 198.51.100.3 too.
+    in_ns(nat_a, "iptables-legacy", "-t", "nat", "-R", "POSTROUTING", "1", "-o", "out0", "-s", "192.0.2.0/24",
+          "-j", "SNAT", "--to-source", "198.51.100.3")
+    mappings, _unsupported = gathered(nat_b)
+    carried = [m for m in mappings if m["transport-protocol"] in (47, 50, 51, 136)]
+    assert sorted(m["transport-protocol"] for m in carried) == [47, 47, 50, 51, 136]
+    entries = mappings_to_entries(carried)
+    assert driver(nat_b, "delete", entries) == []
+    assert driver(nat_a, "create", entries) == []
+    back, _unsupported = gathered(nat_a)
+    assert comparable([m for m in back if m["transport-protocol"] in (47, 50, 51, 136)]) == comparable(carried)
+    for name, proto, payload in PACKETS[1:]:
+        assert sniffed(spaces, server_a, client_a, proto, payload)[0] == "198.51.100.1", name
+    assert sniffed(spaces, server_a, client_a, 99, "00" * 16)[0] == "198.51.100.3"
