@@ -23,6 +23,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import functools
+import itertools
 import os
 import socket
 import time
@@ -148,13 +150,8 @@ class ConntrackEvents(object):
         return events
 
     def events(self, timeout=None):
-        """Yield events as they come; stops after timeout seconds without any (None: never)."""
-        while True:
-            batch = self.read(timeout)
-            if not batch:
-                return
-            for event in batch:
-                yield event
+        """Events as they come, an iterator; it ends after timeout seconds without any (None: never)."""
+        return itertools.chain.from_iterable(iter(functools.partial(self.read, timeout), []))
 
     def _parse(self, buf, nbytes, events):
         len_type = NLMSG_LEN_TYPE.unpack_from

@@ -55,7 +55,6 @@ while True:
 """
 
 
-
 def _udplite(sport, dport, data):
     """A UDP-Lite datagram whose checksum covers its header (RFC 3828)."""
     header = struct.pack("!HHHH", sport, dport, 8, 0)

@@ -135,3 +135,8 @@ def test_a_barrier_needs_the_destroy_group():
     events.groups = (ce.NFNLGRP_CONNTRACK_NEW,)
     with pytest.raises(ValueError):
         events.barrier()
+
+
+def test_events_iterates_until_nothing_comes_within_the_timeout():
+    events = subscription([event_message(SESSION, ce.NEW)] * 3 + [event_message(SESSION, ce.DESTROY)])
+    assert [kind for kind, _e in events.events(timeout=0)] == [ce.NEW] * 3 + [ce.DESTROY]
