@@ -507,10 +507,24 @@ class _MessageBuilder(object):
 # first such message, holds one Struct that reads every attribute header we rely on (to recognise
 # the shape: equal headers means equal offsets) and one that reads every value we want.
 
+# The values read from a message, with their defaults, in this order: each tuple's (source,
+# destination, port or identifier, port, ICMP type, ICMP code), then ConntrackEntry's own fields
+# after its two tuples, in its order. Reading one more attribute is a name here (with a field of
+# ConntrackEntry and a D_ index), its place in the attribute tables below, and its name in the
+# unpacking of Conntrack._dump() (written out there for speed).
+DUMP_FIELDS = (
+    ("orig_src", None), ("orig_dst", None), ("orig_sport", 0), ("orig_dport", 0),
+    ("orig_icmp_type", None), ("orig_icmp_code", None),
+    ("reply_src", None), ("reply_dst", None), ("reply_sport", 0), ("reply_dport", 0),
+    ("reply_icmp_type", None), ("reply_icmp_code", None),
+    ("status", 0), ("timeout", 0), ("mark", 0), ("zone", 0), ("labels", None),
+    ("tcp_state", None), ("tcp_wscale_orig", None), ("tcp_wscale_reply", None),
+    ("tcp_flags_orig", None), ("tcp_flags_reply", None),
+)
 (D_OSRC, D_ODST, D_OSPORT, D_ODPORT, D_OTYPE, D_OCODE, D_RSRC, D_RDST, D_RSPORT, D_RDPORT, D_RTYPE,
  D_RCODE, D_STATUS, D_TIMEOUT, D_MARK, D_ZONE, D_LABELS, D_STATE, D_WSO, D_WSR, D_FLO, D_FLR) = range(22)
-_DUMP_DEFAULTS = (None, None, 0, 0, None, None, None, None, 0, 0, None, None,
-                  0, 0, 0, 0, None, None, None, None, None, None)
+_DUMP_DEFAULTS = tuple(default for _name, default in DUMP_FIELDS)
+D_ENTRY = D_STATUS  # where ConntrackEntry's own fields start
 
 _TUPLE_IP_FIELDS = {
     CTA_IP_V4_SRC: (0, "4s"), CTA_IP_V4_DST: (1, "4s"),
@@ -644,13 +658,12 @@ def parse_entry_message(buf, offset, length, addresses=None):
 def _entry(layout, buf, offset, addresses):
     if not layout.usable:
         return None
-    (osrc, odst, osp, odp, oit, oic, rsrc, rdst, rsp, rdp, rit, ric, status, timeout, mark, zone,
-     labels, state, wso, wsr, flo, flr) = layout.pick(layout.values.unpack_from(buf, offset) + _DUMP_DEFAULTS)
+    values = layout.pick(layout.values.unpack_from(buf, offset) + _DUMP_DEFAULTS)
     family, proto = layout.family, layout.proto
-    return ConntrackEntry(
-        FlowTuple(family, proto, addresses[osrc], addresses[odst], osp, odp, oit, oic),
-        FlowTuple(family, proto, addresses[rsrc], addresses[rdst], rsp, rdp, rit, ric),
-        status, timeout, mark, zone, labels, state, wso, wsr, flo, flr)
+    return _NEW(ConntrackEntry, (
+        _NEW(FlowTuple, (family, proto, addresses[values[D_OSRC]], addresses[values[D_ODST]]) + values[D_OSPORT:D_RSRC]),
+        _NEW(FlowTuple, (family, proto, addresses[values[D_RSRC]], addresses[values[D_RDST]]) + values[D_RSPORT:D_ENTRY]),
+    ) + values[D_ENTRY:])
 
 
 _MAX_LAYOUTS = 256
@@ -753,6 +766,7 @@ class Conntrack(object):
                 if layout is None or from_bytes(view[offset:offset + length], "little") & layout.mask != layout.expected:
                     layout = reader.layout(buf, offset, length)
                 if layout.usable and mtype == CT_NEW and not (family and layout.family != family):
+                    # _entry(), inlined, DUMP_FIELDS by name: slicing the values costs 30% more.
                     (osrc, odst, osp, odp, oit, oic, rsrc, rdst, rsp, rdp, rit, ric, status, timeout,
                      mark, zone, labels, state, wso, wsr, flo, flr) = layout.pick(
                         layout.values.unpack_from(buf, offset) + defaults)

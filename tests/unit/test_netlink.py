@@ -588,3 +588,13 @@ def test_dump_skips_messages_without_tuples():
     entry = _dumped(SAMPLES[3])
     table = _conntrack_over([odd, _ref_dump_message(entry)])
     assert table.dump() == [entry]
+
+
+def test_dump_fields_follow_the_entry_and_tuple_fields():
+    """Conntrack._dump() builds entries straight from DUMP_FIELDS' order: they must agree."""
+    names = [name for name, _default in ct.DUMP_FIELDS]
+    assert names[ct.D_ENTRY:] == list(ConntrackEntry._fields[2:])
+    tuple_fields = list(FlowTuple._fields[2:])
+    assert names[ct.D_OSRC:ct.D_RSRC] == ["orig_" + f for f in tuple_fields]
+    assert names[ct.D_RSRC:ct.D_ENTRY] == ["reply_" + f for f in tuple_fields]
+    assert ct.D_FLR == len(names) - 1
