@@ -1,6 +1,6 @@
 """Sessions of every protocol the kernel tracks, moved between two NAT implementations and back.
 
-Real packets of UDP, UDP-Lite, GRE (plain and enhanced, with a key), ESP, AH and SCTP go from a
+Real packets of UDP, UDP-Lite, GRE (plain and enhanced, with a key), ESP (IPv4 and IPv6), AH and SCTP go from a
 client through an iptables-legacy NAT. Its sessions are gathered (driver dump and session_model),
 validated (the YANG validator and the strict checker), deleted, and re-created on a second site
 whose NAT is nftables and would translate to another address. Gathered there again they give the
@@ -26,30 +26,35 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "nft", "iptables-legacy")),
-                       reason="needs ip, nft, iptables-legacy"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "nft", "iptables-legacy", "ip6tables-legacy")),
+                       reason="needs ip, nft, iptables-legacy, ip6tables-legacy"),
 ]
 
 # One packet of a protocol from the client, by a raw socket (the kernel adds the IP header).
 SEND = """
 import socket, struct, sys
 proto, src, dst, payload = int(sys.argv[1]), sys.argv[2], sys.argv[3], bytes.fromhex(sys.argv[4])
-sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
+family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_RAW, proto)
 sock.bind((src, 0))
 sock.sendto(payload, (dst, 0))
 """
 
-# Prints source address and the first 8 bytes of the payload of the first packet of a protocol.
+# Prints source address and the first 8 bytes of the payload of the first packet of a protocol
+# (IPv4, or IPv6 without extension headers).
 SNIFFER = """
 import json, socket, sys
-dev, proto = sys.argv[1], int(sys.argv[2])
-sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+dev, proto, v6 = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "6"
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x86dd if v6 else 0x0800))
 sock.bind((dev, 0)); sock.settimeout(5)
 print("ready", flush=True)
 while True:
     pkt = sock.recv(2048)
+    if v6 and pkt[6] == proto:
+        print(json.dumps([socket.inet_ntop(socket.AF_INET6, pkt[8:24]), pkt[40:48].hex()]), flush=True)
+        break
     ihl = (pkt[0] & 15) * 4
-    if pkt[9] == proto:
+    if not v6 and pkt[9] == proto:
         print(json.dumps([socket.inet_ntoa(pkt[12:16]), pkt[ihl:ihl + 8].hex()]), flush=True)
         break
 """
@@ -76,12 +81,20 @@ PACKETS = [
     ("gre-pptp", 47, "2001880b00001234"),  # enhanced GRE (version 1, PPTP), call ID 0x1234
     ("esp", 50, "0000100100000001" + "00" * 16),  # SPI 0x1001, sequence 1
     ("ah", 51, "3201000000002002" + "0000000100" + "00" * 11),  # SPI 0x2002
+    ("esp6", 50, "0000400400000001" + "00" * 16),  # over IPv6: the generic tracker too
 ]
+V6 = ("esp6",)
+# The source address a packet leaves with, per family: the first site's translation, the second's own.
+SOURCE_SNAT = {4: "198.51.100.1", 6: "2001:db8:2::1"}
+TARGET_SNAT = {4: "198.51.100.3", 6: "2001:db8:2::3"}
 # An SCTP INIT (verification tag 0), which the kernel tracks with its own state machine.
 SCTP_INIT = "0fa2138a000000000000000001000014" + "0000abcd0001000000010001" + "00000001"
 
-SOURCE_RULES = [  # iptables-legacy: every protocol leaves as 198.51.100.1
-    ["-t", "nat", "-A", "POSTROUTING", "-o", "out0", "-s", "192.0.2.0/24", "-j", "SNAT", "--to-source", "198.51.100.1"],
+SOURCE_RULES = [  # iptables-legacy: every protocol leaves as 198.51.100.1 (2001:db8:2::1)
+    ["iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "out0", "-s", "192.0.2.0/24", "-j", "SNAT",
+     "--to-source", "198.51.100.1"],
+    ["ip6tables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "out0", "-s", "2001:db8:1::/64", "-j", "SNAT",
+     "--to-source", "2001:db8:2::1"],
 ]
 # nftables: a packet it does not know leaves as 198.51.100.3, so the first site's translation
 # can only come from the re-created session.
@@ -92,6 +105,12 @@ table ip nat {
         oifname "out0" ip saddr 192.0.2.0/24 snat to 198.51.100.3
     }
 }
+table ip6 nat {
+    chain post {
+        type nat hook postrouting priority 100;
+        oifname "out0" ip6 saddr 2001:db8:1::/64 snat to 2001:db8:2::3
+    }
+}
 """
 
 
@@ -100,21 +119,33 @@ def site(spaces, tag):
     spaces.link(client, "eth0", "192.0.2.2/24", nat, "in0", "192.0.2.1/24")
     spaces.link(nat, "out0", "198.51.100.1/24", server, "eth0", "198.51.100.2/24")
     in_ns(nat, "ip", "addr", "add", "198.51.100.3/24", "dev", "out0")
+    for ns, dev, addresses in ((client, "eth0", ["2001:db8:1::2/64"]), (nat, "in0", ["2001:db8:1::1/64"]),
+                               (nat, "out0", ["2001:db8:2::1/64", "2001:db8:2::3/64"]), (server, "eth0", ["2001:db8:2::2/64"])):
+        for address in addresses:
+            in_ns(ns, "ip", "addr", "add", address, "dev", dev, "nodad")
     in_ns(client, "ip", "route", "add", "default", "via", "192.0.2.1")
+    in_ns(client, "ip", "-6", "route", "add", "default", "via", "2001:db8:1::1")
     in_ns(nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    in_ns(nat, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
     in_ns(nat, "sysctl", "-qw", "net.netfilter.nf_conntrack_checksum=0")
     return client, nat, server
 
 
-def send(client, proto, payload):
-    in_ns(client, PYTHON, "-c", SEND, str(proto), "192.0.2.2", "198.51.100.2", payload)
+def send(client, proto, payload, family=4):
+    src, dst = ("2001:db8:1::2", "2001:db8:2::2") if family == 6 else ("192.0.2.2", "198.51.100.2")
+    in_ns(client, PYTHON, "-c", SEND, str(proto), src, dst, payload)
 
 
-def sniffed(spaces, server, client, proto, payload):
-    sniffer = spaces.start(server, SNIFFER, "eth0", str(proto))
+def sniffed(spaces, server, client, proto, payload, family=4):
+    """(source address, first 8 payload bytes) of the packet as it reaches the server."""
+    sniffer = spaces.start(server, SNIFFER, "eth0", str(proto), str(family))
     assert read_line(sniffer) == "ready"
-    send(client, proto, payload)
+    send(client, proto, payload, family)
     return json.loads(read_line(sniffer))
+
+
+def family_of(name):
+    return 6 if name in V6 else 4
 
 
 def gathered(nat):
@@ -137,7 +168,7 @@ def sites():
         source = site(spaces, "ps")
         target = site(spaces, "pt")
         for rule in SOURCE_RULES:
-            in_ns(source[1], "iptables-legacy", *rule)
+            in_ns(source[1], *rule)
         load_rules(target[1], TARGET_RULES)
         yield spaces, source, target
     finally:
@@ -148,18 +179,21 @@ def test_every_protocol_moves_between_iptables_legacy_and_nftables_and_keeps_its
     from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model import validate
 
     spaces, (client_a, nat_a, server_a), (client_b, nat_b, server_b) = sites
-    for _name, proto, payload in PACKETS:
-        assert sniffed(spaces, server_a, client_a, proto, payload)[0] == "198.51.100.1"
+    for name, proto, payload in PACKETS:
+        assert sniffed(spaces, server_a, client_a, proto, payload, family_of(name))[0] == SOURCE_SNAT[family_of(name)]
     send(client_a, 132, SCTP_INIT)
 
     mappings, unsupported = gathered(nat_a)
     protocols = sorted(m["transport-protocol"] for m in mappings)
-    assert protocols == [17, 47, 47, 50, 51, 136]
+    assert protocols == [17, 47, 47, 50, 50, 51, 136]
     assert len(unsupported) == 1 and unsupported[0].startswith("sctp 192.0.2.2:4002 -> 198.51.100.2:5002")
     assert "association state" in unsupported[0]
-    by_proto = dict((m["transport-protocol"], m) for m in mappings if m["transport-protocol"] != 47)
+    by_proto = dict((m["transport-protocol"], m) for m in mappings
+                    if m["transport-protocol"] != 47 and m["internal-src-address"] != "2001:db8:1::2/128")
     assert by_proto[50]["external-src-address"] == "198.51.100.1/32"
     assert not [k for k in by_proto[50] if k.endswith("-port")]
+    [esp6] = [m for m in mappings if m["internal-src-address"] == "2001:db8:1::2/128"]
+    assert (esp6["transport-protocol"], esp6["external-src-address"]) == (50, "2001:db8:2::1/128")
     assert by_proto[136]["internal-src-port"] == {"start-port-number": 4001}
     keys = sorted(m["nfstate-nat:gre"]["destination-key"] for m in mappings if m["transport-protocol"] == 47)
     assert keys == [0, 0x1234]
@@ -179,27 +213,30 @@ def test_every_protocol_moves_between_iptables_legacy_and_nftables_and_keeps_its
 
     # The same packets on the target leave with the source's translation, not the target's own.
     for name, proto, payload in PACKETS:
-        address, head = sniffed(spaces, server_b, client_b, proto, payload)
-        assert address == "198.51.100.1", name
+        address, head = sniffed(spaces, server_b, client_b, proto, payload, family_of(name))
+        assert address == SOURCE_SNAT[family_of(name)], name
         if proto in (17, 136):
             assert head[:8] == payload[:8], name  # the ports as the source had them
     # GRE entries made through ctnetlink outlive their first packets (the driver fixed their timeout).
     gre = [e for e in driver(nat_b, "dump") if e.orig.proto == 47]
     assert len(gre) == 2 and all(e.reply.dst == "198.51.100.1" and e.status & IPS_FIXED_TIMEOUT for e in gre)
     # Control: a session the target was not given gets the target's own mapping.
-    assert sniffed(spaces, server_b, client_b, 99, "00" * 16)[0] == "198.51.100.3"
+    assert sniffed(spaces, server_b, client_b, 99, "00" * 16)[0] == TARGET_SNAT[4]
+    assert sniffed(spaces, server_b, client_b, 99, "00" * 16, 6)[0] == TARGET_SNAT[6]
 
     # And back, from nftables to iptables-legacy, whose own rule now translates to 198.51.100.3 too.
     in_ns(nat_a, "iptables-legacy", "-t", "nat", "-R", "POSTROUTING", "1", "-o", "out0", "-s", "192.0.2.0/24",
-          "-j", "SNAT", "--to-source", "198.51.100.3")
+          "-j", "SNAT", "--to-source", TARGET_SNAT[4])
+    in_ns(nat_a, "ip6tables-legacy", "-t", "nat", "-R", "POSTROUTING", "1", "-o", "out0", "-s", "2001:db8:1::/64",
+          "-j", "SNAT", "--to-source", TARGET_SNAT[6])
     mappings, _unsupported = gathered(nat_b)
     carried = [m for m in mappings if m["transport-protocol"] in (47, 50, 51, 136)]
-    assert sorted(m["transport-protocol"] for m in carried) == [47, 47, 50, 51, 136]
+    assert sorted(m["transport-protocol"] for m in carried) == [47, 47, 50, 50, 51, 136]
     entries = mappings_to_entries(carried)
     assert driver(nat_b, "delete", entries) == []
     assert driver(nat_a, "create", entries) == []
     back, _unsupported = gathered(nat_a)
     assert comparable([m for m in back if m["transport-protocol"] in (47, 50, 51, 136)]) == comparable(carried)
     for name, proto, payload in PACKETS[1:]:
-        assert sniffed(spaces, server_a, client_a, proto, payload)[0] == "198.51.100.1", name
-    assert sniffed(spaces, server_a, client_a, 99, "00" * 16)[0] == "198.51.100.3"
+        assert sniffed(spaces, server_a, client_a, proto, payload, family_of(name))[0] == SOURCE_SNAT[family_of(name)], name
+    assert sniffed(spaces, server_a, client_a, 99, "00" * 16)[0] == TARGET_SNAT[4]
