@@ -22,15 +22,19 @@ import socket
 import struct
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
+    PORT_PROTOCOLS,
+    PORTED_PROTOCOLS,
     ConntrackEntry,
     FlowTuple,
     ICMP_REPLY_TYPE,
     ICMPV6_REPLY_TYPE,
+    IPPROTO_GRE,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPS_ASSURED,
     IPS_CONFIRMED,
+    IPS_FIXED_TIMEOUT,
     IPS_NAT_MASK,
     IPS_SEEN_REPLY,
     describe,
@@ -224,9 +228,12 @@ def _tuple_node(direction, family, proto):
                                 (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE))
         l4 = (_attr(a_id, ("H", F_SPORT)), _attr(a_type, ("B", F_RTYPE if reply else F_ITYPE)),
               _attr(a_code, ("B", F_ICODE)))
-    else:
+    elif proto in PORTED_PROTOCOLS:
+        # Ports, or GRE's keys: the kernel reads both from CTA_PROTO_SRC_PORT/DST_PORT.
         sport, dport = (F_DPORT, F_SPORT) if reply else (F_SPORT, F_DPORT)
         l4 = (_attr(CTA_PROTO_SRC_PORT, ("H", sport)), _attr(CTA_PROTO_DST_PORT, ("H", dport)))
+    else:
+        l4 = ()  # the generic tracker: a protocol number and addresses
     return _nest(direction, ip, _nest(CTA_TUPLE_PROTO, num, *l4))
 
 
@@ -304,6 +311,13 @@ def delete_template(family, proto):
     return MessageTemplate(CT_DELETE, NLM_F_REQUEST, family, nodes)
 
 
+def status_template(family, proto):
+    """The CT_NEW message that sets the status bits of an existing entry (found by tuple and zone)."""
+    nodes = [_tuple_node(CTA_TUPLE_ORIG, family, proto), _attr(CTA_ZONE, ("H", F_ZONE)),
+             _attr(CTA_STATUS, ("I", F_STATUS))]
+    return MessageTemplate(CT_NEW, NLM_F_REQUEST, family, nodes)
+
+
 def get_template(family, proto):
     """The CT_GET message for one entry (no NLM_F_DUMP): found as CT_DELETE finds it."""
     nodes = [_tuple_node(CTA_TUPLE_ORIG, family, proto), _attr(CTA_ZONE, ("H", F_ZONE))]
@@ -316,6 +330,8 @@ def nat_kinds(entry):
     if orig.proto in _ICMP_PROTOS:
         src = NAT_ADDR_PORT if reply.dst != orig.src or reply.sport != orig.sport else NAT_NONE
         return src, (NAT_ADDR if reply.src != orig.dst else NAT_NONE)
+    if orig.proto not in PORT_PROTOCOLS:
+        return (NAT_ADDR if reply.dst != orig.src else NAT_NONE), (NAT_ADDR if reply.src != orig.dst else NAT_NONE)
     src = NAT_ADDR_PORT if reply.dst != orig.src or reply.dport != orig.sport else NAT_NONE
     dst = NAT_ADDR_PORT if reply.src != orig.dst or reply.sport != orig.dport else NAT_NONE
     return src, dst
@@ -375,12 +391,21 @@ class _MessageBuilder(object):
                     ndport = None
                     nat_src = NAT_ADDR_PORT if reply.dst != orig.src or nsport != sport else NAT_NONE
                     nat_dst = NAT_ADDR if reply.src != orig.dst else NAT_NONE
-                else:
+                elif proto in PORT_PROTOCOLS:
                     sport, dport = orig.sport, orig.dport
                     itype = icode = rtype = None
                     nsport, ndport = reply.dport, reply.sport
                     nat_src = NAT_ADDR_PORT if reply.dst != orig.src or nsport != sport else NAT_NONE
                     nat_dst = NAT_ADDR_PORT if reply.src != orig.dst or ndport != dport else NAT_NONE
+                else:
+                    # GRE (its keys as they are: only the PPTP helper translates them) and the
+                    # generic tracker's protocols: translated by address alone.
+                    sport, dport = orig.sport or 0, orig.dport or 0
+                    if proto == IPPROTO_GRE and (reply.sport, reply.dport) != (dport, sport):
+                        raise ValueError("translated GRE keys cannot be given to the kernel")
+                    itype = icode = rtype = nsport = ndport = None
+                    nat_src = NAT_ADDR if reply.dst != orig.src else NAT_NONE
+                    nat_dst = NAT_ADDR if reply.src != orig.dst else NAT_NONE
                 key = (family, proto, nat_src, nat_dst, labels is not None, protoinfo)
                 template = templates.get(key) or self._template(key, create_template)
                 if protoinfo:
@@ -437,6 +462,24 @@ class _MessageBuilder(object):
             order.append(index)
             yield message
 
+    def fixed_timeout_messages(self, entries, failures, order):
+        """Yield, per entry, the update that sets IPS_FIXED_TIMEOUT (kept status bits as created)."""
+        pton = socket.inet_pton
+        for index, entry in enumerate(entries):
+            try:
+                orig = entry.orig
+                family, proto = orig.family, orig.proto
+                template = self._template((status_template, family, proto), status_template, family, proto)
+                message = template.pack((
+                    pton(family, orig.src), pton(family, orig.dst), orig.sport, orig.dport, None, None, None,
+                    IPS_CONFIRMED | (entry.status & STATUS_KEPT) | IPS_FIXED_TIMEOUT, None, None, entry.zone or 0,
+                ) + (None,) * (_NFIELDS - 11))
+            except (KeyError, OSError, TypeError, ValueError, AttributeError, struct.error):
+                failures.append((entry, errno.EINVAL))
+                continue
+            order.append(index)
+            yield message
+
     def delete_messages(self, entries, failures, order, factory=delete_template):
         """Yield a CT_DELETE message per entry, like create_messages() (factory=get_template: a
         CT_GET, which finds the entry the same way)."""
@@ -464,10 +507,24 @@ class _MessageBuilder(object):
 # first such message, holds one Struct that reads every attribute header we rely on (to recognise
 # the shape: equal headers means equal offsets) and one that reads every value we want.
 
+# The values read from a message, with their defaults, in this order: each tuple's (source,
+# destination, port or identifier, port, ICMP type, ICMP code), then ConntrackEntry's own fields
+# after its two tuples, in its order. Reading one more attribute is a name here (with a field of
+# ConntrackEntry and a D_ index), its place in the attribute tables below, and its name in the
+# unpacking of Conntrack._dump() (written out there for speed).
+DUMP_FIELDS = (
+    ("orig_src", None), ("orig_dst", None), ("orig_sport", 0), ("orig_dport", 0),
+    ("orig_icmp_type", None), ("orig_icmp_code", None),
+    ("reply_src", None), ("reply_dst", None), ("reply_sport", 0), ("reply_dport", 0),
+    ("reply_icmp_type", None), ("reply_icmp_code", None),
+    ("status", 0), ("timeout", 0), ("mark", 0), ("zone", 0), ("labels", None),
+    ("tcp_state", None), ("tcp_wscale_orig", None), ("tcp_wscale_reply", None),
+    ("tcp_flags_orig", None), ("tcp_flags_reply", None),
+)
 (D_OSRC, D_ODST, D_OSPORT, D_ODPORT, D_OTYPE, D_OCODE, D_RSRC, D_RDST, D_RSPORT, D_RDPORT, D_RTYPE,
  D_RCODE, D_STATUS, D_TIMEOUT, D_MARK, D_ZONE, D_LABELS, D_STATE, D_WSO, D_WSR, D_FLO, D_FLR) = range(22)
-_DUMP_DEFAULTS = (None, None, 0, 0, None, None, None, None, 0, 0, None, None,
-                  0, 0, 0, 0, None, None, None, None, None, None)
+_DUMP_DEFAULTS = tuple(default for _name, default in DUMP_FIELDS)
+D_ENTRY = D_STATUS  # where ConntrackEntry's own fields start
 
 _TUPLE_IP_FIELDS = {
     CTA_IP_V4_SRC: (0, "4s"), CTA_IP_V4_DST: (1, "4s"),
@@ -601,13 +658,12 @@ def parse_entry_message(buf, offset, length, addresses=None):
 def _entry(layout, buf, offset, addresses):
     if not layout.usable:
         return None
-    (osrc, odst, osp, odp, oit, oic, rsrc, rdst, rsp, rdp, rit, ric, status, timeout, mark, zone,
-     labels, state, wso, wsr, flo, flr) = layout.pick(layout.values.unpack_from(buf, offset) + _DUMP_DEFAULTS)
+    values = layout.pick(layout.values.unpack_from(buf, offset) + _DUMP_DEFAULTS)
     family, proto = layout.family, layout.proto
-    return ConntrackEntry(
-        FlowTuple(family, proto, addresses[osrc], addresses[odst], osp, odp, oit, oic),
-        FlowTuple(family, proto, addresses[rsrc], addresses[rdst], rsp, rdp, rit, ric),
-        status, timeout, mark, zone, labels, state, wso, wsr, flo, flr)
+    return _NEW(ConntrackEntry, (
+        _NEW(FlowTuple, (family, proto, addresses[values[D_OSRC]], addresses[values[D_ODST]]) + values[D_OSPORT:D_RSRC]),
+        _NEW(FlowTuple, (family, proto, addresses[values[D_RSRC]], addresses[values[D_RDST]]) + values[D_RSPORT:D_ENTRY]),
+    ) + values[D_ENTRY:])
 
 
 _MAX_LAYOUTS = 256
@@ -710,6 +766,7 @@ class Conntrack(object):
                 if layout is None or from_bytes(view[offset:offset + length], "little") & layout.mask != layout.expected:
                     layout = reader.layout(buf, offset, length)
                 if layout.usable and mtype == CT_NEW and not (family and layout.family != family):
+                    # _entry(), inlined, DUMP_FIELDS by name: slicing the values costs 30% more.
                     (osrc, odst, osp, odp, oit, oic, rsrc, rdst, rsp, rdp, rit, ric, status, timeout,
                      mark, zone, labels, state, wso, wsr, flo, flr) = layout.pick(
                         layout.values.unpack_from(buf, offset) + defaults)
@@ -760,11 +817,24 @@ class Conntrack(object):
         CTA_NAT_SRC / CTA_NAT_DST, so the kernel computes the translated reply itself. liberal marks
         TCP entries IP_CT_TCP_FLAG_BE_LIBERAL both ways: their window tracking starts blind.
         Typical errors: EEXIST (the tuple, or the translated one, is taken), ENOMEM (table full).
+
+        GRE entries are then marked IPS_FIXED_TIMEOUT: the kernel (6.18) sets a GRE entry's own
+        timeouts only when a packet creates it, so one made through ctnetlink has them at 0 and is
+        deleted by its first packet. Marked so, it lives out the lifetime it was given (traffic
+        does not extend it; update() does) and translates the flow's packets meanwhile.
         """
         entries = entries if isinstance(entries, list) else list(entries)
         failures, order = [], []
         messages = self._builder.create_messages(entries, liberal, failures, order)
-        return self._transact(entries, messages, failures, order, "create")
+        failures = self._transact(entries, messages, failures, order, "create")
+        gre = [entry for entry in entries if entry.orig.proto == IPPROTO_GRE]
+        if gre:
+            refused = set(id(entry) for entry, _code in failures)
+            created = [entry for entry in gre if id(entry) not in refused]
+            fixups, order = [], []
+            messages = self._builder.fixed_timeout_messages(created, fixups, order)
+            failures.extend(self._transact(created, messages, fixups, order, "create (GRE timeout)"))
+        return failures
 
     def update(self, entries, liberal=True):
         """Refresh existing entries in place. Returns [(entry, errno)] of those refused.

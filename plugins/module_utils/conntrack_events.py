@@ -23,6 +23,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import functools
+import itertools
 import os
 import socket
 import time
@@ -128,10 +130,15 @@ class ConntrackEvents(object):
 
     def read(self, timeout=0, max_events=4096):
         """The events queued now, at most max_events; waits up to timeout seconds (None: without
-        limit) for the first one. An empty list means nothing happened meanwhile."""
+        limit) for the first one. An empty list means nothing happened meanwhile (events that are
+        not reported, a barrier's marker or untranslated entries, do not end the wait)."""
         events = []
-        wait = timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while len(events) < max_events:
+            if events:
+                wait = 0  # what is already queued, without waiting again
+            else:
+                wait = None if deadline is None else max(0, deadline - time.monotonic())
             try:
                 buf, nbytes = self._nl.receive(wait)
             except NetlinkError as exc:
@@ -139,22 +146,15 @@ class ConntrackEvents(object):
                     raise ConntrackError("reading conntrack events: %s" % exc)
                 self.lost += 1
                 events.append(LOST_EVENT)
-                wait = 0
                 continue
             if not nbytes:
                 break
             self._parse(buf, nbytes, events)
-            wait = 0  # what is already queued, without waiting again
         return events
 
     def events(self, timeout=None):
-        """Yield events as they come; stops after timeout seconds without any (None: never)."""
-        while True:
-            batch = self.read(timeout)
-            if not batch:
-                return
-            for event in batch:
-                yield event
+        """Events as they come, an iterator; it ends after timeout seconds without any (None: never)."""
+        return itertools.chain.from_iterable(iter(functools.partial(self.read, timeout), []))
 
     def _parse(self, buf, nbytes, events):
         len_type = NLMSG_LEN_TYPE.unpack_from

@@ -4,8 +4,9 @@
 """Parse the text of `conntrack -L -o xml` into ConntrackEntry objects (the module's `parsed` state).
 
 What the XML of conntrack-tools 1.4 carries, and what it does not (seen on this kernel):
-- both tuples (addresses, TCP/UDP ports), the TCP state by name, timeout, mark, zone, <assured/>
-  and <unreplied/>; labels only by name when a connlabel.conf is installed;
+- both tuples (addresses, TCP/UDP/UDP-Lite ports, GRE keys as <srckey>/<dstkey> in hex, nothing
+  more for the generic tracker's protocols), the TCP state by name, timeout, mark, zone,
+  <assured/> and <unreplied/>; labels only by name when a connlabel.conf is installed;
 - no NAT status bits: the NAT is derived from the tuples (the reply differs from the inverse of
   the original), as the driver does;
 - no TCP window scale or flags: left None;
@@ -23,10 +24,12 @@ import xml.etree.ElementTree as ET
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     ConntrackEntry,
     FlowTuple,
+    PORT_PROTOCOLS,
+    IPPROTO_DCCP,
+    IPPROTO_GRE,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
-    IPPROTO_UDP,
     IPS_ASSURED,
     IPS_CONFIRMED,
     IPS_DST_NAT,
@@ -43,7 +46,6 @@ TCP_STATE_BY_XML_NAME["LISTEN"] = TCP_STATES.index("syn-sent2")
 
 _FAMILY_BY_NAME = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 _FAMILY_BY_NUMBER = {"2": socket.AF_INET, "10": socket.AF_INET6}
-_PORT_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP)
 
 
 class ConntrackXmlError(ValueError):
@@ -65,6 +67,19 @@ def _address(family, text, what, flow):
         return socket.inet_ntop(family, socket.inet_pton(family, (text or "").strip()))
     except (OSError, ValueError):
         raise ConntrackXmlError("flow %d: %s %r is not an address" % (flow, what, text))
+
+
+def _gre_keys(layer4, direction, flow):
+    keys = []
+    for name in ("srckey", "dstkey"):
+        text = (layer4.findtext(name) or "").strip()
+        try:
+            keys.append(int(text, 16))
+        except ValueError:
+            raise ConntrackXmlError("flow %d: %s GRE %s %r is not a hexadecimal key" % (flow, direction, name, text))
+        if not 0 <= keys[-1] <= 0xFFFF:
+            raise ConntrackXmlError("flow %d: %s GRE %s %r is out of range" % (flow, direction, name, text))
+    return keys
 
 
 def _tuple(meta, flow):
@@ -127,9 +142,10 @@ def _flow_entry(flow_element, position, label_names):
     independent = metas.get("independent")
     if independent is None:
         independent = ET.Element("meta")
-    if oproto in _PORT_PROTOCOLS:
+    if oproto in PORT_PROTOCOLS and (osport is not None or oproto != IPPROTO_DCCP):
+        # (a DCCP flow without ports: a kernel that tracks DCCP generically)
         if osport is None or rsport is None:
-            raise ConntrackXmlError("flow %d: a TCP/UDP flow without ports" % position)
+            raise ConntrackXmlError("flow %d: a protocol %d flow without ports" % (position, oproto))
         orig = FlowTuple(ofam, oproto, osrc, odst, osport, odport)
         reply = FlowTuple(rfam, rproto, rsrc, rdst, rsport, rdport)
     elif oproto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
@@ -139,8 +155,14 @@ def _flow_entry(flow_element, position, label_names):
             return "ICMP flow %s -> %s: this conntrack's XML has no ICMP type, code and identifier" % (osrc, odst)
         orig = FlowTuple(ofam, oproto, osrc, odst, ofields[2], 0, ofields[0], ofields[1])
         reply = FlowTuple(rfam, rproto, rsrc, rdst, rfields[2], 0, rfields[0], rfields[1])
+    elif oproto == IPPROTO_GRE:
+        okeys, rkeys = _gre_keys(olayer4, "original", position), _gre_keys(rlayer4, "reply", position)
+        orig = FlowTuple(ofam, oproto, osrc, odst, okeys[0], okeys[1])
+        reply = FlowTuple(rfam, rproto, rsrc, rdst, rkeys[0], rkeys[1])
     else:
-        return "protocol %d flow %s -> %s: only TCP, UDP and ICMP sessions are modelled" % (oproto, osrc, odst)
+        # The generic tracker: addresses and the protocol number.
+        orig = FlowTuple(ofam, oproto, osrc, odst, 0, 0)
+        reply = FlowTuple(rfam, rproto, rsrc, rdst, 0, 0)
 
     status = IPS_CONFIRMED
     if independent.find("assured") is not None:

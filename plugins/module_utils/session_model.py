@@ -11,6 +11,11 @@ offending member relative to the entry ("internal-src-port/start-port-number").
 The rule (docs/model.md): `nfstate-nat:initiator` says which side opened the session.
   internal: internal-src/dst = original src/dst, external-src = reply dst, external-dst = reply src
   external: external-src/dst = original src/dst, internal-src = reply dst, internal-dst = reply src
+
+Every protocol the kernel tracks is carried, each as its tracker sees it: TCP, UDP and UDP-Lite with
+ports, ICMP and ICMPv6 with their query, GRE with its keys (translated by address), and every
+protocol of the generic tracker (ESP, AH, ...) by its addresses alone. What cannot be re-created
+elsewhere (see unsupported_reason) is never emitted: entries_to_mappings() lists it instead.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,23 +23,32 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import gc
+import operator
 import socket
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
+    PROTOCOL_NAMES,
     ConntrackEntry,
     FlowTuple,
     ICMP_REPLY_TYPE,
     ICMPV6_REPLY_TYPE,
+    IPPROTO_DCCP,
+    IPPROTO_GRE,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
+    IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    IPPROTO_UDPLITE,
     IPS_ASSURED,
     IPS_CONFIRMED,
     IPS_DST_NAT,
+    IPS_EXPECTED,
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
     TCP_STATES,
+    describe,
+    gre_keys_translated,
     translation,
 )
 
@@ -47,6 +61,7 @@ ZONE = NS + "zone"
 LABELS = NS + "labels"
 TCP = NS + "tcp"
 ICMP = NS + "icmp"
+GRE = NS + "gre"
 REMOVED = NS + "removed"
 
 INTERNAL = "internal"
@@ -59,8 +74,20 @@ TCP_FLAG_NAMES = (
     "data-unacknowledged", "maxack-set", "challenge-ack", "simultaneous-open",
 )
 
-SUPPORTED_PROTOCOLS = (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6)
-_SUPPORTED = frozenset(SUPPORTED_PROTOCOLS)
+# Sessions with ports in the model (the four port containers): the port trackers we carry.
+PORT_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE)
+_PORTS = frozenset(PORT_PROTOCOLS)
+_ICMPS = frozenset((IPPROTO_ICMP, IPPROTO_ICMPV6))
+# Trackers that keep a state machine of their own which the model does not carry: a session
+# re-created without it would be dropped by the target's tracker as invalid (or, for a kernel
+# without the tracker, DCCP is generic there and not here). Listed by the gather, never emitted.
+UNCARRIED_PROTOCOLS = {
+    IPPROTO_SCTP: "SCTP is tracked with its association state and verification tags, which the model does not carry",
+    IPPROTO_DCCP: "DCCP is tracked with its own state and roles on most kernels, which the model does not carry",
+}
+# Protocols whose entries need a closer look before they are emitted (see unsupported_reason).
+_CHECKED = frozenset(UNCARRIED_PROTOCOLS) | frozenset((IPPROTO_GRE,))
+_PROTOCOL_OF = operator.attrgetter("orig.proto")
 
 _TCP_STATE_NUMBER = dict((name, number) for number, name in enumerate(TCP_STATES))
 _FLAGS_TEXT = tuple(
@@ -75,12 +102,13 @@ _ENTRY_MEMBERS = frozenset((
     "index", "type", "transport-protocol",
     "internal-src-address", "internal-src-port", "external-src-address", "external-src-port",
     "internal-dst-address", "internal-dst-port", "external-dst-address", "external-dst-port",
-    "lifetime", INITIATOR, SEEN_REPLY, ASSURED, MARK, ZONE, LABELS, TCP, ICMP, REMOVED,
+    "lifetime", INITIATOR, SEEN_REPLY, ASSURED, MARK, ZONE, LABELS, TCP, ICMP, GRE, REMOVED,
 ))
 _PORT_MEMBERS = frozenset(("start-port-number", "end-port-number"))
 _TCP_MEMBERS = frozenset(("state", "original", "reply"))
 _TCP_SIDE_MEMBERS = frozenset(("window-scale", "flags"))
 _ICMP_MEMBERS = frozenset(("type", "code"))
+_GRE_MEMBERS = frozenset(("source-key", "destination-key"))
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
@@ -118,43 +146,71 @@ def _tcp_side(wscale, flags):
     return side
 
 
+def unsupported_reason(entry):
+    """Why an entry cannot be re-created elsewhere (a sentence), or None when it can.
+
+    SCTP and DCCP keep tracker state the model does not carry. A GRE session whose keys were
+    translated, or that the PPTP helper made from its control connection's expectation
+    (IPS_EXPECTED), depends on that helper: only it translates keys, and only its keymap gives
+    the target's tracker the key a packet is looked up by. A re-created entry has no such parent.
+    """
+    proto = entry.orig.proto
+    if proto not in _CHECKED:
+        return None
+    if proto == IPPROTO_GRE:
+        if gre_keys_translated(entry):
+            return "its GRE keys were translated, which only the PPTP helper of its control connection does"
+        if entry.status & IPS_EXPECTED:
+            return ("the PPTP helper made it from its control connection's expectation; its keys are looked up"
+                    " through that helper's keymap, which a re-created session does not have")
+        return None
+    return UNCARRIED_PROTOCOLS[proto]
+
+
 def entry_to_mapping(entry, index):
-    """One mapping-entry (a dict ready for RFC 7951 JSON) for a kernel conntrack entry."""
+    """One mapping-entry (a dict ready for RFC 7951 JSON) for a kernel conntrack entry.
+
+    The caller keeps out the entries unsupported_reason() refuses (entries_to_mappings does)."""
     orig, reply = entry.orig, entry.reply
     proto = orig.proto
     suffix = _PREFIX_SUFFIX[orig.family]
-    icmp = proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6
+    ports = proto in _PORTS
+    icmp = not ports and (proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6)
     # The original tuple is the packet as the initiator sent it; the reply tuple read backwards
     # is the packet as it left the NAT. ICMP: the query identifier is the source "port" of both
-    # tuples and there is no destination port.
+    # tuples and there is no destination port. GRE and the generic tracker: no ports at all.
     near_src, near_dst = orig.src + suffix, orig.dst + suffix
     far_src, far_dst = reply.dst + suffix, reply.src + suffix
-    near_sport = {"start-port-number": orig.sport}
-    far_sport = {"start-port-number": reply.sport if icmp else reply.dport}
     # initiator(), inlined: this runs once per session of a table of 100k.
-    if reply.src != orig.dst or (not icmp and reply.sport != orig.dport):
+    if reply.src != orig.dst or (ports and reply.sport != orig.dport):
         side = EXTERNAL
     elif entry.status & IPS_DST_NAT and not entry.status & IPS_SRC_NAT and far_src == near_src \
-            and far_sport["start-port-number"] == orig.sport:
+            and (reply.sport if icmp else reply.dport) == orig.sport:
         side = EXTERNAL
     else:
         side = INTERNAL
     # The side that opened the session is the "near" one; the other sees the translated tuple.
     if side == INTERNAL:
-        in_src, in_sport, ex_src, ex_sport = near_src, near_sport, far_src, far_sport
-        in_dst, in_dport, ex_dst, ex_dport = near_dst, orig.dport, far_dst, reply.sport
+        in_src, ex_src, in_dst, ex_dst = near_src, far_src, near_dst, far_dst
     else:
-        in_src, in_sport, ex_src, ex_sport = far_src, far_sport, near_src, near_sport
-        in_dst, in_dport, ex_dst, ex_dport = far_dst, reply.sport, near_dst, orig.dport
+        in_src, ex_src, in_dst, ex_dst = far_src, near_src, far_dst, near_dst
     mapping = {"index": index, "type": SESSION_TYPE, "transport-protocol": proto,
-               "internal-src-address": in_src, "internal-src-port": in_sport,
-               "external-src-address": ex_src, "external-src-port": ex_sport,
-               "internal-dst-address": in_dst}
-    if not icmp:
-        mapping["internal-dst-port"] = {"start-port-number": in_dport}
+               "internal-src-address": in_src}
+    if ports or icmp:
+        near_sport = {"start-port-number": orig.sport}
+        far_sport = {"start-port-number": reply.sport if icmp else reply.dport}
+        mapping["internal-src-port"] = near_sport if side == INTERNAL else far_sport
+        mapping["external-src-address"] = ex_src
+        mapping["external-src-port"] = far_sport if side == INTERNAL else near_sport
+    else:
+        mapping["external-src-address"] = ex_src
+    mapping["internal-dst-address"] = in_dst
+    if ports:
+        near_dport, far_dport = orig.dport, reply.sport
+        mapping["internal-dst-port"] = {"start-port-number": near_dport if side == INTERNAL else far_dport}
     mapping["external-dst-address"] = ex_dst
-    if not icmp:
-        mapping["external-dst-port"] = {"start-port-number": ex_dport}
+    if ports:
+        mapping["external-dst-port"] = {"start-port-number": far_dport if side == INTERNAL else near_dport}
     if entry.timeout is not None:
         mapping["lifetime"] = entry.timeout
     status = entry.status
@@ -176,6 +232,8 @@ def entry_to_mapping(entry, index):
         mapping[TCP] = tcp
     elif icmp:
         mapping[ICMP] = {"type": orig.icmp_type, "code": orig.icmp_code or 0}
+    elif proto == IPPROTO_GRE:
+        mapping[GRE] = {"source-key": orig.sport or 0, "destination-key": orig.dport or 0}
     return mapping
 
 
@@ -195,10 +253,35 @@ class GcPaused(object):
             gc.enable()
 
 
-def entries_to_mappings(entries, first_index=1):
-    """Mapping entries for kernel entries, indexed from first_index in the given order."""
+def entries_to_mappings(entries, first_index=1, unsupported=None):
+    """Mapping entries for kernel entries, indexed from first_index in the given order.
+
+    An entry that cannot be re-created elsewhere (unsupported_reason) is left out, never emitted
+    to fail on the target: "<session>: <reason>" is appended to the list `unsupported` if given.
+    """
     with GcPaused():
-        return [entry_to_mapping(entry, index) for index, entry in enumerate(entries, first_index)]
+        if _CHECKED.isdisjoint(map(_PROTOCOL_OF, entries)):  # C-level scan: the common case
+            return [entry_to_mapping(entry, index) for index, entry in enumerate(entries, first_index)]
+        mappings = []
+        for entry in entries:
+            reason = unsupported_reason(entry)
+            if reason is None:
+                mappings.append(entry_to_mapping(entry, first_index + len(mappings)))
+            elif unsupported is not None:
+                unsupported.append("%s: %s" % (describe(entry), reason))
+        return mappings
+
+
+def split_supported(entries):
+    """(entries that can be re-created elsewhere, ["<session>: <reason>"] for the others)."""
+    supported, unsupported = [], []
+    for entry in entries:
+        reason = unsupported_reason(entry)
+        if reason is None:
+            supported.append(entry)
+        else:
+            unsupported.append("%s: %s" % (describe(entry), reason))
+    return supported, unsupported
 
 
 def mappings_to_entries(mappings):
@@ -349,6 +432,18 @@ def _icmp_info(mapping):
     return _uint(info["type"], ICMP + "/type", 0xFF), _uint(info.get("code", 0), ICMP + "/code", 0xFF)
 
 
+def _gre_keys(mapping):
+    keys = mapping.get(GRE)
+    if keys is None:
+        raise ModelError(GRE, "missing: the GRE keys of the session")
+    _object(keys, GRE, _GRE_MEMBERS)
+    for name in ("source-key", "destination-key"):
+        if name not in keys:
+            raise ModelError(GRE + "/" + name, "missing")
+    return (_uint(keys["source-key"], GRE + "/source-key", 0xFFFF),
+            _uint(keys["destination-key"], GRE + "/destination-key", 0xFFFF))
+
+
 _new_tuple = tuple.__new__
 _NO_TCP = (None, None, None, None, None)
 
@@ -374,12 +469,13 @@ def mapping_to_entry(mapping):
             raise ModelError("type", "a static mapping is configuration, not a session")
         raise ModelError("type", "unknown mapping type %r" % (kind,))
     proto = mapping.get("transport-protocol")
-    if proto.__class__ is not int or proto not in _SUPPORTED:
+    if proto.__class__ is not int or not 0 <= proto <= 0xFF or proto in UNCARRIED_PROTOCOLS:
         if proto is None:
             raise ModelError("transport-protocol", "missing")
         _uint(proto, "transport-protocol", 0xFF)
-        raise ModelError("transport-protocol", "protocol %d is not supported (TCP, UDP, ICMP, ICMPv6)" % proto)
-    icmp = proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6
+        raise ModelError("transport-protocol", "protocol %d is not carried: %s" % (proto, UNCARRIED_PROTOCOLS[proto]))
+    ports = proto in _PORTS
+    icmp = proto in _ICMPS
 
     side = mapping.get(INITIATOR)
     if side != INTERNAL and side != EXTERNAL:
@@ -398,16 +494,24 @@ def mapping_to_entry(mapping):
     if icmp and (proto == IPPROTO_ICMP) != (family == socket.AF_INET):
         raise ModelError("transport-protocol", "ICMP is protocol 1 with IPv4, 58 (ICMPv6) with IPv6")
 
-    internal_sport = _port(mapping, "internal-src-port")
-    external_sport = _port(mapping, "external-src-port")
-    if icmp:
+    if ports:
+        internal_sport = _port(mapping, "internal-src-port")
+        external_sport = _port(mapping, "external-src-port")
+        internal_dport = _port(mapping, "internal-dst-port")
+        external_dport = _port(mapping, "external-dst-port")
+    elif icmp:
+        internal_sport = _port(mapping, "internal-src-port")
+        external_sport = _port(mapping, "external-src-port")
         for name in ("internal-dst-port", "external-dst-port"):
             if name in mapping:
                 raise ModelError(name, "an ICMP session has no destination port (its identifier is in the src ports)")
         internal_dport = external_dport = 0
     else:
-        internal_dport = _port(mapping, "internal-dst-port")
-        external_dport = _port(mapping, "external-dst-port")
+        for name in ("internal-src-port", "external-src-port", "internal-dst-port", "external-dst-port"):
+            if name in mapping:
+                raise ModelError(name, "a %s session has no ports: it is translated by its addresses alone"
+                                 % PROTOCOL_NAMES.get(proto, "protocol %d" % proto))
+        internal_sport = external_sport = internal_dport = external_dport = 0
 
     timeout = mapping.get("lifetime")
     if timeout.__class__ is not int or not 0 <= timeout <= _UINT32_MAX:
@@ -436,6 +540,8 @@ def mapping_to_entry(mapping):
         raise ModelError(TCP, "TCP state on a protocol %d session" % proto)
     if ICMP in mapping and not icmp:
         raise ModelError(ICMP, "ICMP state on a protocol %d session" % proto)
+    if GRE in mapping and proto != IPPROTO_GRE:
+        raise ModelError(GRE, "GRE keys on a protocol %d session" % proto)
 
     # Back from the roles to the kernel's two tuples (see the module docstring).
     if side == INTERNAL:
@@ -453,6 +559,17 @@ def mapping_to_entry(mapping):
         reply = _new_tuple(FlowTuple, (family, proto, r_src, r_dst, r_dport, 0,
                                        replies.get(icmp_type, icmp_type), icmp_code))
         if r_dst != o_src or r_dport != o_sport:
+            status |= IPS_SRC_NAT
+        if r_src != o_dst:
+            status |= IPS_DST_NAT
+        tcp = _NO_TCP
+    elif not ports:
+        # GRE: its keys, the same on both sides (only the PPTP helper translates them); the
+        # generic tracker: no ports. Translated by address alone.
+        src_key, dst_key = _gre_keys(mapping) if proto == IPPROTO_GRE else (0, 0)
+        orig = _new_tuple(FlowTuple, (family, proto, o_src, o_dst, src_key, dst_key, None, None))
+        reply = _new_tuple(FlowTuple, (family, proto, r_src, r_dst, dst_key, src_key, None, None))
+        if r_dst != o_src:
             status |= IPS_SRC_NAT
         if r_src != o_dst:
             status |= IPS_DST_NAT

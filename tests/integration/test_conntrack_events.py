@@ -4,13 +4,14 @@ The subscription lives in a child process inside the NAT namespace (kernel_lab.R
 traffic and injected entries change the table.
 """
 
+import json
 import os
 import shutil
 import socket
 
 import pytest
 
-from kernel_lab import (ECHO_SERVER, HOLDING_CLIENT, PYTHON, Namespaces, driver, in_ns, nat_site,
+from kernel_lab import (COLLECTIONS_ROOT, ECHO_SERVER, HOLDING_CLIENT, PYTHON, Namespaces, driver, in_ns, nat_site,
                         read_line)
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     IPS_ASSURED,
@@ -45,6 +46,55 @@ sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind((sys.argv[1], int(sys.argv[2])))
 sock.sendto(b"ping", (sys.argv[3], int(sys.argv[4])))
+"""
+
+
+# An agent's two ways of reading: a thread that reads with a timeout while the main thread works,
+# and a loop that waits in select() on the subscription with other sockets.
+READERS = """
+import json, select, socket, sys, threading
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.nfstate.migration.plugins.module_utils import conntrack, conntrack_events
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import ConntrackEntry, FlowTuple
+
+def entries(first, count):
+    return [ConntrackEntry(FlowTuple(2, 17, "192.0.2.%d" % (n % 200 + 10), "203.0.113.9", 10000 + n // 200, 53),
+                           FlowTuple(2, 17, "203.0.113.9", "198.51.100.1", 53, 1024 + n), 14 | 16, 600)
+            for n in range(first, first + count)]
+
+result = {}
+with conntrack_events.ConntrackEvents(translated_only=True) as events, conntrack.Conntrack() as table:
+    stop, seen = threading.Event(), []
+    def reader():
+        while not stop.is_set():
+            seen.extend(events.read(timeout=0.1))
+        seen.extend(events.barrier())
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for start in range(0, 1000, 100):  # the main thread's work
+        assert table.create(entries(start, 100)) == []
+    stop.set()
+    thread.join(30)
+    result["thread"] = [kind for kind, _entry in seen]
+
+    other, peer = socket.socketpair()
+    assert table.delete(entries(0, 1000)) == []
+    peer.send(b"x")
+    got, woken = [], set()
+    while len(got) < 1000:
+        ready = select.select([events, other], [], [], 5)[0]
+        if not ready:
+            break
+        for source in ready:
+            if source is other:
+                other.recv(1)
+                woken.add("other")
+            else:
+                got.extend(events.read(0))
+                woken.add("events")
+    result["select"] = [kind for kind, _entry in got]
+    result["woken"] = sorted(woken)
+print(json.dumps(result))
 """
 
 
@@ -198,3 +248,10 @@ def test_a_timeout_refreshed_by_traffic_makes_no_event_and_get_sees_it(lab):
     assert lab.barrier() == []
     [refreshed] = lab.table("get", [entry])
     assert refreshed.timeout > 5 and refreshed.reply == entry.reply
+
+
+def test_readers_in_a_thread_and_with_select(lab):
+    result = json.loads(in_ns(lab.nat, PYTHON, "-c", READERS, COLLECTIONS_ROOT, timeout=60).stdout)
+    assert result["thread"] == [NEW] * 1000
+    assert result["select"] == [DESTROY] * 1000
+    assert result["woken"] == ["events", "other"]

@@ -84,8 +84,14 @@ def test_kinds_follow_message_type_and_flags_and_entries_parse_like_a_dump():
 def test_read_waits_only_for_the_first_datagram_and_stops_at_max_events():
     events = subscription([event_message(SESSION, ce.NEW)] * 5)
     assert len(events.read(timeout=2, max_events=3)) == 3
-    assert events._nl.waits == [2, 0, 0]
+    assert 1.5 < events._nl.waits[0] <= 2 and events._nl.waits[1:] == [0, 0]
     assert len(events.read(timeout=0)) == 2 and events.read(timeout=0) == []
+
+
+def test_events_that_are_not_reported_do_not_end_the_wait():
+    events = subscription([event_message(HOST_OWN, ce.NEW), event_message(SESSION, ce.NEW)], translated_only=True)
+    assert events.read(timeout=5) == [(ce.NEW, SESSION)]
+    assert len(events._nl.waits) == 3 and events._nl.waits[1] > 0  # still waiting after the first datagram
 
 
 def test_several_messages_in_one_datagram_are_all_read():
@@ -135,3 +141,8 @@ def test_a_barrier_needs_the_destroy_group():
     events.groups = (ce.NFNLGRP_CONNTRACK_NEW,)
     with pytest.raises(ValueError):
         events.barrier()
+
+
+def test_events_iterates_until_nothing_comes_within_the_timeout():
+    events = subscription([event_message(SESSION, ce.NEW)] * 3 + [event_message(SESSION, ce.DESTROY)])
+    assert [kind for kind, _e in events.events(timeout=0)] == [ce.NEW] * 3 + [ce.DESTROY]

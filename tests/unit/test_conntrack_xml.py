@@ -131,11 +131,25 @@ def test_icmp_with_fields_is_parsed():
     assert entry.status & IPS_SRC_NAT
 
 
-def test_other_protocols_are_skipped():
+def test_gre_keys_and_generic_protocols_are_parsed():
+    # As conntrack-tools 1.4.7 prints them on Linux 6.18: GRE keys in hex, ESP with no fields.
+    gre = _flow("<srckey>0x0</srckey><dstkey>0x1234</dstkey>", "<timeout>29</timeout><unreplied/>", proto=47,
+                name="gre", reply_l4="<srckey>0x1234</srckey><dstkey>0x0</dstkey>")
+    esp = _flow("", "<timeout>599</timeout><unreplied/>", proto=50, name="unknown", reply_l4="")
     skipped = []
-    text = _doc(_flow("", "<timeout>30</timeout>", proto=47, name="gre"))
-    assert parse_conntrack_xml(text, skipped) == []
-    assert "protocol 47" in skipped[0][1]
+    first, second = parse_conntrack_xml(_doc(gre, esp), skipped)
+    assert skipped == []
+    assert first.orig == FlowTuple(V4, 47, "192.0.2.2", "198.51.100.2", 0, 0x1234)
+    assert first.reply == FlowTuple(V4, 47, "198.51.100.2", "198.51.100.1", 0x1234, 0)
+    assert second.orig == FlowTuple(V4, 50, "192.0.2.2", "198.51.100.2", 0, 0)
+    assert first.status & IPS_SRC_NAT and second.status & IPS_SRC_NAT and second.timeout == 599
+
+
+def test_bad_gre_keys_are_refused():
+    text = _doc(_flow("<srckey>zz</srckey><dstkey>0x1</dstkey>", "", proto=47, name="gre",
+                      reply_l4="<srckey>0x1</srckey><dstkey>0x0</dstkey>"))
+    with pytest.raises(ConntrackXmlError, match="not a hexadecimal key"):
+        parse_conntrack_xml(text)
 
 
 @pytest.mark.parametrize("text,message", [

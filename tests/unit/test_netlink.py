@@ -16,6 +16,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPS_ASSURED,
     IPS_CONFIRMED,
     IPS_DST_NAT,
+    IPS_FIXED_TIMEOUT,
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
     ConntrackEntry,
@@ -243,7 +244,7 @@ def _ref_tuple(atype, tup):
         l4 += [nl.pack_nla(ct.CTA_PROTO_ICMPV6_ID, struct.pack(">H", tup.sport)),
                nl.pack_nla(ct.CTA_PROTO_ICMPV6_TYPE, bytes([tup.icmp_type])),
                nl.pack_nla(ct.CTA_PROTO_ICMPV6_CODE, bytes([tup.icmp_code]))]
-    else:
+    elif tup.proto in (6, 17, 47, 136):  # ports, or GRE's keys in their place
         l4 += [nl.pack_nla(ct.CTA_PROTO_SRC_PORT, struct.pack(">H", tup.sport)),
                nl.pack_nla(ct.CTA_PROTO_DST_PORT, struct.pack(">H", tup.dport))]
     return nl.pack_nested(atype, ip, nl.pack_nested(ct.CTA_TUPLE_PROTO, *l4))
@@ -315,6 +316,20 @@ SAMPLES = [
     ConntrackEntry(FlowTuple(A6, 17, "2001:db8:2::2", "2001:db8:2::1", 5555, 8080),
                    FlowTuple(A6, 17, "2001:db8:1::2", "2001:db8:2::2", 80, 5555), IPS_DST_NAT, 100, zone=3,
                    labels=b"\x01" + b"\x00" * 15),
+    # GRE (PPTP keys, SNAT by address), plain GRE with DNAT, ESP and protocol 99 (generic tracker)
+    ConntrackEntry(FlowTuple(A4, 47, "192.0.2.2", "198.51.100.2", 0, 0x1234),
+                   FlowTuple(A4, 47, "198.51.100.2", "198.51.100.1", 0x1234, 0), SEEN | IPS_SRC_NAT, 180),
+    ConntrackEntry(FlowTuple(A4, 47, "198.51.100.2", "198.51.100.1", 0, 0),
+                   FlowTuple(A4, 47, "192.0.2.2", "198.51.100.2", 0, 0), IPS_DST_NAT, 30, mark=5),
+    ConntrackEntry(FlowTuple(A4, 50, "192.0.2.2", "198.51.100.2", 0, 0),
+                   FlowTuple(A4, 50, "198.51.100.2", "198.51.100.1", 0, 0), SEEN | IPS_SRC_NAT, 600),
+    ConntrackEntry(FlowTuple(A6, 50, "2001:db8:1::2", "2001:db8:2::2", 0, 0),
+                   FlowTuple(A6, 50, "2001:db8:2::2", "2001:db8:2::1", 0, 0), SEEN | IPS_SRC_NAT, 600, zone=2),
+    ConntrackEntry(FlowTuple(A4, 99, "198.51.100.2", "198.51.100.1", 0, 0),
+                   FlowTuple(A4, 99, "192.0.2.2", "198.51.100.2", 0, 0), IPS_DST_NAT, 600),
+    # UDP-Lite, SNAT with a port
+    ConntrackEntry(FlowTuple(A4, 136, "192.0.2.2", "198.51.100.2", 4000, 5000),
+                   FlowTuple(A4, 136, "198.51.100.2", "198.51.100.1", 5000, 20100), SEEN | IPS_SRC_NAT, 30),
 ]
 
 
@@ -410,6 +425,53 @@ def test_delete_message_holds_original_tuple_and_zone():
                                _ref_tuple(ct.CTA_TUPLE_ORIG, entry.orig) + nl.pack_nla(ct.CTA_ZONE, struct.pack(">H", 7)),
                                family=A4)
     assert built == [expected]
+
+
+def test_generic_tracker_messages_carry_no_ports_and_nat_no_port_range():
+    esp = SAMPLES[-3]
+    [message] = ct._MessageBuilder().create_messages([esp], True, [], [])
+    found = message.find(nl.pack_nla(ct.CTA_PROTO_NUM, b"\x32"))
+    assert found > 0
+    assert nl.pack_nla(ct.CTA_PROTO_SRC_PORT, b"\0\0") not in message
+    assert nl.pack_nested(ct.CTA_NAT_PROTO, nl.pack_nla(ct.CTA_PROTONAT_PORT_MIN, b"\0\0")) not in message
+
+
+def test_translated_gre_keys_are_refused_before_the_kernel():
+    gre = SAMPLES[-6]
+    rekeyed = gre._replace(reply=gre.reply._replace(sport=0x9999))
+    failures, order = [], []
+    assert list(ct._MessageBuilder().create_messages([rekeyed, gre], True, failures, order)) != []
+    assert failures == [(rekeyed, errno.EINVAL)] and order == [1]
+
+
+class RecordingSocket(object):
+    """Stands in for the NetlinkSocket under Conntrack.create(): answers each transact in turn."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.sent = []
+
+    def transact(self, messages, ack_each=False, max_messages=None):
+        self.sent.append(list(messages))
+        return self.answers.pop(0)
+
+
+def test_created_gre_entries_get_a_fixed_timeout_and_only_those_created():
+    gre, tcp = SAMPLES[-6], SAMPLES[0]
+    taken = SAMPLES[-5]  # another GRE entry, refused with EEXIST: someone else's, left alone
+    table = ct.Conntrack.__new__(ct.Conntrack)
+    table._nl = RecordingSocket([[(2, errno.EEXIST)], []])
+    table._builder = ct._MessageBuilder()
+    table.ack_each, table.batch_size = False, None
+    assert table.create([gre, tcp, taken]) == [(taken, errno.EEXIST)]
+    creates, fixups = table._nl.sent
+    assert len(creates) == 3 and len(fixups) == 1
+    [fixup] = fixups
+    expected = nl.pack_message(ct.CT_NEW, nl.NLM_F_REQUEST, b"".join([
+        _ref_tuple(ct.CTA_TUPLE_ORIG, gre.orig), nl.pack_nla(ct.CTA_ZONE, struct.pack(">H", 0)),
+        nl.pack_nla(ct.CTA_STATUS, struct.pack(">I", IPS_CONFIRMED | IPS_ASSURED | IPS_SEEN_REPLY | IPS_FIXED_TIMEOUT))]),
+        family=A4)
+    assert fixup == expected
 
 
 def test_nat_kinds_follow_translation():
@@ -526,3 +588,13 @@ def test_dump_skips_messages_without_tuples():
     entry = _dumped(SAMPLES[3])
     table = _conntrack_over([odd, _ref_dump_message(entry)])
     assert table.dump() == [entry]
+
+
+def test_dump_fields_follow_the_entry_and_tuple_fields():
+    """Conntrack._dump() builds entries straight from DUMP_FIELDS' order: they must agree."""
+    names = [name for name, _default in ct.DUMP_FIELDS]
+    assert names[ct.D_ENTRY:] == list(ConntrackEntry._fields[2:])
+    tuple_fields = list(FlowTuple._fields[2:])
+    assert names[ct.D_OSRC:ct.D_RSRC] == ["orig_" + f for f in tuple_fields]
+    assert names[ct.D_RSRC:ct.D_ENTRY] == ["reply_" + f for f in tuple_fields]
+    assert ct.D_FLR == len(names) - 1

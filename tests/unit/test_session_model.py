@@ -13,9 +13,11 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPS_ASSURED,
     IPS_CONFIRMED,
     IPS_DST_NAT,
+    IPS_EXPECTED,
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
     TCP_STATES,
+    describe,
     translation,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_xml import parse_conntrack_xml
@@ -29,6 +31,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     owned_addresses,
     select,
     session_key,
+    split_supported,
+    unsupported_reason,
 )
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -55,6 +59,13 @@ def icmp(family, src, dst, ident, rsrc, rdst, rident, status, **extra):
     return ConntrackEntry(FlowTuple(family, proto, src, dst, ident, 0, request, 0),
                           FlowTuple(family, proto, rsrc, rdst, rident, 0, reply, 0), status,
                           extra.pop("timeout", 30), **extra)
+
+
+def bare(family, proto, src, dst, rsrc, rdst, status, keys=(0, 0), **extra):
+    """A GRE (with its keys) or generic-tracker session: translated by address alone."""
+    return ConntrackEntry(FlowTuple(family, proto, src, dst, keys[0], keys[1]),
+                          FlowTuple(family, proto, rsrc, rdst, keys[1], keys[0]), status,
+                          extra.pop("timeout", 600), **extra)
 
 
 # One of each kind of session a NAT holds: (name, entry, expected initiator).
@@ -85,6 +96,21 @@ SAMPLES = [
                                         "203.0.113.9", "198.51.100.1", 443, 25002, SEEN | IPS_SRC_NAT,
                                         tcp_state=7, tcp_wscale_orig=None, tcp_wscale_reply=None,
                                         tcp_flags_orig=None, tcp_flags_reply=None), "internal"),
+    ("udplite snat v4", ConntrackEntry(FlowTuple(V4, 136, "192.0.2.2", "198.51.100.2", 4000, 5000),
+                                       FlowTuple(V4, 136, "198.51.100.2", "198.51.100.1", 5000, 20100),
+                                       IPS_CONFIRMED | IPS_SRC_NAT, 30), "internal"),
+    ("gre pptp snat v4", bare(V4, 47, "192.0.2.2", "198.51.100.2", "198.51.100.2", "198.51.100.1",
+                              SEEN | IPS_SRC_NAT, keys=(0, 0x1234), timeout=180), "internal"),
+    ("gre dnat v4", bare(V4, 47, "198.51.100.2", "198.51.100.1", "192.0.2.2", "198.51.100.2",
+                         IPS_CONFIRMED | IPS_DST_NAT, timeout=30, mark=3), "external"),
+    ("esp snat v4", bare(V4, 50, "192.0.2.2", "198.51.100.2", "198.51.100.2", "198.51.100.1",
+                         SEEN | IPS_SRC_NAT), "internal"),
+    ("esp snat v6", bare(V6, 50, "2001:db8:1::2", "2001:db8:2::2", "2001:db8:2::2", "2001:db8:2::1",
+                         SEEN | IPS_SRC_NAT, zone=4), "internal"),
+    ("ah dnat v4", bare(V4, 51, "198.51.100.2", "198.51.100.1", "192.0.2.2", "198.51.100.2",
+                        IPS_CONFIRMED | IPS_DST_NAT), "external"),
+    ("protocol 253 twice nat v4", bare(V4, 253, "198.51.100.2", "198.51.100.1", "192.0.2.2", "192.0.2.1",
+                                       SEEN | IPS_SRC_NAT | IPS_DST_NAT), "external"),
 ]
 SAMPLE_IDS = [sample[0] for sample in SAMPLES]
 
@@ -210,7 +236,9 @@ MALFORMED = [
     ("index as text", _set("index", "1"), "index", "expected an integer"),
     ("static", _set("type", "static"), "type", "static mapping"),
     ("protocol missing", _set("transport-protocol", KeyError), "transport-protocol", "missing"),
-    ("protocol sctp", _set("transport-protocol", 132), "transport-protocol", "not supported"),
+    ("protocol sctp", _set("transport-protocol", 132), "transport-protocol", "not carried: SCTP"),
+    ("protocol dccp", _set("transport-protocol", 33), "transport-protocol", "not carried: DCCP"),
+    ("protocol 256", _set("transport-protocol", 256), "transport-protocol", "out of range"),
     ("protocol bool", _set("transport-protocol", True), "transport-protocol", "expected an integer"),
     ("initiator missing", _set("nfstate-nat:initiator", KeyError), "nfstate-nat:initiator", "missing"),
     ("initiator bad", _set("nfstate-nat:initiator", "inside"), "nfstate-nat:initiator", "expected 'internal'"),
@@ -242,6 +270,8 @@ MALFORMED = [
     ("flag unknown", _set("nfstate-nat:tcp/reply/flags", "window-scale urgent"), "nfstate-nat:tcp/reply/flags",
      "unknown TCP tracking flag"),
     ("icmp on tcp", _set("nfstate-nat:icmp", {"type": 8}), "nfstate-nat:icmp", "ICMP state on a protocol 6"),
+    ("gre on tcp", _set("nfstate-nat:gre", {"source-key": 0, "destination-key": 0}), "nfstate-nat:gre",
+     "GRE keys on a protocol 6"),
 ]
 
 
@@ -278,6 +308,78 @@ def test_malformed_icmp_mappings():
         assert (raised.value.path, message in raised.value.message) == (path, True), name
 
 
+def test_address_only_sessions_carry_no_ports_and_gre_its_keys():
+    by_name = dict((name, entry) for name, entry, _side in SAMPLES)
+    esp = entry_to_mapping(by_name["esp snat v4"], 1)
+    assert not [name for name in esp if name.endswith("-port")]
+    assert (esp["external-src-address"], esp["transport-protocol"]) == ("198.51.100.1/32", 50)
+    assert "nfstate-nat:gre" not in esp and "nfstate-nat:tcp" not in esp
+    gre = entry_to_mapping(by_name["gre pptp snat v4"], 1)
+    assert gre["nfstate-nat:gre"] == {"source-key": 0, "destination-key": 0x1234}
+    assert not [name for name in gre if name.endswith("-port")]
+    assert translation(by_name["esp snat v4"]) == (("198.51.100.1", None), None)
+
+
+def test_malformed_address_only_mappings():
+    by_name = dict((name, entry) for name, entry, _side in SAMPLES)
+    esp = entry_to_mapping(by_name["esp snat v4"], 1)
+    gre = entry_to_mapping(by_name["gre pptp snat v4"], 1)
+    for mapping, name, value, path, message in [
+        (esp, "internal-src-port", {"start-port-number": 1}, "internal-src-port", "esp session has no ports"),
+        (esp, "external-dst-port", {"start-port-number": 1}, "external-dst-port", "esp session has no ports"),
+        (esp, "nfstate-nat:gre", {"source-key": 0, "destination-key": 0}, "nfstate-nat:gre", "GRE keys on a protocol 50"),
+        (gre, "nfstate-nat:gre", KeyError, "nfstate-nat:gre", "missing"),
+        (gre, "nfstate-nat:gre", {"source-key": 1}, "nfstate-nat:gre/destination-key", "missing"),
+        (gre, "nfstate-nat:gre", {"source-key": 1, "destination-key": 1 << 16}, "nfstate-nat:gre/destination-key",
+         "out of range"),
+        (gre, "nfstate-nat:gre", {"source-key": 1, "destination-key": 2, "version": 1}, "nfstate-nat:gre/version",
+         "unknown member"),
+        (gre, "internal-dst-port", {"start-port-number": 1}, "internal-dst-port", "gre session has no ports"),
+    ]:
+        bad = copy.deepcopy(mapping)
+        if value is KeyError:
+            del bad[name]
+        else:
+            bad[name] = value
+        with pytest.raises(ModelError) as raised:
+            mapping_to_entry(bad)
+        assert (raised.value.path, message in raised.value.message) == (path, True), (name, raised.value)
+
+
+UNSUPPORTED = [
+    ("sctp", ConntrackEntry(FlowTuple(V4, 132, "192.0.2.2", "198.51.100.2", 5000, 36412),
+                            FlowTuple(V4, 132, "198.51.100.2", "198.51.100.1", 36412, 5000), SEEN | IPS_SRC_NAT, 210),
+     "SCTP is tracked with its association state"),
+    ("dccp", bare(V4, 33, "192.0.2.2", "198.51.100.2", "198.51.100.2", "198.51.100.1", SEEN | IPS_SRC_NAT),
+     "DCCP is tracked with its own state"),
+    ("gre keys translated", ConntrackEntry(FlowTuple(V4, 47, "192.0.2.2", "198.51.100.2", 0x11, 0x1234),
+                                           FlowTuple(V4, 47, "198.51.100.2", "198.51.100.1", 0x1234, 0x99),
+                                           SEEN | IPS_SRC_NAT, 180),
+     "its GRE keys were translated"),
+    ("gre made by the pptp helper", bare(V4, 47, "192.0.2.2", "198.51.100.2", "198.51.100.2", "198.51.100.1",
+                                         SEEN | IPS_SRC_NAT | IPS_EXPECTED, keys=(0x11, 0x1234)),
+     "the PPTP helper made it"),
+]
+
+
+@pytest.mark.parametrize("name,entry,reason", UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED])
+def test_sessions_that_cannot_be_recreated_are_listed_never_emitted(name, entry, reason):
+    assert reason in unsupported_reason(entry)
+    carried = sample_entries()
+    listed = []
+    mappings = entries_to_mappings(carried[:3] + [entry] + carried[3:], unsupported=listed)
+    # Left out, the others numbered 1..n without a gap, and named with the reason.
+    assert [mapping_to_entry(m) for m in mappings] == carried
+    assert [m["index"] for m in mappings] == list(range(1, len(carried) + 1))
+    assert listed == ["%s: %s" % (describe(entry), unsupported_reason(entry))] and reason in listed[0]
+    assert split_supported(carried + [entry]) == (carried, listed)
+    assert entries_to_mappings([entry]) == []  # left out even when nobody asks why
+
+
+def test_every_supported_sample_has_no_reason():
+    assert [name for name, entry, _side in SAMPLES if unsupported_reason(entry) is not None] == []
+
+
 # ---------------------------------------------------------------- identity and selection
 
 def test_session_key_is_zone_and_original_tuple():
@@ -302,10 +404,11 @@ def test_select_by_owned_addresses():
     entries = sample_entries()
     own_v4 = select(entries, {"addresses": ["198.51.100.1"]})
     assert _names(own_v4) == sorted([
-        "icmp dnat v4", "icmp snat v4 with id remap", "tcp port forward v4", "tcp snat v4",
-        "tcp without window tracking", "udp snat v4 unreplied", "udp twice nat v4"])
+        "ah dnat v4", "esp snat v4", "gre dnat v4", "gre pptp snat v4", "icmp dnat v4", "icmp snat v4 with id remap",
+        "protocol 253 twice nat v4", "tcp port forward v4", "tcp snat v4", "tcp without window tracking",
+        "udp snat v4 unreplied", "udp twice nat v4", "udplite snat v4"])
     own_v6 = select(entries, {"addresses": ["2001:db8:2::/64"]})
-    assert _names(own_v6) == sorted(["icmpv6 snat", "tcp masquerade v6", "udp port forward v6"])
+    assert _names(own_v6) == sorted(["esp snat v6", "icmpv6 snat", "tcp masquerade v6", "udp port forward v6"])
     # An inside server's address is not owned by the NAT: the port forward's reply source.
     assert select(entries, {"addresses": ["192.0.2.2/32"]}) == []
 
@@ -320,7 +423,8 @@ def test_select_by_zone_and_mark():
     entries = sample_entries()
     assert _names(select(entries, {"zone": 5})) == ["icmp snat v4 with id remap", "tcp snat v4"]
     assert _names(select(entries, {"mark": 42})) == ["udp snat v4 unreplied"]
-    assert _names(select(entries, {"mark": 0x102, "mark_mask": 0x2})) == ["tcp snat v4", "udp snat v4 unreplied"]
+    assert _names(select(entries, {"mark": 0x102, "mark_mask": 0x2})) == ["gre dnat v4", "tcp snat v4",
+                                                                          "udp snat v4 unreplied"]
     assert _names(select(entries, {"zone": 5, "addresses": ["198.51.100.1/32"], "mark": 7})) == ["tcp snat v4"]
 
 
