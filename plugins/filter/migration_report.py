@@ -76,6 +76,9 @@ def migration_report_lines(report):
     for key, label in (("delta_removed", "ended during the migration"),):
         if key in report:
             lines.append("%-10s %d sessions %s" % ("", report[key], label))
+    if report.get("unsupported_sessions"):
+        lines.append("not carried: %d session(s) that cannot be re-created elsewhere, e.g. %s" % (
+            len(report["unsupported_sessions"]), report["unsupported_sessions"][0]))
     if "freeze_window_seconds" in report:
         lines.append("freeze window (new connections wait): %.3f s" % report["freeze_window_seconds"])
     cutover = report.get("cutover")

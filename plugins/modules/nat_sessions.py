@@ -234,6 +234,14 @@ expired:
   returned: state is merged, replaced, overridden or deleted
   type: int
   sample: 0
+unsupported_sessions:
+  description:
+    - Sessions of the host that cannot be re-created elsewhere, each with the reason (SCTP and DCCP, whose tracker
+      state the model does not carry; GRE sessions that depend on the PPTP helper). They are not in the document.
+  returned: state is gathered
+  type: list
+  elements: str
+  sample: ["sctp 192.0.2.10:5000 -> 203.0.113.20:5000 snat 203.0.113.1:20003: SCTP keeps tracker state the model does not carry"]
 skipped:
   description: Entries of O(running_config) that could not be read as sessions (the XML has no ICMP identifiers).
   returned: state is parsed

@@ -40,7 +40,11 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
-from ansible_collections.nfstate.migration.plugins.module_utils.session_model import select, session_key
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
+    select,
+    session_key,
+    split_supported,
+)
 
 
 class EventLog(object):
@@ -194,7 +198,7 @@ class SourceSide(object):
                 added.append(entry)
             else:
                 changed.append(before)
-        added = select(added, self.selectors)
+        added, dummy = split_supported(select(added, self.selectors))
         # A lifetime refreshed by traffic makes no event: re-read the pre-copy's sessions whose copy
         # may run out (and those whose state changed), never the whole table.
         ended = set(session_key(e) for e in removed)
@@ -217,7 +221,7 @@ class SourceSide(object):
 
     def _full_comparison(self, elapsed):
         with Conntrack() as table:
-            entries = select(table.dump(translated_only=True), self.selectors)
+            entries, dummy = split_supported(select(table.dump(translated_only=True), self.selectors))
         document, added, removed, refreshed = delta_document(
             entries, list(self.precopy.values()), self.instance_name, self.precopy_base, elapsed=elapsed)
         return document, added, removed, refreshed

@@ -47,6 +47,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     ModelError,
     select,
     session_key,
+    split_supported,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan, render_command
 
@@ -71,7 +72,9 @@ def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=
     with Conntrack() as conntrack:
         entries = _selected(conntrack.dump(translated_only=True), selectors)
     read_at = datetime.datetime.now(datetime.timezone.utc)
-    result = dict(changed=False, sessions=len(entries))
+    # A session that cannot be re-created elsewhere is listed with its reason, never emitted.
+    entries, unsupported = split_supported(entries)
+    result = dict(changed=False, sessions=len(entries), unsupported_sessions=unsupported)
     if since is None:
         document = build_document(entries, instance_name, base)
     else:
