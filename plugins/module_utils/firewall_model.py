@@ -144,7 +144,7 @@ def canonical(firewall):
     chain_rank = dict((name, i) for i, name in enumerate(CHAINS))
     return firewall._replace(
         chains=tuple(sorted(firewall.chains, key=lambda c: chain_rank.get(c.name, 99))),
-        rules=tuple(sorted(firewall.rules, key=lambda r: chain_rank.get(r.chain, 99))),
+        rules=tuple(_family_order(sorted(firewall.rules, key=lambda r: chain_rank.get(r.chain, 99)))),
         sets=tuple(sorted((s._replace(elements=tuple(sorted(s.elements, key=_address_key)))
                            for s in firewall.sets), key=lambda s: s.name)),
         counters=tuple(sorted(firewall.counters, key=lambda c: c.name)),
@@ -153,6 +153,26 @@ def canonical(firewall):
                                    for r in firewall.recent_lists), key=lambda r: r.name)),
         not_carried=tuple(firewall.not_carried),
     )
+
+
+def _family_order(rules):
+    """Between two rules for both families (and at chain boundaries), IPv4 rules first, then IPv6.
+
+    A packet is of one family, so swapping an IPv4 rule with a neighbouring IPv6 rule changes
+    nothing; fixing one such order makes documents of every implementation comparable
+    (iptables keeps the families in separate tables and cannot tell the original interleaving).
+    """
+    out, segment = [], []
+    for rule in rules:
+        if segment and (rule.family is None or rule.chain != segment[-1].chain):
+            out.extend(sorted(segment, key=lambda r: FAMILIES.index(r.family)))
+            segment = []
+        if rule.family is None:
+            out.append(rule)
+        else:
+            segment.append(rule)
+    out.extend(sorted(segment, key=lambda r: FAMILIES.index(r.family)))
+    return out
 
 
 def _address_key(item):
