@@ -400,6 +400,13 @@ def _merge_families(rules4, rules6):
     return out
 
 
+def _put(fields, key, value):
+    # Options given twice (two -m recent, two --match-set src) would silently lose one.
+    if key in fields and key not in ("limit", "family", "chain"):
+        raise Unsupported("rule", "%s is given twice" % key.replace("_", " "))
+    fields[key] = value
+
+
 def _take(args, i, what):
     if i + 1 >= len(args):
         raise Unsupported("rule", "%s without a value" % what)
@@ -428,20 +435,20 @@ def parse_rule_args(args, chain, family, roles):
         if negate:
             raise Unsupported("rule", "negated %s is not modelled" % arg)
         if arg in ("-s", "-d"):
-            fields["src" if arg == "-s" else "dst"] = _prefix(_take(args, i, arg), family)
+            _put(fields, ("src" if arg == "-s" else "dst"), _prefix(_take(args, i, arg), family))
             i += 2
         elif arg in ("-i", "-o"):
             dev = _take(args, i, arg)
             if dev not in roles:
                 raise Unsupported("rule", "interface %r has no role" % dev)
-            fields["in_role" if arg == "-i" else "out_role"] = roles[dev]
+            _put(fields, ("in_role" if arg == "-i" else "out_role"), roles[dev])
             i += 2
         elif arg == "-p":
             name = _take(args, i, arg)
             number = int(name) if name.isdigit() else PROTOCOL_NUMBERS.get(name)
             if number is None:
                 raise Unsupported("rule", "protocol %r" % name)
-            fields["proto"] = number
+            _put(fields, "proto", number)
             i += 2
         elif arg == "-m":
             module = _take(args, i, arg)
@@ -451,39 +458,39 @@ def parse_rule_args(args, chain, family, roles):
                 raise Unsupported("rule", "match -m %s is not modelled" % module)
             i += 2
         elif arg in ("--sport", "--source-port", "--dport", "--destination-port"):
-            fields["sport" if arg in ("--sport", "--source-port") else "dport"] = _ports(_take(args, i, arg))
+            _put(fields, ("sport" if arg in ("--sport", "--source-port") else "dport"), _ports(_take(args, i, arg)))
             i += 2
         elif arg in ("--icmp-type", "--icmpv6-type"):
             kind, dummy, code = _take(args, i, arg).partition("/")
             if not kind.isdigit() or (code and not code.isdigit()):
                 raise Unsupported("rule", "icmp type %r (numbers are modelled)" % kind)
-            fields["icmp_type"] = int(kind)
+            _put(fields, "icmp_type", int(kind))
             if code:
-                fields["icmp_code"] = int(code)
+                _put(fields, "icmp_code", int(code))
             i += 2
         elif arg in ("--ctstate", "--state"):
             values = [v.lower() for v in _take(args, i, arg).split(",")]
             if any(v not in CT_STATES for v in values):
                 raise Unsupported("rule", "connection state %s" % ",".join(values))
-            fields["ct_states"] = tuple(s for s in CT_STATES if s in values)
+            _put(fields, "ct_states", tuple(s for s in CT_STATES if s in values))
             i += 2
         elif arg == "--match-set":
             name, side = _take(args, i, arg), args[i + 2] if i + 2 < len(args) else ""
             if not name.startswith(SET_PREFIX) or side not in ("src", "dst"):
                 raise Unsupported("rule", "set match %s %s (our sets, one address side)" % (name, side))
-            fields["src_set" if side == "src" else "dst_set"] = name[len(SET_PREFIX):]
+            _put(fields, ("src_set" if side == "src" else "dst_set"), name[len(SET_PREFIX):])
             i += 3
         elif arg == "--limit":
             rate, dummy, unit = _take(args, i, arg).partition("/")
             if unit not in LIMIT_UNITS:
                 raise Unsupported("rule", "limit %s" % args[i + 1])
-            fields["limit"] = Limit(int(rate), LIMIT_UNITS[unit], fields.get("limit", Limit(1)).burst)
+            _put(fields, "limit", Limit(int(rate), LIMIT_UNITS[unit], fields.get("limit", Limit(1)).burst))
             i += 2
         elif arg == "--limit-burst":
-            fields["limit"] = fields.get("limit", Limit(1))._replace(burst=int(_take(args, i, arg)))
+            _put(fields, "limit", fields.get("limit", Limit(1))._replace(burst=int(_take(args, i, arg))))
             i += 2
         elif arg == "--quota":
-            fields["quota"] = "rule-quota"     # named from its comment, or after its chain and place
+            _put(fields, "quota", "rule-quota")     # named from its comment, or after its chain and family
             i += 2
         elif arg == "--comment":
             text = _take(args, i, arg)
@@ -491,13 +498,13 @@ def parse_rule_args(args, chain, family, roles):
                 comment = text
             i += 2
         elif arg in ("--set", "--rcheck", "--update", "--remove"):
-            fields["recent_mode"] = {"--set": "set", "--rcheck": "check", "--update": "update", "--remove": "remove"}[arg]
+            _put(fields, "recent_mode", {"--set": "set", "--rcheck": "check", "--update": "update", "--remove": "remove"}[arg])
             i += 1
         elif arg in ("--seconds", "--hitcount", "--name"):
-            fields["recent_" + arg[2:]] = _take(args, i, arg)
+            _put(fields, ("recent_" + arg[2:]), _take(args, i, arg))
             i += 2
         elif arg in ("--rsource", "--rdest"):
-            fields["recent_side"] = "source" if arg == "--rsource" else "destination"
+            _put(fields, "recent_side", "source" if arg == "--rsource" else "destination")
             i += 1
         elif arg == "--mask":
             if _take(args, i, arg) not in ("255.255.255.255", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"):
