@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
-    Chain, Counter, FilterRule, Firewall, FirewallSet, Limit, Quota, Recent, RecentEntry, RecentList, SetElement,
+    Chain, Counter, FilterRule, FirewallSet, Limit, Quota, Recent, RecentEntry, RecentList, SetElement,
     SetUpdate, canonical, from_document, to_document, without_state,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import filter_iptables as ipt

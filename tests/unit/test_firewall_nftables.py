@@ -1,7 +1,5 @@
 """Parsing and rendering our nftables filter table (libnftables JSON, elements in text)."""
 
-import json
-
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
@@ -18,76 +16,574 @@ IFACES = {"inside": "in0", "outside": "out0"}
 # `nft -j list table inet nfstate_filter` (nftables 1.0.6) of a hand-written edge firewall, with one
 # element given a counter and an expiry by hand: note the JSON has no `dynamic` flag and gives
 # expiry in whole seconds.
-LISTING = json.loads("""{"nftables": [
-    {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
-    {"table": {"family": "inet", "name": "nfstate_filter", "handle": 1}},
-    {"counter": {"family": "inet", "name": "dns", "table": "nfstate_filter", "handle": 3, "packets": 10, "bytes": 1000}},
-    {"quota": {"family": "inet", "name": "guest", "table": "nfstate_filter", "handle": 4, "bytes": 1000000, "used": 400000, "inv": false}},
-    {"set": {"family": "inet", "name": "blocklist", "table": "nfstate_filter", "type": "ipv4_addr", "handle": 5, "size": 65535, "flags": ["timeout"], "timeout": 3600, "elem": [{"elem": {"val": "203.0.113.9", "expires": 3500, "counter": {"packets": 3, "bytes": 180}}}], "stmt": [{"counter": null}]}},
-    {"set": {"family": "inet", "name": "knock1", "table": "nfstate_filter", "type": "ipv4_addr", "handle": 6, "size": 65535, "flags": ["timeout"], "timeout": 10, "elem": [{"elem": {"val": "198.51.100.7", "expires": 7}}]}},
-    {"chain": {"family": "inet", "table": "nfstate_filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
-    {"chain": {"family": "inet", "table": "nfstate_filter", "name": "other", "handle": 2}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 7, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 8, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@blocklist"}}, {"drop": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "out0"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 23}}, {"set": {"op": "add", "elem": {"payload": {"protocol": "ip", "field": "saddr"}}, "set": "@blocklist"}}, {"drop": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 11, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "out0"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 7001}}, {"set": {"op": "add", "elem": {"elem": {"val": {"payload": {"protocol": "ip", "field": "saddr"}}, "timeout": 10}}, "set": "@knock1"}}, {"drop": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 12, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "in0"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "out0"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "192.0.2.0", "len": 24}}}}, {"quota": "guest"}, {"accept": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 13, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "in0"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "out0"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"counter": "dns"}, {"accept": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 14, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "echo-request"}}, {"accept": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 15, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}}, "right": "echo-request"}}, {"limit": {"rate": 10, "burst": 5, "per": "second"}}, {"accept": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 16, "expr": [{"ct count": {"val": 10, "inv": true}}, {"drop": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 18, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": {"set": [80, 443]}}}, {"accept": null}]}},
-    {"rule": {"family": "inet", "table": "nfstate_filter", "chain": "forward", "handle": 19, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "other"}}]}}
-]}""")
+LISTING = {"nftables": [
+    {
+     "metainfo": {
+      "version": "1.0.6",
+      "release_name": "Lester Gooch #5",
+      "json_schema_version": 1
+     }
+    },
+    {
+     "table": {
+      "family": "inet",
+      "name": "nfstate_filter",
+      "handle": 1
+     }
+    },
+    {
+     "counter": {
+      "family": "inet",
+      "name": "dns",
+      "table": "nfstate_filter",
+      "handle": 3,
+      "packets": 10,
+      "bytes": 1000
+     }
+    },
+    {
+     "quota": {
+      "family": "inet",
+      "name": "guest",
+      "table": "nfstate_filter",
+      "handle": 4,
+      "bytes": 1000000,
+      "used": 400000,
+      "inv": False
+     }
+    },
+    {
+     "set": {
+      "family": "inet",
+      "name": "blocklist",
+      "table": "nfstate_filter",
+      "type": "ipv4_addr",
+      "handle": 5,
+      "size": 65535,
+      "flags": [
+       "timeout"
+      ],
+      "timeout": 3600,
+      "elem": [
+       {
+        "elem": {
+         "val": "203.0.113.9",
+         "expires": 3500,
+         "counter": {
+          "packets": 3,
+          "bytes": 180
+         }
+        }
+       }
+      ],
+      "stmt": [
+       {
+        "counter": None
+       }
+      ]
+     }
+    },
+    {
+     "set": {
+      "family": "inet",
+      "name": "knock1",
+      "table": "nfstate_filter",
+      "type": "ipv4_addr",
+      "handle": 6,
+      "size": 65535,
+      "flags": [
+       "timeout"
+      ],
+      "timeout": 10,
+      "elem": [
+       {
+        "elem": {
+         "val": "198.51.100.7",
+         "expires": 7
+        }
+       }
+      ]
+     }
+    },
+    {
+     "chain": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "name": "forward",
+      "handle": 1,
+      "type": "filter",
+      "hook": "forward",
+      "prio": 0,
+      "policy": "drop"
+     }
+    },
+    {
+     "chain": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "name": "other",
+      "handle": 2
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 7,
+      "expr": [
+       {
+        "match": {
+         "op": "in",
+         "left": {
+          "ct": {
+           "key": "state"
+          }
+         },
+         "right": [
+          "established",
+          "related"
+         ]
+        }
+       },
+       {
+        "accept": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 8,
+      "expr": [
+       {
+        "match": {
+         "op": "in",
+         "left": {
+          "ct": {
+           "key": "state"
+          }
+         },
+         "right": "invalid"
+        }
+       },
+       {
+        "drop": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 9,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "ip",
+           "field": "saddr"
+          }
+         },
+         "right": "@blocklist"
+        }
+       },
+       {
+        "drop": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 10,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "meta": {
+           "key": "iifname"
+          }
+         },
+         "right": "out0"
+        }
+       },
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "tcp",
+           "field": "dport"
+          }
+         },
+         "right": 23
+        }
+       },
+       {
+        "set": {
+         "op": "add",
+         "elem": {
+          "payload": {
+           "protocol": "ip",
+           "field": "saddr"
+          }
+         },
+         "set": "@blocklist"
+        }
+       },
+       {
+        "drop": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 11,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "meta": {
+           "key": "iifname"
+          }
+         },
+         "right": "out0"
+        }
+       },
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "tcp",
+           "field": "dport"
+          }
+         },
+         "right": 7001
+        }
+       },
+       {
+        "set": {
+         "op": "add",
+         "elem": {
+          "elem": {
+           "val": {
+            "payload": {
+             "protocol": "ip",
+             "field": "saddr"
+            }
+           },
+           "timeout": 10
+          }
+         },
+         "set": "@knock1"
+        }
+       },
+       {
+        "drop": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 12,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "meta": {
+           "key": "iifname"
+          }
+         },
+         "right": "in0"
+        }
+       },
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "meta": {
+           "key": "oifname"
+          }
+         },
+         "right": "out0"
+        }
+       },
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "ip",
+           "field": "saddr"
+          }
+         },
+         "right": {
+          "prefix": {
+           "addr": "192.0.2.0",
+           "len": 24
+          }
+         }
+        }
+       },
+       {
+        "quota": "guest"
+       },
+       {
+        "accept": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 13,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "meta": {
+           "key": "iifname"
+          }
+         },
+         "right": "in0"
+        }
+       },
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "meta": {
+           "key": "oifname"
+          }
+         },
+         "right": "out0"
+        }
+       },
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "udp",
+           "field": "dport"
+          }
+         },
+         "right": 53
+        }
+       },
+       {
+        "counter": "dns"
+       },
+       {
+        "accept": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 14,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "icmpv6",
+           "field": "type"
+          }
+         },
+         "right": "echo-request"
+        }
+       },
+       {
+        "accept": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 15,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "icmp",
+           "field": "type"
+          }
+         },
+         "right": "echo-request"
+        }
+       },
+       {
+        "limit": {
+         "rate": 10,
+         "burst": 5,
+         "per": "second"
+        }
+       },
+       {
+        "accept": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 16,
+      "expr": [
+       {
+        "ct count": {
+         "val": 10,
+         "inv": True
+        }
+       },
+       {
+        "drop": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 18,
+      "expr": [
+       {
+        "match": {
+         "op": "==",
+         "left": {
+          "payload": {
+           "protocol": "tcp",
+           "field": "dport"
+          }
+         },
+         "right": {
+          "set": [
+           80,
+           443
+          ]
+         }
+        }
+       },
+       {
+        "accept": None
+       }
+      ]
+     }
+    },
+    {
+     "rule": {
+      "family": "inet",
+      "table": "nfstate_filter",
+      "chain": "forward",
+      "handle": 19,
+      "expr": [
+       {
+        "counter": {
+         "packets": 0,
+         "bytes": 0
+        }
+       },
+       {
+        "jump": {
+         "target": "other"
+        }
+       }
+      ]
+     }
+    },
+]}
 
 # `nft list table inet nfstate_filter` of the same table a moment later.
-TEXT = """table inet nfstate_filter {
-	counter dns {
-		packets 10 bytes 1000
-	}
-
-	quota guest {
-		1000000 bytes used 400000 bytes
-	}
-
-	set blocklist {
-		type ipv4_addr
-		size 65535
-		flags dynamic,timeout
-		counter
-		timeout 1h
-		elements = { 203.0.113.9 counter packets 3 bytes 180 expires 58m20s240ms }
-	}
-
-	set knock1 {
-		type ipv4_addr
-		size 65535
-		flags dynamic,timeout
-		timeout 10s
-		elements = { 198.51.100.7 expires 7s992ms }
-	}
-
-	chain forward {
-		type filter hook forward priority filter; policy drop;
-		ct state established,related accept
-		ct state invalid drop
-		ip saddr @blocklist drop
-		iifname "out0" tcp dport 23 add @blocklist { ip saddr } drop
-		iifname "out0" tcp dport 7001 add @knock1 { ip saddr timeout 10s } drop
-		iifname "in0" oifname "out0" ip saddr 192.0.2.0/24 quota name "guest" accept
-		iifname "in0" oifname "out0" udp dport 53 counter name "dns" accept
-		icmpv6 type echo-request accept
-		icmp type echo-request limit rate 10/second accept
-		ct count over 10 drop
-		tcp dport { 80, 443 } accept
-		counter packets 0 bytes 0 jump other
-	}
-
-	chain other {
-	}
-}
-"""
+TEXT = (
+    'table inet nfstate_filter {\n'
+    '\tcounter dns {\n'
+    '\t\tpackets 10 bytes 1000\n'
+    '\t}\n'
+    '\n'
+    '\tquota guest {\n'
+    '\t\t1000000 bytes used 400000 bytes\n'
+    '\t}\n'
+    '\n'
+    '\tset blocklist {\n'
+    '\t\ttype ipv4_addr\n'
+    '\t\tsize 65535\n'
+    '\t\tflags dynamic,timeout\n'
+    '\t\tcounter\n'
+    '\t\ttimeout 1h\n'
+    '\t\telements = { 203.0.113.9 counter packets 3 bytes 180 expires 58m20s240ms }\n'
+    '\t}\n'
+    '\n'
+    '\tset knock1 {\n'
+    '\t\ttype ipv4_addr\n'
+    '\t\tsize 65535\n'
+    '\t\tflags dynamic,timeout\n'
+    '\t\ttimeout 10s\n'
+    '\t\telements = { 198.51.100.7 expires 7s992ms }\n'
+    '\t}\n'
+    '\n'
+    '\tchain forward {\n'
+    '\t\ttype filter hook forward priority filter; policy drop;\n'
+    '\t\tct state established,related accept\n'
+    '\t\tct state invalid drop\n'
+    '\t\tip saddr @blocklist drop\n'
+    '\t\tiifname "out0" tcp dport 23 add @blocklist { ip saddr } drop\n'
+    '\t\tiifname "out0" tcp dport 7001 add @knock1 { ip saddr timeout 10s } drop\n'
+    '\t\tiifname "in0" oifname "out0" ip saddr 192.0.2.0/24 quota name "guest" accept\n'
+    '\t\tiifname "in0" oifname "out0" udp dport 53 counter name "dns" accept\n'
+    '\t\ticmpv6 type echo-request accept\n'
+    '\t\ticmp type echo-request limit rate 10/second accept\n'
+    '\t\tct count over 10 drop\n'
+    '\t\ttcp dport { 80, 443 } accept\n'
+    '\t\tcounter packets 0 bytes 0 jump other\n'
+    '\t}\n'
+    '\n'
+    '\tchain other {\n'
+    '\t}\n'
+    '}\n'
+)
 
 
 def test_parse_listing_reads_rules_sets_counters_quotas():
@@ -150,17 +646,18 @@ def test_duration_refuses_garbage():
 
 
 def test_element_text_over_several_lines_and_ipv6():
-    text = """table inet nfstate_filter {
-	set v6 {
-		type ipv6_addr
-		flags dynamic,timeout
-		counter
-		timeout 1h
-		elements = { 2001:db8::1 counter packets 1 bytes 84 expires 59m, 2001:db8::2 counter packets 0 bytes 0 timeout 2h expires 1h30m,
-			     2001:db8::3 counter packets 5 bytes 500 expires 1s }
-	}
-}
-"""
+    text = (
+        'table inet nfstate_filter {\n'
+        '\tset v6 {\n'
+        '\t\ttype ipv6_addr\n'
+        '\t\tflags dynamic,timeout\n'
+        '\t\tcounter\n'
+        '\t\ttimeout 1h\n'
+        '\t\telements = { 2001:db8::1 counter packets 1 bytes 84 expires 59m, 2001:db8::2 counter packets 0 bytes 0 timeout 2h expires 1h30m,\n'
+        '\t\t\t     2001:db8::3 counter packets 5 bytes 500 expires 1s }\n'
+        '\t}\n'
+        '}\n'
+    )
     elements = parse_elements_text(text)["v6"]
     assert elements["2001:db8::2"] == SetElement("2001:db8::2", 7200, 5400.0, 0, 0)
     assert elements["2001:db8::3"] == SetElement("2001:db8::3", None, 1.0, 5, 500)
@@ -203,8 +700,8 @@ def test_render_needs_a_device_for_each_role():
 
 
 def test_an_element_whose_lifetime_is_longer_than_the_timeout_gets_a_longer_timeout():
-    firewall = Firewall(sets=(FirewallSet("s", "ipv4", 10, False, (SetElement("192.0.2.1", None, 30.5),
-                                                                     SetElement("192.0.2.2", None, 0.0))),))
+    elements = (SetElement("192.0.2.1", None, 30.5), SetElement("192.0.2.2", None, 0.0))
+    firewall = Firewall(sets=(FirewallSet("s", "ipv4", 10, False, elements),))
     assert render_elements(firewall) == "add element inet nfstate_filter s { 192.0.2.1 timeout 31s expires 30s500ms }\n"
 
 

@@ -466,7 +466,7 @@ def _port_json(ports):
     return ports[0] if ports[0] == ports[1] else {"range": list(ports)}
 
 
-def rule_exprs(rule, interfaces, sets=None):
+def rule_exprs(rule, interfaces):
     """libnftables JSON statements of one rule; RenderError naming what nftables lacks."""
     problems = rule_problems(rule)
     if problems:
