@@ -341,6 +341,15 @@ def _set_problems(fwset):
     return problems
 
 
+def refuse_unsupported(unsupported, skip):
+    """The gatherers' policy: what the model cannot express stops the gather (an Unsupported
+    naming every item), unless the operator asked to skip it; then it is returned, to be listed."""
+    if unsupported and not skip:
+        raise Unsupported("; ".join(u["item"] for u in unsupported),
+                          "; ".join("%s: %s" % (u["item"], u["reason"]) for u in unsupported))
+    return list(unsupported)
+
+
 def check(firewall):
     """Raise ModelError naming the first problem of a firewall; return it canonical otherwise."""
     problems = firewall_problems(firewall)

@@ -1,10 +1,12 @@
 """Parsing and rendering our iptables filter chains, ipsets and recent lists; round trips through nftables."""
 
+import re
+
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
     Chain, Counter, FilterRule, FirewallSet, Limit, Quota, Recent, RecentEntry, RecentList, SetElement,
-    SetUpdate, canonical, from_document, to_document, without_state,
+    SetUpdate, Unsupported, canonical, from_document, to_document, without_state,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import filter_iptables as ipt
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import filter_nftables as nft
@@ -137,11 +139,16 @@ def test_a_quota_written_by_hand_is_read_from_its_rule():
     ("-A NFSTATE-FORWARD -m set --match-set hostset src -j DROP", "our sets"),
     ("-A NFSTATE-FORWARD -i eth7 -j DROP", "'eth7' has no role"),
     ("-A NFSTATE-FORWARD -p tcp -j REJECT --reject-with tcp-reset", "default reject"),
+    ("-A NFSTATE-FORWARD -p tcp -m tcp --dport 7102 -m recent --rcheck --name a --rsource -m recent --set --name b --rsource -j DROP",
+     "given twice"),
+    ("-A NFSTATE-FORWARD -m set --match-set nfs-knock1 src -m set --match-set nfs-knock2 src -j DROP", "given twice"),
 ])
 def test_rules_the_model_cannot_express_are_listed(line, reason):
     policy = "[0:0] -A NFSTATE-FORWARD -m comment --comment nfstate-policy -j DROP"
     save = SAVE4.replace(policy, line + "\n" + policy)
-    found = ipt.parse_save({"ipv4": save, "ipv6": SAVE6}, IPSET, RECENT, IFACES, CLOCK)
+    with pytest.raises(Unsupported, match="ipv4: " + re.escape(line)):
+        ipt.parse_save({"ipv4": save, "ipv6": SAVE6}, IPSET, RECENT, IFACES, CLOCK)
+    found = ipt.parse_save({"ipv4": save, "ipv6": SAVE6}, IPSET, RECENT, IFACES, CLOCK, skip_unsupported=True)
     assert [u["item"] for u in found.unsupported] == ["ipv4: " + line]
     assert reason in found.unsupported[0]["reason"]
     assert found.firewall.rules == EXPECTED_RULES

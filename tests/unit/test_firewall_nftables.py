@@ -587,7 +587,7 @@ TEXT = (
 
 
 def test_parse_listing_reads_rules_sets_counters_quotas():
-    found = parse_ruleset(LISTING, IFACES, TEXT)
+    found = parse_ruleset(LISTING, IFACES, TEXT, skip_unsupported=True)
     firewall = found.firewall
     assert found.exists
     assert firewall.chains == (Chain("forward", "drop"),)
@@ -614,7 +614,7 @@ def test_parse_listing_reads_rules_sets_counters_quotas():
 
 
 def test_what_the_model_cannot_express_is_listed_with_the_reason():
-    unsupported = parse_ruleset(LISTING, IFACES, TEXT).unsupported
+    unsupported = parse_ruleset(LISTING, IFACES, TEXT, skip_unsupported=True).unsupported
     reasons = dict((u["item"].split(":")[0], u["reason"]) for u in unsupported)
     assert "ct count" in reasons["rule forward 16"]
     assert "one port or one range" in reasons["rule forward 18"]
@@ -622,13 +622,21 @@ def test_what_the_model_cannot_express_is_listed_with_the_reason():
     assert "only base filter chains" in reasons["chain other"]
 
 
+def test_by_default_what_the_model_cannot_express_stops_the_gather_and_is_named():
+    from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import Unsupported
+    with pytest.raises(Unsupported) as info:
+        parse_ruleset(LISTING, IFACES, TEXT)
+    assert "rule forward 16" in info.value.item and "chain other" in info.value.item
+    assert "ct count" in info.value.reason
+
+
 def test_without_the_text_the_json_elements_are_used():
-    blocklist = parse_ruleset(LISTING, IFACES).firewall.sets[0]
+    blocklist = parse_ruleset(LISTING, IFACES, skip_unsupported=True).firewall.sets[0]
     assert blocklist.elements == (SetElement("203.0.113.9", None, 3500.0, 3, 180),)
 
 
 def test_an_interface_without_role_is_not_guessed():
-    found = parse_ruleset(LISTING, {"inside": "in0"}, TEXT)
+    found = parse_ruleset(LISTING, {"inside": "in0"}, TEXT, skip_unsupported=True)
     assert any("'out0' has no role" in u["reason"] for u in found.unsupported)
     assert all(r.in_role != "outside" for r in found.firewall.rules)
 
@@ -665,7 +673,7 @@ def test_element_text_over_several_lines_and_ipv6():
 
 
 def test_render_commands_and_elements_reload_to_the_same_firewall():
-    firewall = parse_ruleset(LISTING, IFACES, TEXT).firewall
+    firewall = parse_ruleset(LISTING, IFACES, TEXT, skip_unsupported=True).firewall
     commands = render_commands(firewall, IFACES)["nftables"]
     assert commands[1:4] == [{"add": {"table": {"family": "inet", "name": "nfstate_filter"}}},
                              {"delete": {"table": {"family": "inet", "name": "nfstate_filter"}}},
@@ -721,5 +729,5 @@ def test_parse_rule_names_what_it_cannot_read(exprs, reason):
 
 
 def test_document_of_a_gathered_table_reads_back():
-    firewall = parse_ruleset(LISTING, IFACES, TEXT).firewall
+    firewall = parse_ruleset(LISTING, IFACES, TEXT, skip_unsupported=True).firewall
     assert from_document(to_document(firewall)) == canonical(firewall)

@@ -35,7 +35,8 @@ from collections import namedtuple
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
     CHAINS, CT_STATES, ICMP_OF_FAMILY, NOT_CARRIED_HASHLIMIT, NOT_CARRIED_LIMIT, PORT_PROTOCOLS, Chain, Counter,
     FAMILIES, Firewall, FilterRule, FirewallSet, Limit, NotCarried, Quota, Recent, RecentEntry, RecentList, SetElement,
-    SetUpdate, Unsupported, canonical, firewall_problems, normalize_address, normalize_prefix, rule_problems,
+    SetUpdate, Unsupported, canonical, firewall_problems, normalize_address, normalize_prefix, refuse_unsupported,
+    rule_problems,
 )
 
 OWN_CHAINS = {"forward": "NFSTATE-FORWARD", "input": "NFSTATE-INPUT", "output": "NFSTATE-OUTPUT"}
@@ -231,13 +232,15 @@ def _filter_lines(text):
             yield line
 
 
-def parse_save(saves, ipset_save, recent_files, interfaces, clock=None):
+def parse_save(saves, ipset_save, recent_files, interfaces, clock=None, skip_unsupported=False):
     """Our firewall from the host's text -> IptFilter.
 
     saves         {family: `iptables-save -c` / `ip6tables-save -c` output (the filter table)}
     ipset_save    `ipset save` output
     recent_files  {list name: content of /proc/net/xt_recent/NAME}
     clock         (now_jiffies, hz) to turn recent stamps into ages; needed when recent_files are given
+    A rule or object the model cannot express raises Unsupported naming it; with
+    skip_unsupported it is left out and listed in `unsupported` instead.
     """
     roles = dict((dev, role) for role, dev in (interfaces or {}).items())
     unsupported = []
@@ -278,7 +281,7 @@ def parse_save(saves, ipset_save, recent_files, interfaces, clock=None):
         tuple(quotas[n] for n in sorted(quotas)), tuple(recents), tuple(not_carried)))
     for problem in firewall_problems(firewall):
         unsupported.append({"item": "filter table", "reason": problem})
-    return IptFilter(firewall, unsupported, chains, jumps)
+    return IptFilter(firewall, refuse_unsupported(unsupported, skip_unsupported), chains, jumps)
 
 
 def _parse_family(text, family, roles, known_sets, unsupported):

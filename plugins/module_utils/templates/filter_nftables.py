@@ -27,7 +27,7 @@ from collections import namedtuple
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
     CHAINS, CT_STATES, ICMP_OF_FAMILY, NOT_CARRIED_LIMIT, PORT_PROTOCOLS, Chain, Counter, Firewall,
     FilterRule, FirewallSet, Limit, NotCarried, Quota, SetElement, SetUpdate, Unsupported, canonical,
-    firewall_problems, normalize_address, normalize_prefix, rule_problems,
+    firewall_problems, normalize_address, normalize_prefix, refuse_unsupported, rule_problems,
 )
 
 TABLE_FAMILY = "inet"
@@ -171,11 +171,13 @@ def _text(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-def parse_ruleset(ruleset, interfaces, elements_text=None):
+def parse_ruleset(ruleset, interfaces, elements_text=None, skip_unsupported=False):
     """Our table in a libnftables JSON listing -> NftFilter.
 
     `interfaces` maps role -> device name. `elements_text` is the text listing of our table
     (`nft list table inet nfstate_filter`): when given, set elements are taken from it.
+    A rule or object the model cannot express raises Unsupported naming it; with
+    skip_unsupported it is left out and listed in `unsupported` instead.
     """
     roles = dict((dev, role) for role, dev in (interfaces or {}).items())
     exists = any(True for dummy in _objects(ruleset, "table"))
@@ -232,7 +234,7 @@ def parse_ruleset(ruleset, interfaces, elements_text=None):
     problems = firewall_problems(firewall)
     if problems:
         unsupported.extend({"item": "table inet %s" % TABLE_NAME, "reason": p} for p in problems)
-    return NftFilter(firewall, unsupported, exists)
+    return NftFilter(firewall, refuse_unsupported(unsupported, skip_unsupported), exists)
 
 
 def _rule_text(obj):
