@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import difflib
 import ipaddress
 from collections import namedtuple
 
@@ -139,12 +140,13 @@ def family_of_address(text):
 def canonical(firewall):
     """The firewall with its named objects sorted by name and chains in CHAINS order.
 
-    Rules keep their order, but sorted stably by chain: only the order inside a chain matters.
+    Rules are grouped by chain (only the order inside a chain matters) and put in the one order
+    of merge_families.
     """
     chain_rank = dict((name, i) for i, name in enumerate(CHAINS))
     return firewall._replace(
         chains=tuple(sorted(firewall.chains, key=lambda c: chain_rank.get(c.name, 99))),
-        rules=tuple(_family_order(sorted(firewall.rules, key=lambda r: chain_rank.get(r.chain, 99)))),
+        rules=tuple(_canonical_rules(firewall.rules)),
         sets=tuple(sorted((s._replace(elements=tuple(sorted(s.elements, key=_address_key)))
                            for s in firewall.sets), key=lambda s: s.name)),
         counters=tuple(sorted(firewall.counters, key=lambda c: c.name)),
@@ -155,23 +157,40 @@ def canonical(firewall):
     )
 
 
-def _family_order(rules):
-    """Between two rules for both families (and at chain boundaries), IPv4 rules first, then IPv6.
+def family_free(rule):
+    """True when the rule says nothing that only one family has (so one rule can serve both)."""
+    return (rule.src is None and rule.dst is None and rule.icmp_type is None and rule.src_set is None
+            and rule.dst_set is None and not rule.set_updates and rule.proto in (None,) + tuple(PORT_PROTOCOLS)
+            and rule.quota is None)
 
-    A packet is of one family, so swapping an IPv4 rule with a neighbouring IPv6 rule changes
-    nothing; fixing one such order makes documents of every implementation comparable
+
+def merge_families(rules4, rules6):
+    """One chain's IPv4 rules and IPv6 rules (each list in its order) -> one list.
+
+    Twins that say nothing family-specific become one rule for both families, aligned as a diff
+    aligns lines; between them, IPv4 rules come before IPv6 rules. A packet is of one family, so
+    this order changes nothing, and it is the one order every implementation gives back
     (iptables keeps the families in separate tables and cannot tell the original interleaving).
     """
-    out, segment = [], []
-    for rule in rules:
-        if segment and (rule.family is None or rule.chain != segment[-1].chain):
-            out.extend(sorted(segment, key=lambda r: FAMILIES.index(r.family)))
-            segment = []
-        if rule.family is None:
-            out.append(rule)
+    keys4 = [r._replace(family=None) if family_free(r) else ("ipv4", i) for i, r in enumerate(rules4)]
+    keys6 = [r._replace(family=None) if family_free(r) else ("ipv6", i) for i, r in enumerate(rules6)]
+    out = []
+    matcher = difflib.SequenceMatcher(None, keys4, keys6, autojunk=False)
+    for op, a1, a2, b1, b2 in matcher.get_opcodes():
+        if op == "equal":
+            out.extend(keys4[a1:a2])
         else:
-            segment.append(rule)
-    out.extend(sorted(segment, key=lambda r: FAMILIES.index(r.family)))
+            out.extend(rules4[a1:a2])
+            out.extend(rules6[b1:b2])
+    return out
+
+
+def _canonical_rules(rules):
+    out = []
+    for chain in CHAINS + tuple(sorted(set(r.chain for r in rules) - set(CHAINS))):
+        mine = [r for r in rules if r.chain == chain]
+        out.extend(merge_families([r._replace(family="ipv4") for r in mine if r.family in (None, "ipv4")],
+                                  [r._replace(family="ipv6") for r in mine if r.family in (None, "ipv6")]))
     return out
 
 

@@ -26,7 +26,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import difflib
 import ipaddress
 import re
 import shlex
@@ -36,7 +35,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model i
     CHAINS, CT_STATES, ICMP_OF_FAMILY, NOT_CARRIED_HASHLIMIT, NOT_CARRIED_LIMIT, PORT_PROTOCOLS, Chain, Counter,
     FAMILIES, Firewall, FilterRule, FirewallSet, Limit, NotCarried, Quota, Recent, RecentEntry, RecentList, SetElement,
     SetUpdate, Unsupported, canonical, firewall_problems, normalize_address, normalize_prefix, refuse_unsupported,
-    rule_problems,
+    merge_families, rule_problems,
 )
 
 OWN_CHAINS = {"forward": "NFSTATE-FORWARD", "input": "NFSTATE-INPUT", "output": "NFSTATE-OUTPUT"}
@@ -265,7 +264,7 @@ def parse_save(saves, ipset_save, recent_files, interfaces, clock=None, skip_uns
         not_carried.extend(family_nc)
     rules = []
     for chain in CHAINS:
-        rules.extend(_merge_families([r for r in per_family["ipv4"] if r.chain == chain],
+        rules.extend(merge_families([r for r in per_family["ipv4"] if r.chain == chain],
                                      [r for r in per_family["ipv6"] if r.chain == chain]))
     recent_names = sorted(set(r.recent.name for r in rules if r.recent is not None) | set(recent_files or {}))
     recents = []
@@ -378,29 +377,6 @@ def _splittable(rule):
     """A rule whose matches can be evaluated twice without changing anything."""
     return rule.limit is None and rule.quota is None and rule.counter is None and (
         rule.recent is None or rule.recent.mode == "check")
-
-
-def _family_free(rule):
-    """True when the rule says nothing that only one family has."""
-    return (rule.src is None and rule.dst is None and rule.icmp_type is None and rule.src_set is None
-            and rule.dst_set is None and not rule.set_updates and rule.proto in (None,) + tuple(PORT_PROTOCOLS)
-            and rule.quota is None)
-
-
-def _merge_families(rules4, rules6):
-    """One chain's IPv4 and IPv6 rules -> one list; twins that say nothing family-specific become
-    one rule for both families (aligned as a diff aligns lines, so the order is kept)."""
-    keys4 = [r._replace(family=None) if _family_free(r) else ("v4", i) for i, r in enumerate(rules4)]
-    keys6 = [r._replace(family=None) if _family_free(r) else ("v6", i) for i, r in enumerate(rules6)]
-    out = []
-    matcher = difflib.SequenceMatcher(None, keys4, keys6, autojunk=False)
-    for op, a1, a2, b1, b2 in matcher.get_opcodes():
-        if op == "equal":
-            out.extend(keys4[a1:a2])
-        else:
-            out.extend(rules4[a1:a2])
-            out.extend(rules6[b1:b2])
-    return out
 
 
 def _put(fields, key, value):
