@@ -46,8 +46,8 @@ def rule(draw):
         fields["set_updates"] = tuple(SetUpdate(n, draw(st.sampled_from(["add", "update"])), draw(st.sampled_from(["source", "destination"])),
                                                 draw(st.one_of(st.none(), st.integers(1, 86400)))) for n in updates)
     if not fields.get("set_updates"):
-        fields["limit"] = draw(st.one_of(st.none(), st.builds(Limit, st.integers(1, 1000), st.sampled_from(["second", "minute", "hour", "day"]),
-                                                               st.integers(1, 100))))
+        limits = st.builds(Limit, st.integers(1, 1000), st.sampled_from(["second", "minute", "hour", "day"]), st.integers(1, 100))
+        fields["limit"] = draw(st.one_of(st.none(), limits))
     return FilterRule(**fields)
 
 

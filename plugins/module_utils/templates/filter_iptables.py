@@ -265,7 +265,7 @@ def parse_save(saves, ipset_save, recent_files, interfaces, clock=None, skip_uns
     rules = []
     for chain in CHAINS:
         rules.extend(merge_families([r for r in per_family["ipv4"] if r.chain == chain],
-                                     [r for r in per_family["ipv6"] if r.chain == chain]))
+                                    [r for r in per_family["ipv6"] if r.chain == chain]))
     recent_names = sorted(set(r.recent.name for r in rules if r.recent is not None) | set(recent_files or {}))
     recents = []
     for name in recent_names:
