@@ -124,10 +124,11 @@ def _options(words):
 
 
 def render_ipset(firewall):
-    """`ipset restore` input creating our sets (destroying them first) with their elements.
+    """`ipset restore` input giving our sets exactly these elements: each set is created when
+    missing, then flushed and filled.
 
-    Run after the rules that used the old sets are gone (an ipset in use cannot be destroyed):
-    render_remove() first, or on a host without our chains.
+    A set of ours that exists with other options (family, timeout, counters) makes ipset fail:
+    destroy it first (ipset_destroy_lines), once no rule uses it (remove_payload).
     """
     lines = []
     for fwset in firewall.sets:
