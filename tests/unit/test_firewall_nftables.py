@@ -16,525 +16,134 @@ IFACES = {"inside": "in0", "outside": "out0"}
 # `nft -j list table inet nfstate_filter` (nftables 1.0.6) of a hand-written edge firewall, with one
 # element given a counter and an expiry by hand: note the JSON has no `dynamic` flag and gives
 # expiry in whole seconds.
-LISTING = {"nftables": [
-    {
-     "metainfo": {
-      "version": "1.0.6",
-      "release_name": "Lester Gooch #5",
-      "json_schema_version": 1
-     }
-    },
-    {
-     "table": {
-      "family": "inet",
-      "name": "nfstate_filter",
-      "handle": 1
-     }
-    },
-    {
-     "counter": {
-      "family": "inet",
-      "name": "dns",
-      "table": "nfstate_filter",
-      "handle": 3,
-      "packets": 10,
-      "bytes": 1000
-     }
-    },
-    {
-     "quota": {
-      "family": "inet",
-      "name": "guest",
-      "table": "nfstate_filter",
-      "handle": 4,
-      "bytes": 1000000,
-      "used": 400000,
-      "inv": False
-     }
-    },
-    {
-     "set": {
-      "family": "inet",
-      "name": "blocklist",
-      "table": "nfstate_filter",
-      "type": "ipv4_addr",
-      "handle": 5,
-      "size": 65535,
-      "flags": [
-       "timeout"
-      ],
-      "timeout": 3600,
-      "elem": [
-       {
-        "elem": {
-         "val": "203.0.113.9",
-         "expires": 3500,
-         "counter": {
-          "packets": 3,
-          "bytes": 180
-         }
-        }
-       }
-      ],
-      "stmt": [
-       {
-        "counter": None
-       }
-      ]
-     }
-    },
-    {
-     "set": {
-      "family": "inet",
-      "name": "knock1",
-      "table": "nfstate_filter",
-      "type": "ipv4_addr",
-      "handle": 6,
-      "size": 65535,
-      "flags": [
-       "timeout"
-      ],
-      "timeout": 10,
-      "elem": [
-       {
-        "elem": {
-         "val": "198.51.100.7",
-         "expires": 7
-        }
-       }
-      ]
-     }
-    },
-    {
-     "chain": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "name": "forward",
-      "handle": 1,
-      "type": "filter",
-      "hook": "forward",
-      "prio": 0,
-      "policy": "drop"
-     }
-    },
-    {
-     "chain": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "name": "other",
-      "handle": 2
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 7,
-      "expr": [
-       {
-        "match": {
-         "op": "in",
-         "left": {
-          "ct": {
-           "key": "state"
-          }
-         },
-         "right": [
-          "established",
-          "related"
-         ]
-        }
-       },
-       {
-        "accept": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 8,
-      "expr": [
-       {
-        "match": {
-         "op": "in",
-         "left": {
-          "ct": {
-           "key": "state"
-          }
-         },
-         "right": "invalid"
-        }
-       },
-       {
-        "drop": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 9,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "ip",
-           "field": "saddr"
-          }
-         },
-         "right": "@blocklist"
-        }
-       },
-       {
-        "drop": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 10,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "meta": {
-           "key": "iifname"
-          }
-         },
-         "right": "out0"
-        }
-       },
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "tcp",
-           "field": "dport"
-          }
-         },
-         "right": 23
-        }
-       },
-       {
-        "set": {
-         "op": "add",
-         "elem": {
-          "payload": {
-           "protocol": "ip",
-           "field": "saddr"
-          }
-         },
-         "set": "@blocklist"
-        }
-       },
-       {
-        "drop": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 11,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "meta": {
-           "key": "iifname"
-          }
-         },
-         "right": "out0"
-        }
-       },
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "tcp",
-           "field": "dport"
-          }
-         },
-         "right": 7001
-        }
-       },
-       {
-        "set": {
-         "op": "add",
-         "elem": {
-          "elem": {
-           "val": {
-            "payload": {
-             "protocol": "ip",
-             "field": "saddr"
-            }
-           },
-           "timeout": 10
-          }
-         },
-         "set": "@knock1"
-        }
-       },
-       {
-        "drop": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 12,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "meta": {
-           "key": "iifname"
-          }
-         },
-         "right": "in0"
-        }
-       },
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "meta": {
-           "key": "oifname"
-          }
-         },
-         "right": "out0"
-        }
-       },
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "ip",
-           "field": "saddr"
-          }
-         },
-         "right": {
-          "prefix": {
-           "addr": "192.0.2.0",
-           "len": 24
-          }
-         }
-        }
-       },
-       {
-        "quota": "guest"
-       },
-       {
-        "accept": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 13,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "meta": {
-           "key": "iifname"
-          }
-         },
-         "right": "in0"
-        }
-       },
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "meta": {
-           "key": "oifname"
-          }
-         },
-         "right": "out0"
-        }
-       },
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "udp",
-           "field": "dport"
-          }
-         },
-         "right": 53
-        }
-       },
-       {
-        "counter": "dns"
-       },
-       {
-        "accept": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 14,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "icmpv6",
-           "field": "type"
-          }
-         },
-         "right": "echo-request"
-        }
-       },
-       {
-        "accept": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 15,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "icmp",
-           "field": "type"
-          }
-         },
-         "right": "echo-request"
-        }
-       },
-       {
-        "limit": {
-         "rate": 10,
-         "burst": 5,
-         "per": "second"
-        }
-       },
-       {
-        "accept": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 16,
-      "expr": [
-       {
-        "ct count": {
-         "val": 10,
-         "inv": True
-        }
-       },
-       {
-        "drop": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 18,
-      "expr": [
-       {
-        "match": {
-         "op": "==",
-         "left": {
-          "payload": {
-           "protocol": "tcp",
-           "field": "dport"
-          }
-         },
-         "right": {
-          "set": [
-           80,
-           443
-          ]
-         }
-        }
-       },
-       {
-        "accept": None
-       }
-      ]
-     }
-    },
-    {
-     "rule": {
-      "family": "inet",
-      "table": "nfstate_filter",
-      "chain": "forward",
-      "handle": 19,
-      "expr": [
-       {
-        "counter": {
-         "packets": 0,
-         "bytes": 0
-        }
-       },
-       {
-        "jump": {
-         "target": "other"
-        }
-       }
-      ]
-     }
-    },
-]}
+LISTING = {'nftables': [{'metainfo': {'version': '1.0.6', 'release_name': 'Lester Gooch #5', 'json_schema_version': 1}},
+                        {'table': {'family': 'inet', 'name': 'nfstate_filter', 'handle': 1}},
+                        {'counter': {'family': 'inet', 'name': 'dns', 'table': 'nfstate_filter', 'handle': 3, 'packets': 10, 'bytes': 1000}},
+                        {'quota': {'family': 'inet',
+                                   'name': 'guest',
+                                   'table': 'nfstate_filter',
+                                   'handle': 4,
+                                   'bytes': 1000000,
+                                   'used': 400000,
+                                   'inv': False}},
+                        {'set': {'family': 'inet',
+                                 'name': 'blocklist',
+                                 'table': 'nfstate_filter',
+                                 'type': 'ipv4_addr',
+                                 'handle': 5,
+                                 'size': 65535,
+                                 'flags': ['timeout'],
+                                 'timeout': 3600,
+                                 'elem': [{'elem': {'val': '203.0.113.9', 'expires': 3500, 'counter': {'packets': 3, 'bytes': 180}}}],
+                                 'stmt': [{'counter': None}]}},
+                        {'set': {'family': 'inet',
+                                 'name': 'knock1',
+                                 'table': 'nfstate_filter',
+                                 'type': 'ipv4_addr',
+                                 'handle': 6,
+                                 'size': 65535,
+                                 'flags': ['timeout'],
+                                 'timeout': 10,
+                                 'elem': [{'elem': {'val': '198.51.100.7', 'expires': 7}}]}},
+                        {'chain': {'family': 'inet',
+                                   'table': 'nfstate_filter',
+                                   'name': 'forward',
+                                   'handle': 1,
+                                   'type': 'filter',
+                                   'hook': 'forward',
+                                   'prio': 0,
+                                   'policy': 'drop'}},
+                        {'chain': {'family': 'inet', 'table': 'nfstate_filter', 'name': 'other', 'handle': 2}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 7,
+                                  'expr': [{'match': {'op': 'in', 'left': {'ct': {'key': 'state'}}, 'right': ['established', 'related']}},
+                                           {'accept': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 8,
+                                  'expr': [{'match': {'op': 'in', 'left': {'ct': {'key': 'state'}}, 'right': 'invalid'}}, {'drop': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 9,
+                                  'expr': [{'match': {'op': '==', 'left': {'payload': {'protocol': 'ip', 'field': 'saddr'}}, 'right': '@blocklist'}},
+                                           {'drop': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 10,
+                                  'expr': [{'match': {'op': '==', 'left': {'meta': {'key': 'iifname'}}, 'right': 'out0'}},
+                                           {'match': {'op': '==', 'left': {'payload': {'protocol': 'tcp', 'field': 'dport'}}, 'right': 23}},
+                                           {'set': {'op': 'add', 'elem': {'payload': {'protocol': 'ip', 'field': 'saddr'}}, 'set': '@blocklist'}},
+                                           {'drop': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 11,
+                                  'expr': [{'match': {'op': '==', 'left': {'meta': {'key': 'iifname'}}, 'right': 'out0'}},
+                                           {'match': {'op': '==', 'left': {'payload': {'protocol': 'tcp', 'field': 'dport'}}, 'right': 7001}},
+                                           {'set': {'op': 'add',
+                                                    'elem': {'elem': {'val': {'payload': {'protocol': 'ip', 'field': 'saddr'}}, 'timeout': 10}},
+                                                    'set': '@knock1'}},
+                                           {'drop': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 12,
+                                  'expr': [{'match': {'op': '==', 'left': {'meta': {'key': 'iifname'}}, 'right': 'in0'}},
+                                           {'match': {'op': '==', 'left': {'meta': {'key': 'oifname'}}, 'right': 'out0'}},
+                                           {'match': {'op': '==',
+                                                      'left': {'payload': {'protocol': 'ip', 'field': 'saddr'}},
+                                                      'right': {'prefix': {'addr': '192.0.2.0', 'len': 24}}}},
+                                           {'quota': 'guest'},
+                                           {'accept': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 13,
+                                  'expr': [{'match': {'op': '==', 'left': {'meta': {'key': 'iifname'}}, 'right': 'in0'}},
+                                           {'match': {'op': '==', 'left': {'meta': {'key': 'oifname'}}, 'right': 'out0'}},
+                                           {'match': {'op': '==', 'left': {'payload': {'protocol': 'udp', 'field': 'dport'}}, 'right': 53}},
+                                           {'counter': 'dns'},
+                                           {'accept': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 14,
+                                  'expr': [{'match': {'op': '==',
+                                                      'left': {'payload': {'protocol': 'icmpv6', 'field': 'type'}},
+                                                      'right': 'echo-request'}},
+                                           {'accept': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 15,
+                                  'expr': [{'match': {'op': '==',
+                                                      'left': {'payload': {'protocol': 'icmp', 'field': 'type'}},
+                                                      'right': 'echo-request'}},
+                                           {'limit': {'rate': 10, 'burst': 5, 'per': 'second'}},
+                                           {'accept': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 16,
+                                  'expr': [{'ct count': {'val': 10, 'inv': True}}, {'drop': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 18,
+                                  'expr': [{'match': {'op': '==',
+                                                      'left': {'payload': {'protocol': 'tcp', 'field': 'dport'}},
+                                                      'right': {'set': [80, 443]}}},
+                                           {'accept': None}]}},
+                        {'rule': {'family': 'inet',
+                                  'table': 'nfstate_filter',
+                                  'chain': 'forward',
+                                  'handle': 19,
+                                  'expr': [{'counter': {'packets': 0, 'bytes': 0}}, {'jump': {'target': 'other'}}]}}]}
 
 # `nft list table inet nfstate_filter` of the same table a moment later.
 TEXT = (

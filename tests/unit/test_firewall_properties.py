@@ -83,7 +83,7 @@ def firewall(draw):
 def _split_like_iptables(fw):
     """iptables reads a rule that only adds to sets followed by a rule with the same matches as one
     rule; such firewalls are equivalent to another document, so they are not compared here."""
-    rules = [r for r in fw.rules]
+    rules = list(fw.rules)
     for first, second in zip(rules, rules[1:]):
         if first.action == "continue" and first.set_updates and ipt._same_matches(first, second):
             return True
