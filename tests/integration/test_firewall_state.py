@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network n
 
 HOST_PYTHON = "/usr/bin/python3"
 CLIENT, SCANNER, KNOCKER, LATE_KNOCKER = "198.51.100.2", "198.51.100.66", "198.51.100.77", "198.51.100.78"
-CLIENT6 = "2001:db8:2::2"
+CLIENT6, SCANNER6 = "2001:db8:2::2", "2001:db8:2::66"
 SERVER, SERVER6 = "192.0.2.2", "2001:db8:1::2"
 QUOTA_LIMIT = 200000
 LIFETIME_SLACK = 5.0        # seconds between gathering on the source and on the target, generously
@@ -44,6 +44,7 @@ table inet nfstate_filter {
   quota guest { until %(quota)d bytes }
   counter dns { }
   set blocklist { type ipv4_addr; flags dynamic,timeout; timeout 1h; counter; }
+  set blocklist6 { type ipv6_addr; flags dynamic,timeout; timeout 1h; counter; }
   set knock1 { type ipv4_addr; flags dynamic,timeout; timeout 2m; }
   set knock2 { type ipv4_addr; flags dynamic,timeout; timeout 2m; }
   chain forward {
@@ -52,7 +53,9 @@ table inet nfstate_filter {
     ct state established,related accept
     ct state invalid drop
     ip saddr @blocklist drop
+    ip6 saddr @blocklist6 drop
     iifname "%(outside)s" tcp dport 23 add @blocklist { ip saddr } drop
+    iifname "%(outside)s" tcp dport 23 add @blocklist6 { ip6 saddr } drop
     iifname "%(outside)s" tcp dport 7001 add @knock1 { ip saddr } drop
     iifname "%(outside)s" ip saddr @knock1 tcp dport 7002 add @knock2 { ip saddr } drop
     iifname "%(outside)s" ip saddr @knock2 tcp dport 22 ct state new accept
@@ -67,6 +70,7 @@ table inet nfstate_filter {
 # The same firewall as an operator writes it for iptables, in our chains and sets: a quota by hand
 # has no comment (its limit is what it was loaded with), the DNS counter is a rule's own counters.
 IPSET_SOURCE = """create nfs-blocklist hash:ip family inet timeout 3600 counters
+create nfs-blocklist6 hash:ip family inet6 timeout 3600 counters
 create nfs-knock1 hash:ip family inet timeout 120
 create nfs-knock2 hash:ip family inet timeout 120
 """
@@ -95,6 +99,9 @@ IP6T_SOURCE = """*filter
 -A FORWARD -j NFSTATE-FORWARD
 -A NFSTATE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A NFSTATE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A NFSTATE-FORWARD -m set --match-set nfs-blocklist6 src -j DROP
+-A NFSTATE-FORWARD -i %(outside)s -p tcp --dport 23 -j SET --add-set nfs-blocklist6 src
+-A NFSTATE-FORWARD -i %(outside)s -p tcp --dport 23 -j DROP
 -A NFSTATE-FORWARD -i %(outside)s -p tcp --dport 80 -m conntrack --ctstate NEW -j ACCEPT
 -A NFSTATE-FORWARD -i %(inside)s -o %(outside)s -p udp --dport 53 -m comment --comment "nfstate-counter dns" -j ACCEPT
 -A NFSTATE-FORWARD -p ipv6-icmp --icmpv6-type 128 -j ACCEPT
@@ -208,7 +215,8 @@ class Lab:
         sh("ip", "-n", self.fw, "link", "add", out_dev, "type", "veth", "peer", "name", "c0", "netns", self.cli)
         sh("ip", "-n", self.fw, "link", "add", in_dev, "type", "veth", "peer", "name", "s0", "netns", self.srv)
         addresses = (
-            (self.cli, "c0", [CLIENT + "/24", SCANNER + "/24", KNOCKER + "/24", LATE_KNOCKER + "/24", CLIENT6 + "/64"]),
+            (self.cli, "c0", [CLIENT + "/24", SCANNER + "/24", KNOCKER + "/24", LATE_KNOCKER + "/24", CLIENT6 + "/64",
+                              SCANNER6 + "/64"]),
             (self.fw, out_dev, ["198.51.100.1/24", "2001:db8:2::1/64"]),
             (self.fw, in_dev, ["192.0.2.1/24", "2001:db8:1::1/64"]),
             (self.srv, "s0", [SERVER + "/24", SERVER6 + "/64"]),
@@ -315,7 +323,8 @@ def through_the_controller(firewall):
 def fill_state(lab):
     """Packets that teach the source: a scanner trips the trap, a knock is half done, the inside
     network uses part of its quota, DNS is counted."""
-    lab.steps(lab.cli, [[["knock", SCANNER, SERVER, 23]], [["tcp", SCANNER, SERVER, 80]],
+    lab.steps(lab.cli, [[["knock", SCANNER, SERVER, 23], ["knock", SCANNER6, SERVER6, 23]],
+                        [["tcp", SCANNER, SERVER, 80], ["tcp", SCANNER6, SERVER6, 80]],
                         [["knock", KNOCKER, SERVER, 7001]]])
     lab.steps(lab.srv, [[["udp", SERVER, CLIENT, 90], ["udp", SERVER6, CLIENT6, 5]]])
 
@@ -323,11 +332,11 @@ def fill_state(lab):
 PROBES_OUTSIDE = [
     [["tcp", CLIENT, SERVER, 80], ["tcp", CLIENT, SERVER, 25], ["tcp", CLIENT, SERVER, 22],
      ["tcp", SCANNER, SERVER, 80], ["tcp", CLIENT6, SERVER6, 80], ["tcp", CLIENT6, SERVER6, 25],
-     ["ping", CLIENT, SERVER, 0], ["ping", CLIENT6, SERVER6, 0]],
+     ["tcp", SCANNER6, SERVER6, 80], ["ping", CLIENT, SERVER, 0], ["ping", CLIENT6, SERVER6, 0]],
     [["knock", KNOCKER, SERVER, 7002]],
     [["tcp", KNOCKER, SERVER, 22]],
 ]
-EXPECTED_OUTSIDE = [[True, False, False, False, True, False, True, True], [None], [True]]
+EXPECTED_OUTSIDE = [[True, False, False, False, True, False, False, True, True], [None], [True]]
 PROBES_INSIDE = [[["tcp", SERVER, CLIENT, 8080]]]
 
 
@@ -343,7 +352,8 @@ def compare(source, target):
     assert target.counters == source.counters
 
 
-def test_nftables_to_iptables(labs):
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_nftables_to_iptables(labs, backend):
     source_lab, target_lab = labs
     for lab in labs:
         lab.clear()
@@ -356,6 +366,7 @@ def test_nftables_to_iptables(labs):
     assert [e.address for e in blocklist.elements] == [SCANNER]
     assert 3600 - 60 < blocklist.elements[0].remaining <= 3600
     assert blocklist.elements[0].packets >= 1          # the refused web attempt after the trap
+    assert [e.address for e in dict((s.name, s) for s in source.sets)["blocklist6"].elements] == [SCANNER6]
     assert [e.address for e in dict((s.name, s) for s in source.sets)["knock1"].elements] == [KNOCKER]
     used = source.quotas[0].used
     assert 90 * 1028 <= used < QUOTA_LIMIT
@@ -363,13 +374,13 @@ def test_nftables_to_iptables(labs):
 
     # Control: the same rules without the learned state let the scanner in and forget the knock,
     # so the probes below can tell a firewall that moved its state from one that did not.
-    target_lab.apply_ipt(without_state(source), "legacy")
+    target_lab.apply_ipt(without_state(source), backend)
     assert target_lab.steps(target_lab.cli, PROBES_OUTSIDE)[1:] == [[None], [False]]
     assert target_lab.steps(target_lab.cli, [[["tcp", SCANNER, SERVER, 80]]]) == [[True]]
     target_lab.clear()
 
-    target_lab.apply_ipt(through_the_controller(source), "legacy")
-    again = target_lab.gather_ipt("legacy")
+    target_lab.apply_ipt(through_the_controller(source), backend)
+    again = target_lab.gather_ipt(backend)
     assert again.unsupported == []
     compare(source, again.firewall)
 
@@ -392,6 +403,7 @@ def test_iptables_to_nftables(labs):
     source = gathered.firewall
     sets = dict((s.name, s) for s in source.sets)
     assert [e.address for e in sets["blocklist"].elements] == [SCANNER]
+    assert [e.address for e in sets["blocklist6"].elements] == [SCANNER6]
     assert [e.address for e in sets["knock1"].elements] == [KNOCKER]
     assert 90 * 1028 <= source.quotas[0].used < QUOTA_LIMIT
 
