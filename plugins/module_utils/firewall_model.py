@@ -794,6 +794,79 @@ def from_document(doc):
     return canonical(firewall)
 
 
+def _refusal(where):
+    def refuse(reason):
+        raise Unsupported(where, reason + "; it cannot become a set")
+    return refuse
+
+
+def recent_as_sets(firewall):
+    """The firewall with its recent lists turned into sets with a timeout, for an implementation
+    that has none (nftables); Unsupported names a list that cannot be turned.
+
+    A list becomes the set of the same name whose timeout is the `--seconds` of the rules that check
+    it: `set` adds the address (restarting its lifetime), `check` looks it up, `update` does both.
+    An address is an element whose remaining lifetime is that window minus the age of its newest
+    hit. Only the newest hit matters then, so a list checked with a hit count above 1, with two
+    different windows, removed from the packet path, or used by rules for both families (a set holds
+    one family) cannot be turned. What is dropped is listed in not_carried.
+    """
+    sets = dict((s.name, s) for s in firewall.sets)
+    rules = list(firewall.rules)
+    new_sets, notes = [], []
+    for recent in firewall.recent_lists:
+        users = [i for i, r in enumerate(rules) if r.recent is not None and r.recent.name == recent.name]
+        where = "recent list %s" % recent.name
+        refuse = _refusal(where)
+        if recent.name in sets:
+            refuse("a set has its name")
+        if len(recent.name) > 27 or not recent.name[:1].isalpha() or not recent.name.replace("_", "").replace("-", "").isalnum():
+            refuse("its name is no set name")
+        families = set(rules[i].family for i in users)
+        if None in families or len(families) > 1:
+            refuse("rules of both families use it")
+        family = families.pop() if families else None
+        windows = set(rules[i].recent.seconds for i in users if rules[i].recent.mode in ("check", "update"))
+        if len(windows) > 1:
+            refuse("rules check it over different windows (%s seconds)" % ", ".join(sorted(str(w) for w in windows)))
+        window = windows.pop() if windows else None
+        for i in users:
+            rule = rules[i]
+            mode, side = rule.recent.mode, rule.recent.side
+            if mode == "remove":
+                refuse("a rule removes addresses from it")
+            if (rule.recent.hitcount or 1) > 1:
+                refuse("a rule needs %d hits" % rule.recent.hitcount)
+            changes = {"recent": None}
+            if mode in ("check", "update"):
+                key = "src_set" if side == "source" else "dst_set"
+                if getattr(rule, key) is not None:
+                    refuse("a rule that uses it already looks up set %s" % getattr(rule, key))
+                changes[key] = recent.name
+            if mode in ("set", "update"):
+                changes["set_updates"] = rule.set_updates + (SetUpdate(recent.name, "update", side),)
+            rules[i] = rule._replace(**changes)
+        elements = []
+        for entry in recent.entries:
+            if family is not None and family_of_address(entry.address) != family:
+                notes.append(NotCarried("%s: %s" % (where, entry.address), "an address of the other family, which its rules never match"))
+            elif not entry.ages:
+                continue
+            elif window is None:
+                elements.append(SetElement(entry.address))
+            elif entry.ages[0] < window:
+                elements.append(SetElement(entry.address, None, window - entry.ages[0]))
+        if family is None:
+            if recent.entries:
+                notes.append(NotCarried(where, "no rule uses it"))
+            continue
+        new_sets.append(FirewallSet(recent.name, family, window, False, tuple(elements)))
+        notes.append(NotCarried(where, "carried as set %s: only its addresses' newest hits, as remaining lifetimes of a "
+                                       "%s window" % (recent.name, "%d s" % window if window else "permanent")))
+    return canonical(firewall._replace(rules=tuple(rules), sets=firewall.sets + tuple(new_sets), recent_lists=(),
+                                       not_carried=firewall.not_carried + tuple(notes)))
+
+
 def without_state(firewall):
     """The firewall's configuration only: sets emptied, counters and quotas at zero, recent lists
     empty. What two hosts must agree on exactly; the state is compared with tolerances."""

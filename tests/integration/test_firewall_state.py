@@ -23,7 +23,7 @@ import time
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
-    from_document, to_document, without_state,
+    from_document, recent_as_sets, to_document, without_state,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import filter_iptables as ipt
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import filter_nftables as nft
@@ -116,6 +116,17 @@ IPT_RECENT = """*filter
 -A NFSTATE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A NFSTATE-FORWARD -i %(outside)s -p tcp --dport 7101 -m recent --set --name knock -j DROP
 -A NFSTATE-FORWARD -i %(outside)s -p tcp --dport 2222 -m recent --rcheck --seconds 60 --hitcount 2 --name knock -j ACCEPT
+-A NFSTATE-FORWARD -j DROP -m comment --comment nfstate-policy
+COMMIT
+"""
+
+# A one-knock opener with a recent list, for a target without recent lists.
+IPT_OPENER = """*filter
+:NFSTATE-FORWARD - [0:0]
+-A FORWARD -j NFSTATE-FORWARD
+-A NFSTATE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A NFSTATE-FORWARD -i %(outside)s -p tcp --dport 7201 -m recent --set --name opener -j DROP
+-A NFSTATE-FORWARD -i %(outside)s -p tcp --dport 2222 -m recent --rcheck --seconds 60 --name opener -j ACCEPT
 -A NFSTATE-FORWARD -j DROP -m comment --comment nfstate-policy
 COMMIT
 """
@@ -442,3 +453,26 @@ def test_recent_lists_move_between_iptables_backends(labs):
     steps = [[["tcp", LATE_KNOCKER, SERVER, 2222]], [["knock", LATE_KNOCKER, SERVER, 7101], ["knock", CLIENT, SERVER, 7101]],
              [["tcp", LATE_KNOCKER, SERVER, 2222], ["tcp", CLIENT, SERVER, 2222]]]
     assert target_lab.steps(target_lab.cli, steps) == [[False], [None, None], [True, False]]
+
+
+def test_a_recent_list_becomes_an_nftables_set(labs):
+    source_lab, target_lab = labs
+    for lab in labs:
+        lab.clear()
+    source_lab.run(source_lab.fw, "iptables-legacy-restore", "--noflush", input=IPT_OPENER % source_lab.devices)
+    source_lab.steps(source_lab.cli, [[["knock", LATE_KNOCKER, SERVER, 7201]]])
+    source = source_lab.gather_ipt("legacy").firewall
+    turned = recent_as_sets(source)
+    (opener,) = turned.sets
+    assert [e.address for e in opener.elements] == [LATE_KNOCKER] and 30 < opener.elements[0].remaining <= 60
+
+    target_lab.apply_nft(through_the_controller(turned))
+    again = target_lab.gather_nft().firewall
+    assert without_state(again) == without_state(turned)
+    (moved,) = again.sets
+    assert [e.address for e in moved.elements] == [LATE_KNOCKER]
+    assert abs(moved.elements[0].remaining - opener.elements[0].remaining) <= LIFETIME_SLACK
+    # The address that knocked on the source is let in by the target; another one is not.
+    probes = [[["tcp", LATE_KNOCKER, SERVER, 2222], ["tcp", CLIENT, SERVER, 2222]]]
+    for lab in labs:
+        assert lab.steps(lab.cli, probes) == [[True, False]], lab.letter

@@ -6,7 +6,7 @@ import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
     Chain, Counter, FilterRule, Firewall, FirewallSet, Limit, ModelError, NotCarried, Quota, Recent, RecentEntry,
-    RecentList, SetElement, SetUpdate, canonical, firewall_problems, from_document, to_document, without_state,
+    RecentList, SetElement, SetUpdate, canonical, firewall_problems, from_document, recent_as_sets, to_document, without_state,
 )
 
 ROOT = "ietf-access-control-list:acls"
@@ -149,3 +149,46 @@ def test_without_state_keeps_the_configuration_only():
     bare = without_state(edge_firewall())
     assert all(not s.elements for s in bare.sets) and bare.quotas[0].used == 0 and bare.counters[0].packets == 0
     assert bare.rules == edge_firewall().rules
+
+
+def _recent_firewall(check=None, entries=()):
+    check = check or Recent("knock", "check", seconds=60)
+    return canonical(Firewall(
+        chains=(Chain("forward", "drop"),),
+        rules=(FilterRule(family="ipv4", proto=6, dport=(7101, 7101), recent=Recent("knock", "set"), action="drop"),
+               FilterRule(family="ipv4", proto=6, dport=(2222, 2222), recent=check, action="accept")),
+        recent_lists=(RecentList("knock", entries),)))
+
+
+def test_recent_lists_become_sets_with_the_window_as_timeout():
+    entries = (RecentEntry("198.51.100.7", 64, (12.5, 40.0)), RecentEntry("198.51.100.8", 64, (75.0,)),
+               RecentEntry("2001:db8::8", 64, (1.0,)))
+    turned = recent_as_sets(_recent_firewall(entries=entries))
+    assert turned.recent_lists == ()
+    assert turned.rules == (
+        FilterRule(family="ipv4", proto=6, dport=(7101, 7101), set_updates=(SetUpdate("knock", "update"),), action="drop"),
+        FilterRule(family="ipv4", proto=6, dport=(2222, 2222), src_set="knock", action="accept"))
+    # The newest hit counts; an address whose window has passed is gone, one of the other family too.
+    assert turned.sets == (FirewallSet("knock", "ipv4", 60, False, (SetElement("198.51.100.7", None, 47.5),)),)
+    assert [n.item for n in turned.not_carried] == ["recent list knock: 2001:db8::8", "recent list knock"]
+    assert firewall_problems(turned) == []
+
+
+@pytest.mark.parametrize("check, reason", [
+    (Recent("knock", "check", seconds=60, hitcount=2), "needs 2 hits"),
+    (Recent("knock", "remove"), "removes addresses"),
+])
+def test_recent_lists_that_cannot_become_sets_are_named(check, reason):
+    from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import Unsupported
+    with pytest.raises(Unsupported) as info:
+        recent_as_sets(_recent_firewall(check))
+    assert info.value.item == "recent list knock" and reason in info.value.reason
+
+
+def test_recent_lists_checked_over_two_windows_cannot_become_one_set():
+    from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import Unsupported
+    firewall = _recent_firewall()
+    firewall = firewall._replace(rules=firewall.rules + (
+        FilterRule(family="ipv4", proto=6, dport=(2223, 2223), recent=Recent("knock", "check", seconds=30)),))
+    with pytest.raises(Unsupported, match="different windows"):
+        recent_as_sets(firewall)

@@ -474,8 +474,8 @@ def rule_exprs(rule, interfaces):
     if problems:
         raise RenderError("; ".join(problems))
     if rule.recent is not None:
-        raise RenderError("recent list %s: nftables has no recent lists (a set with a timeout does the same job: "
-                          "write the rule with one)" % rule.recent.name)
+        raise RenderError("recent list %s: nftables has no recent lists (firewall_model.recent_as_sets turns them "
+                          "into sets with a timeout where it can)" % rule.recent.name)
     exprs = []
     family = rule.family
     if family is not None:
@@ -532,7 +532,8 @@ def render_commands(firewall, interfaces):
     if problems:
         raise RenderError("; ".join(problems))
     if firewall.recent_lists:
-        raise RenderError("recent lists %s: nftables has no recent lists" % ", ".join(r.name for r in firewall.recent_lists))
+        raise RenderError("recent lists %s: nftables has no recent lists (firewall_model.recent_as_sets turns them "
+                          "into sets with a timeout where it can)" % ", ".join(r.name for r in firewall.recent_lists))
     table = {"family": TABLE_FAMILY, "name": TABLE_NAME}
     cmds = [{"metainfo": {"json_schema_version": 1}}, {"add": {"table": table}}, {"delete": {"table": table}},
             {"add": {"table": table}}]
