@@ -329,6 +329,7 @@ def test_an_element_whose_lifetime_is_longer_than_the_timeout_gets_a_longer_time
     ([{"reject": {"type": "tcp reset"}}], "default reject"),
     ([{"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@s"}}], "operator '!='"),
     ([{"log": {"prefix": "x"}}], "statement log"),
+    ([{"counter": "c"}, {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}], "before a match"),
 ])
 def test_parse_rule_names_what_it_cannot_read(exprs, reason):
     from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import Unsupported

@@ -322,12 +322,16 @@ def parse_rule(exprs, chain, roles):
     protos = set()
     verdict = None
     updates = []
+    acted = False       # a counter or set statement was seen: the model runs them after every match
     for expr in exprs:
         if verdict is not None:
             raise Unsupported("rule", "statements after the verdict")
         if not isinstance(expr, dict) or len(expr) != 1:
             raise Unsupported("rule", "statement %s" % _text(expr))
         kind, body = next(iter(expr.items()))
+        if acted and kind in ("match", "limit", "quota"):
+            raise Unsupported("rule", "a counter or set statement before a match (it would count or add more packets)")
+        acted = acted or kind in ("counter", "set")
         if kind == "match":
             _parse_match(body, fields, protos, roles)
         elif kind in ("accept", "drop"):
