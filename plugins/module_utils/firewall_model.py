@@ -861,8 +861,9 @@ def recent_as_sets(firewall):
                 notes.append(NotCarried(where, "no rule uses it"))
             continue
         new_sets.append(FirewallSet(recent.name, family, window, False, tuple(elements)))
+        span = "permanent" if window is None else "%s s" % window
         notes.append(NotCarried(where, "carried as set %s: only its addresses' newest hits, as remaining lifetimes of a "
-                                       "%s window" % (recent.name, "%d s" % window if window else "permanent")))
+                                       "%s window" % (recent.name, span)))
     return canonical(firewall._replace(rules=tuple(rules), sets=firewall.sets + tuple(new_sets), recent_lists=(),
                                        not_carried=firewall.not_carried + tuple(notes)))
 
