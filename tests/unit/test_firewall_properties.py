@@ -90,7 +90,7 @@ def _split_like_iptables(fw):
     return False
 
 
-SETTINGS = dict(max_examples=150, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+SETTINGS = dict(max_examples=100, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
 
 
 @hypothesis.given(firewall())
