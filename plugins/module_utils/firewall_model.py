@@ -76,8 +76,24 @@ Chain = namedtuple("Chain", ["name", "policy"], defaults=("accept",))
 # `timeout` its own lifetime when it differs from the set's, counters None when not counted.
 SetElement = namedtuple("SetElement", ["address", "timeout", "remaining", "packets", "bytes"],
                         defaults=(None, None, None, None))
-FirewallSet = namedtuple("FirewallSet", ["name", "family", "timeout", "counters", "elements"],
-                         defaults=(None, False, ()))
+# `size`: the most elements the set holds, None for the implementation's default (65535 or 65536).
+FirewallSet = namedtuple("FirewallSet", ["name", "family", "timeout", "counters", "elements", "size"],
+                         defaults=(None, False, (), None))
+DEFAULT_SET_SIZES = (65535, 65536)      # nftables gives a set filled by rules 65535, ipset 65536
+
+
+def set_size(fwset):
+    """The size to create a set with: its own, or the default if its elements fit, else room for them."""
+    if fwset.size is not None:
+        return max(fwset.size, len(fwset.elements))
+    if len(fwset.elements) < DEFAULT_SET_SIZES[0]:
+        return None
+    size = DEFAULT_SET_SIZES[1]
+    while size < len(fwset.elements):
+        size *= 2
+    return size
+
+
 Counter = namedtuple("Counter", ["name", "packets", "bytes"], defaults=(0, 0))
 Quota = namedtuple("Quota", ["name", "limit", "used", "mode"], defaults=(0, "until"))
 # An address of a recent list: `ages` of its hits in seconds, newest first.
@@ -341,6 +357,10 @@ def _set_problems(fwset):
     problems = []
     if fwset.family not in FAMILIES:
         return ["address family %r is not ipv4 or ipv6" % (fwset.family,)]
+    if fwset.size is not None and not (isinstance(fwset.size, int) and fwset.size >= 1):
+        problems.append("size %r is not a number of elements" % (fwset.size,))
+    elif fwset.size is not None and len(fwset.elements) > fwset.size:
+        problems.append("%d elements in a set of size %d" % (len(fwset.elements), fwset.size))
     seen = set()
     for element in fwset.elements:
         try:
@@ -364,16 +384,24 @@ def refuse_unsupported(unsupported, skip):
     """The gatherers' policy: what the model cannot express stops the gather (an Unsupported
     naming every item), unless the operator asked to skip it; then it is returned, to be listed."""
     if unsupported and not skip:
-        raise Unsupported("; ".join(u["item"] for u in unsupported),
-                          "; ".join("%s: %s" % (u["item"], u["reason"]) for u in unsupported))
+        raise Unsupported(summary([u["item"] for u in unsupported]),
+                          summary(["%s: %s" % (u["item"], u["reason"]) for u in unsupported]))
     return list(unsupported)
 
 
+def summary(problems, shown=10):
+    """Problems as one message, the first few in full."""
+    text = "; ".join(problems[:shown])
+    if len(problems) > shown:
+        text += "; and %d more" % (len(problems) - shown)
+    return text
+
+
 def check(firewall):
-    """Raise ModelError naming the first problem of a firewall; return it canonical otherwise."""
+    """Raise ModelError naming the problems of a firewall; return it canonical otherwise."""
     problems = firewall_problems(firewall)
     if problems:
-        raise ModelError("/" + ROOT, "; ".join(problems))
+        raise ModelError("/" + ROOT, summary(problems))
     return canonical(firewall)
 
 
@@ -483,6 +511,8 @@ def to_document(firewall):
             item = {"name": fwset.name, "address-family": fwset.family, "counters": bool(fwset.counters)}
             if fwset.timeout is not None:
                 item["timeout"] = fwset.timeout
+            if fwset.size is not None:
+                item["size"] = fwset.size
             elements = []
             for element in fwset.elements:
                 entry = {"address": element.address}
@@ -744,9 +774,10 @@ def from_document(doc):
             raise ModelError(item.path, "missing address-family")
         timeout = item.uint("timeout", minimum=1)
         counters = item.take("counters", bool, False)
+        size = item.uint("size", minimum=1, maximum=2 ** 32 - 1)
         elements = tuple(_read_element(e, family) for e in item.items("element"))
         item.done()
-        sets.append(FirewallSet(name, family, timeout, counters, elements))
+        sets.append(FirewallSet(name, family, timeout, counters, elements, size))
     counters = []
     for item in body.child(NS + "counters").items("counter"):
         counters.append(Counter(item.need("name", str), item.uint("packets", 0), item.uint("bytes", 0)))
@@ -790,7 +821,7 @@ def from_document(doc):
                         tuple(recents), tuple(not_carried))
     problems = firewall_problems(firewall)
     if problems:
-        raise ModelError("/" + ROOT, "; ".join(problems))
+        raise ModelError("/" + ROOT, summary(problems))
     return canonical(firewall)
 
 

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
-    Chain, Counter, FilterRule, FirewallSet, Limit, Quota, Recent, RecentEntry, RecentList, SetElement,
+    Chain, Counter, FilterRule, Firewall, FirewallSet, Limit, Quota, Recent, RecentEntry, RecentList, SetElement,
     SetUpdate, Unsupported, canonical, from_document, to_document, without_state,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import filter_iptables as ipt
@@ -293,3 +293,17 @@ NFT_LISTING = {"nftables": [
         {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}},
         {"accept": None}]}},
 ]}
+
+
+def test_set_sizes_are_carried_and_big_sets_get_room():
+    small = FirewallSet("s", "ipv4", 60, False, (SetElement("192.0.2.1", None, 5.0),), 1000)
+    assert "create nfs-s hash:ip family inet timeout 60 maxelem 1000 -exist" in ipt.render_ipset(Firewall(sets=(small,)))
+    parsed, dummy = ipt.parse_ipset_save("create nfs-s hash:ip family inet hashsize 1024 maxelem 1000 timeout 60\n")
+    assert parsed[0].size == 1000
+    parsed, dummy = ipt.parse_ipset_save("create nfs-s hash:ip family inet hashsize 1024 maxelem 65536 timeout 60\n")
+    assert parsed[0].size is None
+    many = tuple(SetElement("198.%d.%d.%d" % (18 + i // 65536, i // 256 % 256, i % 256)) for i in range(70000))
+    big = FirewallSet("b", "ipv4", None, False, many)
+    assert ipt.render_ipset(Firewall(sets=(big,))).splitlines()[0] == "create nfs-b hash:ip family inet maxelem 131072 -exist"
+    commands = nft.render_commands(Firewall(sets=(big, small)), IFACES)["nftables"]
+    assert [c["add"]["set"].get("size") for c in commands if "set" in c.get("add", {})] == [131072, 1000]

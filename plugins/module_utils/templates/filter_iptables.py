@@ -32,10 +32,10 @@ import shlex
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
-    CHAINS, CT_STATES, ICMP_OF_FAMILY, NOT_CARRIED_HASHLIMIT, NOT_CARRIED_LIMIT, PORT_PROTOCOLS, Chain, Counter,
+    CHAINS, CT_STATES, DEFAULT_SET_SIZES, ICMP_OF_FAMILY, NOT_CARRIED_HASHLIMIT, NOT_CARRIED_LIMIT, PORT_PROTOCOLS, Chain, Counter,
     FAMILIES, Firewall, FilterRule, FirewallSet, Limit, NotCarried, Quota, Recent, RecentEntry, RecentList, SetElement,
     SetUpdate, Unsupported, canonical, firewall_problems, normalize_address, normalize_prefix, refuse_unsupported,
-    merge_families, rule_problems,
+    merge_families, rule_problems, set_size, summary,
 )
 
 OWN_CHAINS = {"forward": "NFSTATE-FORWARD", "input": "NFSTATE-INPUT", "output": "NFSTATE-OUTPUT"}
@@ -96,7 +96,8 @@ def parse_ipset_save(text):
                 unsupported.append({"item": "ipset %s" % words[1], "reason": "only hash:ip sets of inet or inet6 are modelled"})
                 continue
             timeout = int(opts["timeout"]) if "timeout" in opts else None
-            sets[name] = FirewallSet(name, family, timeout or None, "counters" in opts, [])
+            size = int(opts.get("maxelem", DEFAULT_SET_SIZES[1]))
+            sets[name] = FirewallSet(name, family, timeout or None, "counters" in opts, [], None if size in DEFAULT_SET_SIZES else size)
             order.append(name)
         elif words[0] == "add" and name in sets:
             opts = _options(words[3:])
@@ -138,6 +139,8 @@ def render_ipset(firewall):
             opts += ["timeout", str(fwset.timeout or 0)]
         if fwset.counters:
             opts.append("counters")
+        if set_size(fwset) is not None:
+            opts += ["maxelem", str(set_size(fwset))]
         lines.append("create %s hash:ip %s -exist" % (name, " ".join(opts)))
         lines.append("flush %s" % name)
         for element in fwset.elements:
@@ -653,7 +656,7 @@ def restore_payload(firewall, family, interfaces, current=None):
     the firewall's rules. `current`: IptFilter of the host (None: an empty host) for the jumps."""
     problems = firewall_problems(firewall)
     if problems:
-        raise RenderError("; ".join(problems))
+        raise RenderError(summary(problems))
     quotas = dict((q.name, q) for q in firewall.quotas)
     counters = dict((c.name, (c.packets, c.bytes)) for c in firewall.counters)
     _check_single_use(firewall)

@@ -25,9 +25,9 @@ import re
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
-    CHAINS, CT_STATES, ICMP_OF_FAMILY, NOT_CARRIED_LIMIT, PORT_PROTOCOLS, Chain, Counter, Firewall,
+    CHAINS, CT_STATES, DEFAULT_SET_SIZES, ICMP_OF_FAMILY, NOT_CARRIED_LIMIT, PORT_PROTOCOLS, Chain, Counter, Firewall,
     FilterRule, FirewallSet, Limit, NotCarried, Quota, SetElement, SetUpdate, Unsupported, canonical,
-    firewall_problems, normalize_address, normalize_prefix, refuse_unsupported, rule_problems,
+    firewall_problems, normalize_address, normalize_prefix, refuse_unsupported, rule_problems, set_size, summary,
 )
 
 TABLE_FAMILY = "inet"
@@ -259,7 +259,9 @@ def _parse_set(obj, from_text):
         elements = tuple(_parse_element_json(e) for e in obj.get("elem", []))
     if timeout is None and any(e.remaining is not None for e in elements) and "timeout" not in flags:
         raise Unsupported("set", "elements expire in a set without the timeout flag")
-    return FirewallSet(obj["name"], family, int(timeout) if timeout is not None else None, counters, elements)
+    size = obj.get("size")
+    return FirewallSet(obj["name"], family, int(timeout) if timeout is not None else None, counters, elements,
+                       None if size in DEFAULT_SET_SIZES else size)
 
 
 def _parse_element_json(item):
@@ -534,7 +536,7 @@ def render_commands(firewall, interfaces):
     render_elements() gives them, to run after these."""
     problems = firewall_problems(firewall)
     if problems:
-        raise RenderError("; ".join(problems))
+        raise RenderError(summary(problems))
     if firewall.recent_lists:
         raise RenderError("recent lists %s: nftables has no recent lists (firewall_model.recent_as_sets turns them "
                           "into sets with a timeout where it can)" % ", ".join(r.name for r in firewall.recent_lists))
@@ -550,6 +552,8 @@ def render_commands(firewall, interfaces):
             obj["timeout"] = fwset.timeout
         if fwset.counters:
             obj["stmt"] = [{"counter": None}]
+        if set_size(fwset) is not None:
+            obj["size"] = set_size(fwset)
         cmds.append({"add": {"set": obj}})
     for counter in firewall.counters:
         cmds.append({"add": {"counter": _obj(name=counter.name, packets=counter.packets, bytes=counter.bytes)}})
