@@ -16,6 +16,7 @@ same list of probes is tried against both firewalls and must be accepted or refu
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -321,6 +322,7 @@ def labs():
     finally:
         for lab in built:
             lab.teardown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def through_the_controller(firewall):
