@@ -78,8 +78,10 @@ COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspat
 YANG_DIR = os.path.join(COLLECTION_ROOT, "yang")
 
 # What the validator's YANG library implements, and the ietf-nat features our documents use.
-IMPLEMENTED_STANDARD = ("ietf-nat", "ietf-interfaces")
-FEATURES = {"ietf-nat": ("napt44", "dst-nat", "basic-nat44")}
+IMPLEMENTED_STANDARD = ("ietf-nat", "ietf-interfaces", "ietf-access-control-list")
+FEATURES = {"ietf-nat": ("napt44", "dst-nat", "basic-nat44"),
+            "ietf-access-control-list": ("match-on-eth", "match-on-ipv4", "match-on-ipv6", "match-on-tcp", "match-on-udp",
+                                         "match-on-icmp", "eth", "ipv4", "ipv6", "mixed-eth-ipv4-ipv6")}
 NAT_REVISION = "2019-01-10"
 
 # Lists that hold one entry per session: validated entry by entry by the compiled checker only.
