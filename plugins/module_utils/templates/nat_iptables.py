@@ -19,14 +19,27 @@ import shlex
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
-    HOOKS, PORT_PROTOCOLS, PROTOCOL_NAMES, NatRule, by_hook, canonical, merge_port_ranges,
-    normalize_address, normalize_prefix, protocol_number, rule_problems,
+    EXEMPTIONS, FLAGS, HOOK_OF_KIND, HOOKS, NEGATABLE, PORT_PROTOCOLS, PROTOCOL_NAMES, NatRule,
+    address_match, by_hook, canonical, merge_port_ranges, normalize_address,
+    normalize_prefix, protocol_number, protocols, rule_problems,
 )
 
 OWN_CHAINS = {"prerouting": "NFSTATE-PRE", "postrouting": "NFSTATE-POST"}
 BUILTIN_CHAINS = {"prerouting": "PREROUTING", "postrouting": "POSTROUTING"}
-TARGET_KIND = {"SNAT": "snat", "MASQUERADE": "masquerade", "DNAT": "dnat"}
+TARGET_KIND = {"SNAT": "snat", "MASQUERADE": "masquerade", "DNAT": "dnat", "REDIRECT": "redirect"}
 KIND_TARGET = dict((kind, target) for target, kind in TARGET_KIND.items())
+# An exemption ends our rules for the packet: RETURN leaves our chain (the host's own rules after
+# the jump still run, as they do after an nftables `accept` in our table); ACCEPT, and RETURN in a
+# built-in chain, end the whole nat table.
+EXEMPT_TARGETS = ("RETURN", "ACCEPT")
+EXEMPT_TARGET = "RETURN"
+FLAG_OPTIONS = {"--random": "random", "--random-fully": "fully-random", "--persistent": "persistent"}
+OPTION_OF_FLAG = dict((flag, option) for option, flag in FLAG_OPTIONS.items())
+# The flags each target takes (iptables 1.8: MASQUERADE has no --persistent, DNAT no --random-fully).
+TARGET_FLAGS = {"SNAT": FLAGS, "DNAT": ("random", "persistent"), "MASQUERADE": ("random", "fully-random"),
+                "REDIRECT": ("random",)}
+# "[packets:bytes] " before a rule, as `iptables-save -c` writes it.
+COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
 # iptables-multiport takes at most 15 ports; a range uses two of them.
 MULTIPORT_SLOTS = 15
 
@@ -119,6 +132,8 @@ def parse_save(text, family, interfaces, include_builtin=False):
         if line.startswith(":"):
             chains.add(line[1:].split()[0])
             continue
+        # The counters are not state that moves: every implementation counts from zero.
+        line = COUNTERS.sub("", line)
         tokens = shlex.split(line)
         if len(tokens) < 2 or tokens[0] != "-A":
             continue
@@ -129,20 +144,26 @@ def parse_save(text, family, interfaces, include_builtin=False):
     unsupported = []
     for hook in HOOKS:
         ordered = []
-        for line, args in bodies.get(BUILTIN_CHAINS[hook], []):
+        builtin = bodies.get(BUILTIN_CHAINS[hook], [])
+        for position, (line, args) in enumerate(builtin):
             if args == ["-j", OWN_CHAINS[hook]]:
                 jumps[hook] += 1
                 if include_builtin and jumps[hook] == 1:
-                    ordered.extend(bodies.get(OWN_CHAINS[hook], []))
+                    # A RETURN leaves our chain only: the built-in chain's later rules still run.
+                    followed = position + 1 < len(builtin)
+                    ordered.extend((inner, inner_args, followed) for inner, inner_args in bodies.get(OWN_CHAINS[hook], []))
             elif OWN_CHAINS[hook] in args:
                 unsupported.append({"rule": line, "reason": "a conditional jump into our chain"})
             elif include_builtin:
-                ordered.append((line, args))
+                ordered.append((line, args, False))
         if not include_builtin or jumps[hook] == 0:
             # Our chain's rules are ours even when nothing enters the chain.
-            ordered.extend(bodies.get(OWN_CHAINS[hook], []))
-        for line, args in ordered:
+            ordered.extend((line, args, False) for line, args in bodies.get(OWN_CHAINS[hook], []))
+        for line, args, followed in ordered:
             rule, reason = _parse_rule(args, family, hook, roles)
+            if rule is not None and followed and rule.kind in EXEMPTIONS and "RETURN" in args:
+                rule, reason = None, ("a RETURN from %s, which the rules after the jump in %s still see"
+                                      % (OWN_CHAINS[hook], BUILTIN_CHAINS[hook]))
             if rule is None:
                 unsupported.append({"rule": line, "reason": reason})
             else:
@@ -151,6 +172,10 @@ def parse_save(text, family, interfaces, include_builtin=False):
         for chain in ("INPUT", "OUTPUT"):
             for line, dummy in bodies.get(chain, []):
                 unsupported.append({"rule": line, "reason": "NAT of the host's own traffic is not modelled"})
+        known = set(BUILTIN_CHAINS.values()) | set(OWN_CHAINS.values()) | set(["INPUT", "OUTPUT"])
+        for chain in sorted(set(bodies) - known):
+            for line, dummy in bodies[chain]:
+                unsupported.append({"rule": line, "reason": "a rule of chain %s: jumps into chains are not followed" % chain})
     return NatTable(family, canonical(rules), unsupported, sorted(own), jumps)
 
 
@@ -164,9 +189,6 @@ class _Unsupported(Exception):
     pass
 
 
-_MATCH_MODULES = frozenset(PORT_PROTOCOLS.values())
-
-
 def _parse_rule(args, family, hook, roles):
     """(NatRule, None) or (None, reason) for the arguments of one `-A CHAIN ...` line."""
     try:
@@ -177,37 +199,59 @@ def _parse_rule(args, family, hook, roles):
 
 def _parse_rule_args(args, family, hook, roles):
     fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "proto": None}
+    negated = set()
     dports = ()
     target = None
     target_opts = {}
-    i = 0
+    flags = set()
+    state = {"i": 0, "not": False}
 
     def value():
+        i = state["i"]
         if i + 1 >= len(args):
             raise _Unsupported("option %s without a value" % args[i])
         return args[i + 1]
 
-    while i < len(args):
+    def take(key, found, negatable=True):
+        # One match per field: a second one is an intersection the model cannot hold.
+        if fields.get(key) not in (None, ()) or (key == "dports" and dports):
+            raise _Unsupported("matches %s twice" % key)
+        if state["not"]:
+            if not negatable:
+                raise _Unsupported("negated match '! %s'" % args[state["i"]])
+            negated.add(key)
+            state["not"] = False
+        return found
+
+    while state["i"] < len(args):
+        i = state["i"]
         opt = args[i]
         if opt == "!":
-            raise _Unsupported("negated match '! %s'" % (args[i + 1] if i + 1 < len(args) else ""))
+            if state["not"] or target is not None:
+                raise _Unsupported("'!' where a match is expected")
+            state["not"] = True
+            state["i"] += 1
+            continue
         if target is not None:
             if not opt.startswith("--"):
                 raise _Unsupported("unexpected %r after the target" % opt)
             if opt in ("--to-source", "--to-destination", "--to-ports"):
                 target_opts[opt] = value()
-                i += 2
+                state["i"] += 2
+            elif opt in FLAG_OPTIONS:
+                flags.add(FLAG_OPTIONS[opt])
+                state["i"] += 1
             else:
                 raise _Unsupported("target option %s" % opt)
             continue
         if opt in ("-s", "--source", "-d", "--destination"):
             key = "src" if opt in ("-s", "--source") else "dst"
-            fields[key] = _prefix(value(), family)
-            i += 2
+            fields[key] = take(key, _prefix(value(), family))
+            state["i"] += 2
         elif opt in ("-i", "--in-interface", "-o", "--out-interface"):
             key = "in_role" if opt in ("-i", "--in-interface") else "out_role"
-            fields[key] = _role(value(), roles)
-            i += 2
+            fields[key] = take(key, _role(value(), roles))
+            state["i"] += 2
         elif opt in ("-p", "--protocol"):
             proto = protocol_number(value())
             if proto is None:
@@ -215,57 +259,80 @@ def _parse_rule_args(args, family, hook, roles):
                     proto = None
                 else:
                     raise _Unsupported("unknown protocol %s" % value())
-            fields["proto"] = proto
-            i += 2
+            fields["proto"] = take("proto", proto, negatable=False)
+            state["i"] += 2
         elif opt in ("-m", "--match"):
+            if state["not"]:
+                raise _Unsupported("negated match '! %s'" % opt)
             module = value()
-            i += 2
-            if module in _MATCH_MODULES:
-                while i < len(args) and args[i].startswith("--"):
-                    if args[i] in ("--dport", "--destination-port"):
-                        dports = _ports_list(value(), ":")
-                        i += 2
-                    else:
-                        raise _Unsupported("match option %s" % args[i])
-            elif module == "multiport":
-                while i < len(args) and args[i].startswith("--"):
-                    if args[i] in ("--dports", "--destination-ports"):
-                        dports = _ports_list(value(), ":")
-                        i += 2
-                    else:
-                        raise _Unsupported("match option %s" % args[i])
-            else:
+            state["i"] += 2
+            options = _MODULE_OPTIONS.get(module)
+            if options is None:
                 raise _Unsupported("match -m %s" % module)
+            while state["i"] < len(args) and args[state["i"]].startswith("--") or args[state["i"]:state["i"] + 1] == ["!"] \
+                    and args[state["i"] + 1:state["i"] + 2] and args[state["i"] + 1].startswith("--"):
+                if args[state["i"]] == "!":
+                    state["not"] = True
+                    state["i"] += 1
+                option = args[state["i"]]
+                if option not in options:
+                    raise _Unsupported("match option %s" % option)
+                if options[option] == "dports":
+                    dports = take("dports", _ports_list(value(), ":"))
+                else:
+                    key = options[option]
+                    fields[key] = take(key, _range_match(value(), family))
+                state["i"] += 2
         elif opt in ("-j", "--jump"):
+            if state["not"]:
+                raise _Unsupported("'!' before the target")
             target = value()
-            if target not in TARGET_KIND:
+            if target not in TARGET_KIND and target not in EXEMPT_TARGETS:
                 raise _Unsupported("target %s" % target)
-            i += 2
+            state["i"] += 2
         else:
             raise _Unsupported("option %s" % opt)
     if target is None:
         raise _Unsupported("a rule without a NAT target")
 
-    kind = TARGET_KIND[target]
     to_addresses = None
     to_ports = None
-    if kind == "masquerade":
+    if target in EXEMPT_TARGETS:
+        kind = "no-dnat" if hook == "prerouting" else "no-snat"
+    else:
+        kind = TARGET_KIND[target]
+    if kind in ("masquerade", "redirect"):
         if "--to-ports" in target_opts:
             to_ports = _one_range(target_opts["--to-ports"], "-")
-    else:
+    elif kind in ("snat", "dnat"):
         spec = target_opts.get("--to-source" if kind == "snat" else "--to-destination")
         if spec is None:
             raise _Unsupported("%s without an address" % target)
         to_addresses, to_ports = _nat_spec(spec, family)
-    from_hook = "prerouting" if kind == "dnat" else "postrouting"
-    if from_hook != hook:
+    if HOOK_OF_KIND[kind] != hook:
         raise _Unsupported("%s in the %s chain" % (target, hook))
     rule = NatRule(kind, family, fields["in_role"], fields["out_role"], fields["src"], fields["dst"],
-                   fields["proto"], dports, to_addresses, to_ports)
+                   fields["proto"], dports, to_addresses, to_ports,
+                   tuple(name for name in NEGATABLE if name in negated),
+                   tuple(flag for flag in FLAGS if flag in flags))
     problems = rule_problems(rule)
     if problems:
         raise _Unsupported("; ".join(problems))
     return rule
+
+
+# Options of the match modules read, and the field each one sets.
+_MODULE_OPTIONS = dict((name, {"--dport": "dports", "--destination-port": "dports"}) for name in PORT_PROTOCOLS.values())
+_MODULE_OPTIONS["multiport"] = {"--dports": "dports", "--destination-ports": "dports"}
+_MODULE_OPTIONS["iprange"] = {"--src-range": "src", "--dst-range": "dst"}
+
+
+def _range_match(text, family):
+    first, dummy, last = text.partition("-")
+    try:
+        return address_match([(first, last or first)], family)
+    except ValueError as exc:
+        raise _Unsupported(str(exc))
 
 
 def _prefix(text, family):
@@ -325,36 +392,63 @@ def rule_args(rule, interfaces):
     problems = rule_problems(rule)
     if problems:
         raise RenderError("; ".join(problems))
+    negated = set(rule.negated)
+
+    def neg(name):
+        return ["!"] if name in negated else []
+
     args = []
-    if rule.src is not None:
-        args += ["-s", rule.src]
-    if rule.dst is not None:
-        args += ["-d", rule.dst]
-    for opt, role in (("-i", rule.in_role), ("-o", rule.out_role)):
+    ranges = []
+    for name, opt, option in (("src", "-s", "--src-range"), ("dst", "-d", "--dst-range")):
+        value = getattr(rule, name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            args += neg(name) + [opt, value]
+        elif len(value) == 1:
+            ranges += neg(name) + [option, "%s-%s" % value[0]]
+        else:
+            raise RenderError("iptables matches one address range per rule, not the set %s"
+                              % ", ".join("%s-%s" % pair for pair in value))
+    for name, opt, role in (("in_role", "-i", rule.in_role), ("out_role", "-o", rule.out_role)):
         if role is not None:
             dev = (interfaces or {}).get(role)
             if not dev:
                 raise RenderError("the %s role has no device in `interfaces`" % role)
-            args += [opt, dev]
-    if rule.proto is not None:
-        args += ["-p", PROTOCOL_NAMES.get(rule.proto, str(rule.proto))]
+            args += neg(name) + [opt, dev]
+    protos = protocols(rule)
+    if len(protos) > 1:
+        raise RenderError("iptables matches one protocol per rule, not %s"
+                          % ", ".join(PROTOCOL_NAMES.get(p, str(p)) for p in protos))
+    if protos:
+        args += ["-p", PROTOCOL_NAMES.get(protos[0], str(protos[0]))]
+    if ranges:
+        args += ["-m", "iprange"] + ranges
     if rule.dports:
-        name = PORT_PROTOCOLS[rule.proto]
+        name = PORT_PROTOCOLS[protos[0]]
         if len(rule.dports) == 1:
-            args += ["-m", name, "--dport", _port_text(rule.dports[0], ":")]
+            args += ["-m", name] + neg("dports") + ["--dport", _port_text(rule.dports[0], ":")]
         else:
             slots = sum(1 if a == b else 2 for a, b in rule.dports)
             if slots > MULTIPORT_SLOTS:
                 raise RenderError("%d destination ports: iptables' multiport takes at most %d"
                                   % (slots, MULTIPORT_SLOTS))
-            args += ["-m", "multiport", "--dports", ",".join(_port_text(r, ":") for r in rule.dports)]
-    args += ["-j", KIND_TARGET[rule.kind]]
-    if rule.kind == "masquerade":
+            args += ["-m", "multiport"] + neg("dports") + [
+                "--dports", ",".join(_port_text(r, ":") for r in rule.dports)]
+    if rule.kind in EXEMPTIONS:
+        return args + ["-j", EXEMPT_TARGET]
+    target = KIND_TARGET[rule.kind]
+    args += ["-j", target]
+    if rule.kind in ("masquerade", "redirect"):
         if rule.to_ports is not None:
             args += ["--to-ports", _port_text(rule.to_ports, "-")]
     else:
         opt = "--to-source" if rule.kind == "snat" else "--to-destination"
         args += [opt, _spec_text(rule)]
+    for flag in rule.flags:
+        if flag not in TARGET_FLAGS[target]:
+            raise RenderError("iptables' %s has no %s" % (target, OPTION_OF_FLAG[flag]))
+        args.append(OPTION_OF_FLAG[flag])
     return args
 
 
