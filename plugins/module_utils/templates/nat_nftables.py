@@ -20,8 +20,9 @@ import json
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
-    FAMILIES, HOOK_OF_KIND, HOOKS, PORT_PROTOCOLS, NatRule, canonical, merge_port_ranges,
-    normalize_address, normalize_prefix, protocol_number, rule_problems,
+    EXEMPTIONS, FAMILIES, FLAGS, HOOK_OF_KIND, HOOKS, NEGATABLE, PORT_PROTOCOLS, NatRule,
+    address_match, canonical, match_ranges, merge_port_ranges, normalize_address, normalize_prefix,
+    protocol_match, protocol_number, protocols, rule_problems,
 )
 
 TABLE_FAMILY = "inet"
@@ -163,9 +164,14 @@ def _text(key, obj, path=()):
 def _read_own(obj, key, hook, roles):
     """([NatRule], [unsupported]) of a rule of our table: exactly what we write, no more."""
     try:
-        return [parse_rule(obj.get("expr", []), hook, roles)], []
+        return [parse_rule(_without_counters(obj), hook, roles)], []
     except _Unsupported as exc:
         return [], [{"rule": _text(key, obj), "reason": str(exc)}]
+
+
+def _without_counters(obj):
+    # A counter counts and changes nothing; its value is not state that moves.
+    return [expr for expr in obj.get("expr", []) if not (isinstance(expr, dict) and "counter" in expr)]
 
 
 def _read_foreign(listing, obj, key, hook, roles, path, condition):
@@ -174,26 +180,38 @@ def _read_foreign(listing, obj, key, hook, roles, path, condition):
     `condition` holds the matches of the jumps that led here: they apply to this rule too.
     Counters count and change nothing, so they are left out.
     """
-    exprs = [expr for expr in obj.get("expr", []) if not (isinstance(expr, dict) and "counter" in expr)]
+    exprs = _without_counters(obj)
     verdict = exprs[-1] if exprs and isinstance(exprs[-1], dict) and len(exprs[-1]) == 1 else {}
     text = _text(key, obj, path)
-    if "goto" in verdict:
-        # After a goto the calling chain's rules no longer run for the packets it takes: that
-        # "unless" has no place in the model.
-        return [], [{"rule": text, "reason": "a goto to chain %r" % verdict["goto"].get("target")}]
-    if "jump" in verdict:
-        target = (key[0], key[1], verdict["jump"].get("target"))
+    if "return" in verdict and path:
+        # Back in the calling chain, whose later rules still run: an "unless" the model cannot hold.
+        return [], [{"rule": text, "reason": "a return from chain %r to the chain that jumped to it" % key[2]}]
+    if "jump" in verdict or "goto" in verdict:
+        how = "jump" if "jump" in verdict else "goto"
+        target = (key[0], key[1], verdict[how].get("target"))
         if target not in listing.chains or "hook" in listing.chains[target]:
-            return [], [{"rule": text, "reason": "a jump to %r, which is no regular chain of the table" % target[2]}]
+            return [], [{"rule": text, "reason": "a %s to %r, which is no regular chain of the table" % (how, target[2])}]
         if len(path) + 1 >= MAX_JUMP_DEPTH:
             return [], [{"rule": text, "reason": "jumps nested deeper than %d chains" % MAX_JUMP_DEPTH}]
+        inner_condition = tuple(condition) + tuple(exprs[:-1])
+        fallthrough = []
+        if how == "goto":
+            # A goto does not come back: packets it takes that no rule behind it translates are
+            # left untranslated by the rest of the calling chain, an exemption on its condition.
+            try:
+                fallthrough = _parse_both_families(list(inner_condition) + [{"accept": None}], hook, roles,
+                                                   NAT_TABLE_FAMILIES[key[0]])
+            except _Unsupported as exc:
+                return [], [{"rule": text, "reason": "a goto on a condition the model cannot hold: %s" % exc}] + [
+                    {"rule": _text(target, inner, list(path) + [key[2]]), "reason": "behind that goto"}
+                    for inner in listing.rules.get(target, [])]
         found, problems = [], []
         for inner in listing.rules.get(target, []):
             more, trouble = _read_foreign(listing, inner, target, hook, roles, list(path) + [key[2]],
-                                          tuple(condition) + tuple(exprs[:-1]))
+                                          inner_condition)
             found.extend(more)
             problems.extend(trouble)
-        return found, problems
+        return found + fallthrough, problems
     try:
         return _parse_both_families(list(condition) + exprs, hook, roles, NAT_TABLE_FAMILIES[key[0]]), []
     except _Unsupported as exc:
@@ -216,6 +234,13 @@ class _NoFamily(_Unsupported):
     pass
 
 
+# Statements that end a rule, and the kind of rule each one is.
+ACTIONS = {"snat": "snat", "dnat": "dnat", "masquerade": "masquerade", "redirect": "redirect",
+           "accept": "exempt", "return": "exempt"}
+ACTION_OPTIONS = {"snat": {"family", "addr", "port", "flags"}, "dnat": {"family", "addr", "port", "flags"},
+                  "masquerade": {"port", "flags"}, "redirect": {"port", "flags"}, "accept": set(), "return": set()}
+
+
 def parse_rule(exprs, hook, roles, family=None):
     """A NatRule from one rule's JSON statements; raises _Unsupported with the reason.
 
@@ -223,7 +248,8 @@ def parse_rule(exprs, hook, roles, family=None):
     """
     families = set([family] if family else [])
     fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "dports": ()}
-    protos = set()
+    negated = set()
+    protos = []
     action = None
     for expr in exprs:
         if not isinstance(expr, dict) or len(expr) != 1:
@@ -232,8 +258,8 @@ def parse_rule(exprs, hook, roles, family=None):
         if action is not None:
             raise _Unsupported("a statement after the NAT statement")
         if name == "match":
-            _parse_match(body, families, fields, protos, roles)
-        elif name in ("snat", "dnat", "masquerade"):
+            _parse_match(body, families, fields, protos, roles, negated)
+        elif name in ACTIONS:
             action = (name, body or {})
         elif name == "xt":
             # iptables-nft's targets are opaque to libnftables' JSON; its own tools read them.
@@ -244,30 +270,30 @@ def parse_rule(exprs, hook, roles, family=None):
     if action is None:
         raise _Unsupported("a rule without a NAT statement")
 
-    kind, body = action
-    unknown = set(body) - {"family", "addr", "port"}
+    name, body = action
+    if not isinstance(body, dict):
+        raise _Unsupported("%s %s" % (name, json.dumps(body)))
+    unknown = set(body) - ACTION_OPTIONS[name]
     if unknown:
-        raise _Unsupported("%s options %s" % (kind, ", ".join(sorted(unknown))))
+        raise _Unsupported("%s options %s" % (name, ", ".join(sorted(unknown))))
     if "family" in body:
         if body["family"] not in FAMILY_OF_PAYLOAD:
-            raise _Unsupported("%s family %r" % (kind, body["family"]))
+            raise _Unsupported("%s family %r" % (name, body["family"]))
         families.add(FAMILY_OF_PAYLOAD[body["family"]])
     if not families:
         raise _NoFamily("matches both address families")
     if len(families) != 1:
         raise _Unsupported("mixes address families")
     family = families.pop()
-    if len(protos) > 1:
-        raise _Unsupported("matches two protocols")
-    proto = protos.pop() if protos else None
+    proto = _protocols(protos)
 
+    kind = ACTIONS[name]
+    if kind == "exempt":
+        kind = "no-dnat" if hook == "prerouting" else "no-snat"
     to_addresses = None
-    if kind == "masquerade":
-        if "addr" in body:
-            raise _Unsupported("masquerade with an address")
-    elif "addr" not in body:
-        raise _Unsupported("%s without an address" % kind)
-    else:
+    if kind in ("snat", "dnat"):
+        if "addr" not in body:
+            raise _Unsupported("%s without an address" % kind)
         to_addresses = _address_range(body["addr"], family)
     to_ports = None
     if "port" in body:
@@ -275,44 +301,71 @@ def parse_rule(exprs, hook, roles, family=None):
         if len(ports) != 1:
             raise _Unsupported("translation to a set of ports")
         to_ports = ports[0]
+    flags = body.get("flags", [])
+    flags = [flags] if isinstance(flags, str) else flags
+    if not isinstance(flags, list) or any(flag not in FLAGS for flag in flags):
+        raise _Unsupported("%s flags %s" % (name, json.dumps(body.get("flags"))))
 
-    if ("prerouting" if kind == "dnat" else "postrouting") != hook:
-        raise _Unsupported("%s in the %s chain" % (kind, hook))
-    rule = NatRule(kind, family, fields["in_role"], fields["out_role"], fields["src"], fields["dst"],
-                   proto, fields["dports"], to_addresses, to_ports)
+    if HOOK_OF_KIND[kind] != hook:
+        raise _Unsupported("%s in the %s chain" % (name, hook))
+    src, dst = (None if value is None else _address_value(value, family) for value in (fields["src"], fields["dst"]))
+    rule = NatRule(kind, family, fields["in_role"], fields["out_role"], src, dst,
+                   proto, fields["dports"], to_addresses, to_ports,
+                   tuple(n for n in NEGATABLE if n in negated), tuple(f for f in FLAGS if f in flags))
     problems = rule_problems(rule)
     if problems:
         raise _Unsupported("; ".join(problems))
     return rule
 
 
-def _set_field(fields, key, value, what):
+def _protocols(protos):
+    """The protocols that every protocol match of a rule allows (they are all ANDed)."""
+    if not protos:
+        return None
+    allowed = set(protos[0])
+    for each in protos[1:]:
+        allowed &= set(each)
+    if not allowed:
+        raise _Unsupported("matches no protocol (%s)" % " and ".join(
+            "/".join(str(p) for p in sorted(each)) for each in protos))
+    return protocol_match(allowed)
+
+
+def _set_field(fields, key, value, what, negated=None, negate=False):
     # A field matched twice (a jump's condition and the rule it leads to) is one match only when
     # both say the same; anything else is an intersection the model cannot hold.
-    if fields[key] not in (None, (), value):
+    if fields[key] not in (None, (), value) or (fields[key] == value and negated is not None
+                                                  and (key in negated) != negate):
         raise _Unsupported("matches %s twice" % what)
     fields[key] = value
+    if negate:
+        negated.add(key)
 
 
-def _parse_match(body, families, fields, protos, roles):
-    """Record one match statement in families, fields and protos."""
-    if body.get("op") not in ("==", "in"):
-        raise _Unsupported("match operator %r" % body.get("op"))
+def _parse_match(body, families, fields, protos, roles, negated):
+    """Record one match statement in families, fields, protos and negated."""
+    op = body.get("op")
+    if op not in ("==", "in", "!="):
+        raise _Unsupported("match operator %r" % op)
+    negate = op == "!="
     left, right = body.get("left"), body.get("right")
     if isinstance(right, str) and right.startswith("@"):
         raise _Unsupported("a lookup in the set %s" % right)
     if isinstance(left, dict) and "meta" in left:
         key = left["meta"].get("key")
-        if key == "nfproto" and right in FAMILY_OF_NFPROTO:
+        if key == "nfproto" and right in FAMILY_OF_NFPROTO and not negate:
             families.add(FAMILY_OF_NFPROTO[right])
-        elif key == "l4proto":
-            protos.add(_protocol(right))
+        elif key == "l4proto" and not negate:
+            protos.append(_protocol_set(right))
         elif key in ("iifname", "iif", "oifname", "oif"):
             if not isinstance(right, str) or right not in roles:
                 raise _Unsupported("interface %r has no role in `interfaces`" % (right,))
             incoming = key.startswith("i")
-            _set_field(fields, "in_role" if incoming else "out_role", roles[right],
-                       "the incoming interface" if incoming else "the outgoing interface")
+            name = "in_role" if incoming else "out_role"
+            _set_field(fields, name, roles[right],
+                       "the incoming interface" if incoming else "the outgoing interface", negated, negate)
+        elif negate:
+            raise _Unsupported("negated match on meta %s" % key)
         else:
             raise _Unsupported("match on meta %s" % key)
         return
@@ -322,20 +375,45 @@ def _parse_match(body, families, fields, protos, roles):
             family = FAMILY_OF_PAYLOAD[proto]
             families.add(family)
             source = field == "saddr"
-            _set_field(fields, "src" if source else "dst", _prefix(right, family),
-                       "the source address" if source else "the destination address")
+            _set_field(fields, "src" if source else "dst", _addresses(right, family),
+                       "the source address" if source else "the destination address", negated, negate)
             return
-        if proto == "ip" and field == "protocol":
+        if proto == "ip" and field == "protocol" and not negate:
             # `ip protocol` is the IPv4 header's own field: the same as l4proto there.
             families.add("ipv4")
-            protos.add(_protocol(right))
+            protos.append(_protocol_set(right))
             return
-        if proto in PORT_PAYLOADS and field == "dport":
-            protos.add(PORT_PAYLOADS[proto])
-            _set_field(fields, "dports", _ports(right), "the destination port")
+        if (proto in PORT_PAYLOADS or proto == "th") and field == "dport":
+            if proto != "th":
+                protos.append((PORT_PAYLOADS[proto],))
+            _set_field(fields, "dports", _ports(right), "the destination port", negated, negate)
             return
-        raise _Unsupported("match on %s %s" % (proto, field))
+        raise _Unsupported("%smatch on %s %s" % ("negated " if negate else "", proto, field))
     raise _Unsupported("match on %s" % json.dumps(left))
+
+
+def _protocol_set(value):
+    values = value["set"] if isinstance(value, dict) and "set" in value else [value]
+    return tuple(_protocol(item) for item in values)
+
+
+def _addresses(value, family):
+    """The (first, last) ranges of an address match: an address, a prefix, a range or a set."""
+    values = value["set"] if isinstance(value, dict) and "set" in value else [value]
+    ranges = []
+    for item in values:
+        if isinstance(item, dict) and "range" in item:
+            ranges.append(tuple(_address_range(item, family)))
+        else:
+            ranges.extend(match_ranges(_prefix(item, family)))
+    return tuple(ranges)
+
+
+def _address_value(ranges, family):
+    try:
+        return address_match(ranges, family)
+    except ValueError as exc:
+        raise _Unsupported("address match: %s" % exc)
 
 
 def _protocol(value):
@@ -407,8 +485,8 @@ def _chain(name, **extra):
     return obj
 
 
-def _match(left, right):
-    return {"match": {"op": "==", "left": left, "right": right}}
+def _match(left, right, negate=False):
+    return {"match": {"op": "!=" if negate else "==", "left": left, "right": right}}
 
 
 def _address_json(prefix):
@@ -416,6 +494,17 @@ def _address_json(prefix):
     if net.prefixlen == net.max_prefixlen:
         return str(net.network_address)
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _match_json(value):
+    """An address match value as nft's right-hand side: a prefix, a range or an anonymous set."""
+    if isinstance(value, str):
+        return _address_json(value)
+    items = []
+    for first, last in value:
+        nets = list(ipaddress.summarize_address_range(ipaddress.ip_address(first), ipaddress.ip_address(last)))
+        items.append(_address_json(str(nets[0])) if len(nets) == 1 else {"range": [first, last]})
+    return items[0] if len(items) == 1 else {"set": items}
 
 
 def _ports_json(ranges):
@@ -428,31 +517,44 @@ def rule_exprs(rule, interfaces):
     problems = rule_problems(rule)
     if problems:
         raise RenderError("; ".join(problems))
+    negated = set(rule.negated)
     exprs = [_match({"meta": {"key": "nfproto"}}, rule.family)]
-    for key, role in (("iifname", rule.in_role), ("oifname", rule.out_role)):
+    for key, name, role in (("iifname", "in_role", rule.in_role), ("oifname", "out_role", rule.out_role)):
         if role is not None:
             dev = (interfaces or {}).get(role)
             if not dev:
                 raise RenderError("the %s role has no device in `interfaces`" % role)
-            exprs.append(_match({"meta": {"key": key}}, dev))
+            exprs.append(_match({"meta": {"key": key}}, dev, name in negated))
     payload = PAYLOAD_OF_FAMILY[rule.family]
-    for field, prefix in (("saddr", rule.src), ("daddr", rule.dst)):
-        if prefix is not None:
-            exprs.append(_match({"payload": {"protocol": payload, "field": field}}, _address_json(prefix)))
+    for field, name in (("saddr", "src"), ("daddr", "dst")):
+        value = getattr(rule, name)
+        if value is not None:
+            exprs.append(_match({"payload": {"protocol": payload, "field": field}}, _match_json(value),
+                                name in negated))
+    protos = protocols(rule)
+    if len(protos) > 1:
+        exprs.append(_match({"meta": {"key": "l4proto"}}, {"set": list(protos)}))
     if rule.dports:
-        # The port match implies its protocol; nft adds that dependency itself.
-        exprs.append(_match({"payload": {"protocol": PORT_PROTOCOLS[rule.proto], "field": "dport"}},
-                            _ports_json(rule.dports)))
-    elif rule.proto is not None:
-        exprs.append(_match({"meta": {"key": "l4proto"}}, rule.proto))
+        # The port match implies its protocol; nft adds that dependency itself. Several
+        # protocols share the transport header's port field.
+        header = PORT_PROTOCOLS[protos[0]] if len(protos) == 1 else "th"
+        exprs.append(_match({"payload": {"protocol": header, "field": "dport"}},
+                            _ports_json(rule.dports), "dports" in negated))
+    elif len(protos) == 1:
+        exprs.append(_match({"meta": {"key": "l4proto"}}, protos[0]))
+    if rule.kind in EXEMPTIONS:
+        exprs.append({"accept": None})
+        return exprs
     action = {}
-    if rule.kind != "masquerade":
+    if rule.kind in ("snat", "dnat"):
         action["family"] = payload
         first, last = rule.to_addresses
         action["addr"] = first if first == last else {"range": [first, last]}
     if rule.to_ports is not None:
         action["port"] = _ports_json([rule.to_ports])
-    exprs.append({rule.kind: action})
+    if rule.flags:
+        action["flags"] = rule.flags[0] if len(rule.flags) == 1 else list(rule.flags)
+    exprs.append({rule.kind: action or None} if rule.kind == "redirect" else {rule.kind: action})
     return exprs
 
 
