@@ -633,11 +633,11 @@ def policy_to_rule(policy, path="policy[0]"):
         if NS + "translated-port" in policy:
             to_ports = _read_port_number(_Reader(policy[NS + "translated-port"], r.at(NS + "translated-port")))
     else:
+        if redirect:
+            raise ModelError(r.at(NS + "redirect"), "a redirect is destination NAT (dst-nat-enable true)")
         for key in ("dst-ip-address-pool", NS + "translated-port"):
             if key in policy:
                 raise ModelError(r.at(key), "only a destination NAT rule (dst-nat-enable true) has it")
-        if redirect:
-            raise ModelError(r.at(NS + "redirect"), "a redirect is destination NAT (dst-nat-enable true)")
         if masquerade:
             for key in ("external-ip-address-pool", NS + "external-ipv6-address-pool"):
                 if key in policy:
