@@ -316,24 +316,50 @@ def test_nftables_return_and_goto_behind_a_base_chain():
     listing = {"nftables": [
         {"table": {"family": "ip", "name": "t"}},
         _chain("post", type="nat", hook="postrouting", prio=100, policy="accept"),
-        _chain("zone"), _chain("mark"),
+        _chain("lan"), _chain("zone"), _chain("mark"), _chain("empty"),
+        _rule("post", _oif("in0"), {"jump": {"target": "lan"}}),
         _rule("post", _oif("out0"), {"goto": {"target": "zone"}}),
         _rule("post", {"match": {"op": "==", "left": {"meta": {"key": "mark"}}, "right": 1}}, {"goto": {"target": "mark"}}),
         _rule("post", {"masquerade": None}),
-        _rule("zone", {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                                 "right": {"prefix": {"addr": "198.51.100.0", "len": 24}}}}, {"return": None}),
+        _rule("lan", _daddr("198.51.100.0", 24), {"return": None}),
+        _rule("lan", {"jump": {"target": "empty"}}),
+        _rule("zone", _daddr("198.51.100.0", 24), {"return": None}),
         _rule("zone", {"counter": None}, {"masquerade": {"flags": "fully-random"}}),
+        _rule("zone", {"jump": {"target": "empty"}}),
         _rule("mark", {"masquerade": None}),
     ]}
     table = nftr.parse_ruleset(listing, IFACES, include_foreign=True)
     assert table.rules == [
+        # entered by a goto from the base chain: its return ends the base chain too, an exemption
+        NatRule("no-snat", "ipv4", None, "outside", dst="198.51.100.0/24"),
         NatRule("masquerade", "ipv4", None, "outside", flags=("fully-random",)),
         # the goto's condition: what the zone chain leaves untranslated stays so
         NatRule("no-snat", "ipv4", None, "outside"),
         NatRule("masquerade", "ipv4"),
     ]
     assert [item["reason"] for item in table.unsupported] == [
-        "a return from chain 'zone' to the chain that jumped to it",
+        # entered by a jump: after its return the base chain's later rules still run
+        "a return from chain 'lan' to the chain that jumped to it, which has rules after the jump",
         "a goto on a condition the model cannot hold: match on meta mark",
         "behind that goto",
     ]
+    # Every rule is accounted for: carried, listed, or a jump read in its place.
+    assert len(table.carried) + len(table.unsupported) + len(table.followed) == 10
+
+
+def _daddr(addr, length):
+    return {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                      "right": {"prefix": {"addr": addr, "len": length}}}}
+
+
+def test_nftables_exemption_before_a_later_nat_chain_is_listed():
+    listing = {"nftables": [
+        {"table": {"family": "ip", "name": "t"}},
+        _chain("a", type="nat", hook="postrouting", prio=100, policy="accept"),
+        _chain("b", type="nat", hook="postrouting", prio=110, policy="accept"),
+        _rule("a", _daddr("198.51.100.0", 24), {"accept": None}),
+        _rule("b", {"masquerade": None}),
+    ]}
+    table = nftr.parse_ruleset(listing, IFACES, include_foreign=True)
+    assert table.rules == [NatRule("masquerade", "ipv4")]
+    assert [item["reason"] for item in table.unsupported] == [nftr.LATER_CHAINS]

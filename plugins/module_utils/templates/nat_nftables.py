@@ -39,7 +39,10 @@ PORT_PAYLOADS = dict((name, number) for number, name in PORT_PROTOCOLS.items())
 #   unsupported  [{"rule": text, "reason": text}]
 #   exists       our table exists
 #   chains       names of our nat chains that exist with the right hook
-NftTable = namedtuple("NftTable", ["rules", "unsupported", "exists", "chains"])
+#   carried      the rules read into `rules`, named as in `unsupported`
+#   followed     the jumps and gotos whose chains were read in their place
+NftTable = namedtuple("NftTable", ["rules", "unsupported", "exists", "chains", "carried", "followed"],
+                      defaults=((), ()))
 
 
 class RenderError(ValueError):
@@ -97,17 +100,36 @@ def parse_ruleset(ruleset, interfaces, include_foreign=False):
             unsupported.extend({"rule": _text(key, obj), "reason": "a rule in chain %r, which is not ours" % key[2]}
                                for obj in objs)
 
-    rules = []
-    for dummy, dummy, dummy, key, hook in sorted(bases):
+    reader = _Reader(listing, roles)
+    ordered = sorted(bases)
+    for position, (dummy, dummy, dummy, key, hook) in enumerate(ordered):
+        # An exemption ends its own base chain only: nat chains of later priority still run.
+        later = any(_effective(listing, other[3], other[3], ()) for other in ordered[position + 1:]
+                    if other[4] == hook)
         for obj in listing.rules.get(key, []):
             if key[:2] == ours:
-                found, problems = _read_own(obj, key, hook, roles)
+                reader.own(obj, key, hook, later)
             else:
-                found, problems = _read_foreign(listing, obj, key, hook, roles, [], ())
-            rules.extend(found)
-            unsupported.extend(problems)
-    return NftTable(canonical(rules), unsupported, ours in listing.tables,
-                    sorted(name for name, obj in our_chains.items() if _chain_hook(obj) is not None))
+                reader.foreign(obj, key, hook, [], (), False, later)
+    return NftTable(canonical(reader.rules), unsupported + reader.unsupported, ours in listing.tables,
+                    sorted(name for name, obj in our_chains.items() if _chain_hook(obj) is not None),
+                    reader.carried, reader.followed)
+
+
+def _effective(listing, key, start, seen):
+    """True when chain `key` holds a rule that is more than jumps into chains without any."""
+    if key in seen or len(seen) > MAX_JUMP_DEPTH:
+        return True
+    for obj in listing.rules.get(key, []):
+        exprs = _without_counters(obj)
+        verdict = exprs[-1] if exprs and isinstance(exprs[-1], dict) else {}
+        how = "jump" if "jump" in verdict else "goto" if "goto" in verdict else None
+        if how is None:
+            return True
+        target = (key[0], key[1], verdict[how].get("target") if isinstance(verdict[how], dict) else None)
+        if _effective(listing, target, start, tuple(seen) + (key,)):
+            return True
+    return False
 
 
 # A listing by table and chain: tables {(family, name)}, chains {(family, table, name): chain
@@ -161,61 +183,119 @@ def _text(key, obj, path=()):
     return "%s %s %s: %s" % (key[0], key[1], " > ".join(tuple(path) + (key[2],)), exprs)
 
 
-def _read_own(obj, key, hook, roles):
-    """([NatRule], [unsupported]) of a rule of our table: exactly what we write, no more."""
-    try:
-        return [parse_rule(_without_counters(obj), hook, roles)], []
-    except _Unsupported as exc:
-        return [], [{"rule": _text(key, obj), "reason": str(exc)}]
-
-
 def _without_counters(obj):
     # A counter counts and changes nothing; its value is not state that moves.
     return [expr for expr in obj.get("expr", []) if not (isinstance(expr, dict) and "counter" in expr)]
 
 
-def _read_foreign(listing, obj, key, hook, roles, path, condition):
-    """([NatRule], [unsupported]) of a rule of another table, following its jump.
+class _Reader(object):
+    """Reads rules into NatRules, collecting what it carries, follows and cannot express."""
 
-    `condition` holds the matches of the jumps that led here: they apply to this rule too.
-    Counters count and change nothing, so they are left out.
-    """
-    exprs = _without_counters(obj)
-    verdict = exprs[-1] if exprs and isinstance(exprs[-1], dict) and len(exprs[-1]) == 1 else {}
-    text = _text(key, obj, path)
-    if "return" in verdict and path:
-        # Back in the calling chain, whose later rules still run: an "unless" the model cannot hold.
-        return [], [{"rule": text, "reason": "a return from chain %r to the chain that jumped to it" % key[2]}]
-    if "jump" in verdict or "goto" in verdict:
+    def __init__(self, listing, roles):
+        self.listing = listing
+        self.roles = roles
+        self.rules, self.unsupported, self.carried, self.followed = [], [], [], []
+
+    def _refuse(self, text, reason):
+        self.unsupported.append({"rule": text, "reason": reason})
+
+    def _carry(self, text, rules):
+        self.rules.extend(rules)
+        self.carried.append(text)
+
+    def own(self, obj, key, hook, later):
+        """A rule of our table: exactly what we write, no more."""
+        text = _text(key, obj)
+        try:
+            rule = parse_rule(_without_counters(obj), hook, self.roles)
+        except _Unsupported as exc:
+            return self._refuse(text, str(exc))
+        if rule.kind in EXEMPTIONS and later:
+            return self._refuse(text, LATER_CHAINS)
+        self._carry(text, [rule])
+
+    def foreign(self, obj, key, hook, path, condition, follows, later):
+        """A rule of another table, following its jump or goto.
+
+        `condition` holds the matches of the jumps that led here: they apply to this rule too.
+        `follows`: rules of the calling chains run after this chain returns; `later`: nat chains
+        of later priority run after this base chain. Either makes an exemption inexact here.
+        """
+        exprs = _without_counters(obj)
+        verdict = exprs[-1] if exprs and isinstance(exprs[-1], dict) and len(exprs[-1]) == 1 else {}
+        text = _text(key, obj, path)
+        family = NAT_TABLE_FAMILIES[key[0]]
+        if "return" in verdict and path:
+            if follows or later:
+                # Back in the calling chain, whose later rules still run: an "unless" the model cannot hold.
+                return self._refuse(text, "a return from chain %r to the chain that jumped to it, "
+                                          "which has rules after the jump" % key[2])
+            # Nothing runs after this chain: a return leaves the packet untranslated, an exemption.
+            exprs = exprs[:-1] + [{"accept": None}]
+        if "jump" in verdict or "goto" in verdict:
+            return self._follow(obj, key, hook, path, condition, follows, later, exprs, verdict)
+        try:
+            rules = _parse_both_families(list(condition) + exprs, hook, self.roles, family)
+        except _Unsupported as exc:
+            return self._refuse(text, str(exc))
+        if later and any(rule.kind in EXEMPTIONS for rule in rules):
+            return self._refuse(text, LATER_CHAINS)
+        self._carry(text, rules)
+
+    def _follow(self, obj, key, hook, path, condition, follows, later, exprs, verdict):
+        text = _text(key, obj, path)
         how = "jump" if "jump" in verdict else "goto"
-        target = (key[0], key[1], verdict[how].get("target"))
-        if target not in listing.chains or "hook" in listing.chains[target]:
-            return [], [{"rule": text, "reason": "a %s to %r, which is no regular chain of the table" % (how, target[2])}]
+        target = (key[0], key[1], verdict[how].get("target") if isinstance(verdict[how], dict) else None)
+        if target not in self.listing.chains or "hook" in self.listing.chains[target]:
+            return self._refuse(text, "a %s to %r, which is no regular chain of the table" % (how, target[2]))
         if len(path) + 1 >= MAX_JUMP_DEPTH:
-            return [], [{"rule": text, "reason": "jumps nested deeper than %d chains" % MAX_JUMP_DEPTH}]
+            return self._refuse(text, "jumps nested deeper than %d chains" % MAX_JUMP_DEPTH)
         inner_condition = tuple(condition) + tuple(exprs[:-1])
+        inner_path = list(path) + [key[2]]
+        if how == "jump":
+            # The chain returns here: this chain's later rules run after it.
+            siblings = self.listing.rules.get(key, [])
+            after = siblings[siblings.index(obj) + 1:] if obj in siblings else []
+            inner_follows = follows or any(_effective_rule(self.listing, key, rule) for rule in after)
+        else:
+            # A goto does not come back: its chain returns where this chain would have.
+            inner_follows = follows
         fallthrough = []
         if how == "goto":
-            # A goto does not come back: packets it takes that no rule behind it translates are
-            # left untranslated by the rest of the calling chain, an exemption on its condition.
-            try:
-                fallthrough = _parse_both_families(list(inner_condition) + [{"accept": None}], hook, roles,
-                                                   NAT_TABLE_FAMILIES[key[0]])
-            except _Unsupported as exc:
-                return [], [{"rule": text, "reason": "a goto on a condition the model cannot hold: %s" % exc}] + [
-                    {"rule": _text(target, inner, list(path) + [key[2]]), "reason": "behind that goto"}
-                    for inner in listing.rules.get(target, [])]
-        found, problems = [], []
-        for inner in listing.rules.get(target, []):
-            more, trouble = _read_foreign(listing, inner, target, hook, roles, list(path) + [key[2]],
-                                          inner_condition)
-            found.extend(more)
-            problems.extend(trouble)
-        return found + fallthrough, problems
-    try:
-        return _parse_both_families(list(condition) + exprs, hook, roles, NAT_TABLE_FAMILIES[key[0]]), []
-    except _Unsupported as exc:
-        return [], [{"rule": text, "reason": str(exc)}]
+            # Packets the goto takes that no rule behind it translates are left untranslated by
+            # the rest of this chain: an exemption on its condition, exact when nothing runs after.
+            reason = LATER_CHAINS if later else (
+                "a goto inside chain %r, whose calling chains have rules after the jump" % key[2] if follows else None)
+            if reason is None:
+                try:
+                    fallthrough = _parse_both_families(list(inner_condition) + [{"accept": None}], hook, self.roles,
+                                                       NAT_TABLE_FAMILIES[key[0]])
+                except _Unsupported as exc:
+                    reason = "a goto on a condition the model cannot hold: %s" % exc
+            if reason is not None:
+                self._refuse(text, reason)
+                for inner in self.listing.rules.get(target, []):
+                    self._refuse(_text(target, inner, inner_path), "behind that goto")
+                return
+        for inner in self.listing.rules.get(target, []):
+            self.foreign(inner, target, hook, inner_path, inner_condition, inner_follows, later)
+        if fallthrough:
+            self._carry(text, fallthrough)
+        else:
+            self.followed.append(text)
+
+
+def _effective_rule(listing, key, obj):
+    exprs = _without_counters(obj)
+    verdict = exprs[-1] if exprs and isinstance(exprs[-1], dict) else {}
+    for how in ("jump", "goto"):
+        if how in verdict:
+            target = verdict[how].get("target") if isinstance(verdict[how], dict) else None
+            return _effective(listing, (key[0], key[1], target), key, ())
+    return True
+
+
+LATER_CHAINS = "an exemption in a nat chain that nat chains of later priority follow (they still run)"
 
 
 def _parse_both_families(exprs, hook, roles, family):
