@@ -292,12 +292,66 @@ def test_iptables_return_only_exempts_what_follows_it_in_our_chain():
     # `iptables-save -c` counters are dropped; ACCEPT ends the table, so it is an exemption here.
     assert table.rules == [NatRule("no-snat", "ipv4", dst="203.0.113.0/24"), NatRule("masquerade", "ipv4", None, "outside")]
     assert [item["reason"] for item in table.unsupported] == [
-        "a RETURN from NFSTATE-POST, which the rules after the jump in POSTROUTING still see",
-        "a rule of chain DOCKER: jumps into chains are not followed"]
+        "a RETURN to the calling chain, which has rules after the jump",
+        "a rule of chain DOCKER, which no rule of PREROUTING or POSTROUTING reaches"]
     # Our chain alone: RETURN ends our rules, as nftables' accept ends our table.
     alone = ipt.parse_save(OWN_CHAIN, "ipv4", IFACES)
     assert alone.rules == [NatRule("no-snat", "ipv4", dst="198.51.100.0/24"), NatRule("no-snat", "ipv4", dst="203.0.113.0/24")]
     assert alone.unsupported == []
+
+
+JUMPS = """\
+*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:LIBVIRT_PRT - [0:0]
+:FWD - [0:0]
+:ZONE - [0:0]
+:EMPTY - [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A PREROUTING -i out0 -j FWD
+-A PREROUTING -i in0 -g ZONE
+-A POSTROUTING -j LIBVIRT_PRT
+-A POSTROUTING -j EMPTY
+-A LIBVIRT_PRT -s 192.0.2.0/24 -d 224.0.0.0/24 -j RETURN
+-A LIBVIRT_PRT -s 192.0.2.0/24 ! -d 192.0.2.0/24 -p tcp -j MASQUERADE --to-ports 1024-65535
+-A LIBVIRT_PRT -s 192.0.2.0/24 ! -d 192.0.2.0/24 -j MASQUERADE
+-A FWD -p tcp -m tcp --dport 2222 -j DNAT --to-destination 192.0.2.10:22
+-A FWD -i out0 -p udp -m udp --dport 53 -j DNAT --to-destination 192.0.2.53
+-A FWD -i in0 -p udp -m udp --dport 54 -j DNAT --to-destination 192.0.2.54
+-A ZONE -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 3128
+-A DOCKER -i in0 -j RETURN
+-A DOCKER ! -i in0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.0.2.2:80
+COMMIT
+"""
+
+
+def test_iptables_jumps_are_followed_with_their_matches():
+    table = ipt.parse_save(JUMPS, "ipv4", IFACES, include_builtin=True)
+    assert table.rules == [
+        NatRule("dnat", "ipv4", "outside", None, None, None, T, ((2222, 2222),), ("192.0.2.10",) * 2, (22, 22)),
+        # the jump's -i and the rule's own are one match when they agree
+        NatRule("dnat", "ipv4", "outside", None, None, None, U, ((53, 53),), ("192.0.2.53",) * 2),
+        NatRule("redirect", "ipv4", "inside", None, None, None, T, ((80, 80),), None, (3128, 3128)),
+        # -g: what ZONE does not translate is left alone by the rest of PREROUTING
+        NatRule("no-dnat", "ipv4", "inside"),
+        # libvirt: the RETURN comes back to POSTROUTING, where nothing effective follows
+        NatRule("no-snat", "ipv4", None, None, "192.0.2.0/24", "224.0.0.0/24"),
+        NatRule("masquerade", "ipv4", None, None, "192.0.2.0/24", "192.0.2.0/24", T, (), None, (1024, 65535),
+                negated=("dst",)),
+        NatRule("masquerade", "ipv4", None, None, "192.0.2.0/24", "192.0.2.0/24", negated=("dst",)),
+    ]
+    assert [(item["rule"], item["reason"]) for item in table.unsupported] == [
+        ("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER", "match -m addrtype"),
+        ("-A DOCKER -i in0 -j RETURN", "behind -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
+        ("-A DOCKER ! -i in0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.0.2.2:80",
+         "behind -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
+        ("-A FWD -i in0 -p udp -m udp --dport 54 -j DNAT --to-destination 192.0.2.54", "matches in_role twice"),
+    ]
+    assert table.followed == ["-A PREROUTING -i out0 -j FWD", "-A POSTROUTING -j LIBVIRT_PRT", "-A POSTROUTING -j EMPTY"]
+    lines = [line for line in JUMPS.splitlines() if line.startswith("-A")]
+    assert sorted(table.carried + table.followed + [item["rule"] for item in table.unsupported]) == sorted(lines)
 
 
 def _chain(name, **extra):

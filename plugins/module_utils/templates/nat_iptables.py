@@ -56,7 +56,12 @@ PROGRAMS = {
 #   unsupported  [{"rule": line, "reason": text}] for rules the model cannot express
 #   chains       our chain names that exist
 #   jumps        {hook: number of unconditional jumps from the built-in chain into ours}
-NatTable = namedtuple("NatTable", ["family", "rules", "unsupported", "chains", "jumps"])
+#   carried      the lines read into `rules`
+#   followed     the lines of jumps and gotos whose chains were read in their place
+NatTable = namedtuple("NatTable", ["family", "rules", "unsupported", "chains", "jumps", "carried", "followed"],
+                      defaults=((), ()))
+# How deep jumps into user chains are followed.
+MAX_JUMP_DEPTH = 16
 
 
 class RenderError(ValueError):
@@ -121,8 +126,10 @@ def parse_save(text, family, interfaces, include_builtin=False):
     """Our rules in one family's `iptables-save -t nat` output -> NatTable.
 
     `interfaces` maps role -> device; devices are mapped back to roles. With include_builtin,
-    rules written directly into PREROUTING/POSTROUTING are read too, with our chain's rules
-    in the place of the jump into it (this is how a NAT configured by hand is gathered).
+    rules written directly into PREROUTING/POSTROUTING are read too, with the rules of the chains
+    they jump to (ours among them) in the place of the jump, the jump's matches added to each:
+    this is how a NAT configured by hand is gathered. Every rule of the table is then carried,
+    followed or listed.
     """
     roles = dict((dev, role) for role, dev in (interfaces or {}).items())
     chains = set()
@@ -140,43 +147,132 @@ def parse_save(text, family, interfaces, include_builtin=False):
         bodies.setdefault(tokens[1], []).append((line, tokens[2:]))
 
     own = set(OWN_CHAINS.values()) & chains
-    rules = []
-    unsupported = []
+    reader = _Reader(bodies, chains, family, roles)
     for hook in HOOKS:
-        ordered = []
         builtin = bodies.get(BUILTIN_CHAINS[hook], [])
         for position, (line, args) in enumerate(builtin):
             if args == ["-j", OWN_CHAINS[hook]]:
                 jumps[hook] += 1
                 if include_builtin and jumps[hook] == 1:
-                    # A RETURN leaves our chain only: the built-in chain's later rules still run.
-                    followed = position + 1 < len(builtin)
-                    ordered.extend((inner, inner_args, followed) for inner, inner_args in bodies.get(OWN_CHAINS[hook], []))
+                    reader.rule(line, args, hook, 0, [], False, builtin[position + 1:])
+                elif include_builtin:
+                    reader.followed.append(line)
             elif OWN_CHAINS[hook] in args:
-                unsupported.append({"rule": line, "reason": "a conditional jump into our chain"})
+                reader.refuse(line, "a conditional jump into our chain")
             elif include_builtin:
-                ordered.append((line, args, False))
+                reader.rule(line, args, hook, 0, [], False, builtin[position + 1:])
         if not include_builtin or jumps[hook] == 0:
-            # Our chain's rules are ours even when nothing enters the chain.
-            ordered.extend((line, args, False) for line, args in bodies.get(OWN_CHAINS[hook], []))
-        for line, args, followed in ordered:
-            rule, reason = _parse_rule(args, family, hook, roles)
-            if rule is not None and followed and rule.kind in EXEMPTIONS and "RETURN" in args:
-                rule, reason = None, ("a RETURN from %s, which the rules after the jump in %s still see"
-                                      % (OWN_CHAINS[hook], BUILTIN_CHAINS[hook]))
-            if rule is None:
-                unsupported.append({"rule": line, "reason": reason})
-            else:
-                rules.append(rule)
+            # Our chain's rules are ours even when nothing enters the chain; read alone, nothing
+            # of ours runs after them.
+            for line, args in bodies.get(OWN_CHAINS[hook], []):
+                reader.rule(line, args, hook, 0, [], False, [], follow=False)
     if include_builtin:
         for chain in ("INPUT", "OUTPUT"):
             for line, dummy in bodies.get(chain, []):
-                unsupported.append({"rule": line, "reason": "NAT of the host's own traffic is not modelled"})
-        known = set(BUILTIN_CHAINS.values()) | set(OWN_CHAINS.values()) | set(["INPUT", "OUTPUT"])
-        for chain in sorted(set(bodies) - known):
+                reader.refuse(line, "NAT of the host's own traffic is not modelled")
+        seen = set(reader.carried) | set(reader.followed) | set(item["rule"] for item in reader.unsupported)
+        for chain in sorted(bodies):
             for line, dummy in bodies[chain]:
-                unsupported.append({"rule": line, "reason": "a rule of chain %s: jumps into chains are not followed" % chain})
-    return NatTable(family, canonical(rules), unsupported, sorted(own), jumps)
+                if line not in seen:
+                    reader.refuse(line, "a rule of chain %s, which no rule of PREROUTING or POSTROUTING reaches" % chain)
+    return NatTable(family, canonical(reader.rules), reader.unsupported, sorted(own), jumps,
+                    reader.carried, reader.followed)
+
+
+class _Reader(object):
+    """Reads rules into NatRules, following jumps, collecting what it carries, follows and lists."""
+
+    def __init__(self, bodies, chains, family, roles):
+        self.bodies = bodies
+        self.chains = chains
+        self.family = family
+        self.roles = roles
+        self.rules, self.unsupported, self.carried, self.followed = [], [], [], []
+
+    def refuse(self, line, reason):
+        self.unsupported.append({"rule": line, "reason": reason})
+
+    def effective(self, chain, seen=()):
+        """True when the chain holds a rule that is more than jumps into chains without any."""
+        if chain in seen or len(seen) > MAX_JUMP_DEPTH:
+            return True
+        return any(self.effective_rule(args, tuple(seen) + (chain,)) for dummy, args in self.bodies.get(chain, []))
+
+    def effective_rule(self, args, seen=()):
+        target = _jump_target(args)
+        return target is None or target[1] not in self.chains or self.effective(target[1], seen)
+
+    def rule(self, line, args, hook, depth, condition, follows, after, follow=True):
+        """One rule at `depth` jumps below a built-in chain, under the matches of those jumps.
+
+        `follows`: the calling chains have rules that run after this chain returns; `after`:
+        the rules after this one in its own chain.
+        """
+        target = _jump_target(args) if follow else None
+        if target is not None and target[1] not in TARGET_KIND and target[1] not in EXEMPT_TARGETS:
+            return self._follow(line, args, hook, depth, condition, follows, after, target)
+        combined = list(condition) + list(args)
+        rule, reason = _parse_rule(combined, self.family, hook, self.roles)
+        if rule is not None and rule.kind in EXEMPTIONS and "RETURN" in args[-2:] and depth > 0 and follows:
+            rule, reason = None, "a RETURN to the calling chain, which has rules after the jump"
+        if rule is None:
+            return self.refuse(line, reason)
+        self.rules.append(rule)
+        self.carried.append(line)
+
+    def _follow(self, line, args, hook, depth, condition, follows, after, target):
+        how, chain, where = target
+        if chain not in self.chains:
+            return self.refuse(line, "target %s" % chain)
+        if depth + 1 >= MAX_JUMP_DEPTH:
+            return self.refuse(line, "jumps nested deeper than %d chains" % MAX_JUMP_DEPTH)
+        inner_condition = list(condition) + list(args[:where])
+        # The jump's own matches must be ones the model holds (checked as an exemption on them).
+        probe, reason = _parse_rule(inner_condition + ["-j", "ACCEPT"], self.family, hook, self.roles)
+        fallthrough = None
+        if probe is not None and how == "-g":
+            # A goto does not come back: what its chain leaves untranslated stays so for the rest
+            # of this chain, an exemption on its matches, exact when nothing runs after this chain.
+            if depth > 0 and follows:
+                reason = "a goto inside a chain whose calling chain has rules after the jump"
+            else:
+                fallthrough = probe
+        if reason is not None:
+            self.refuse(line, reason)
+            self._behind(chain, "behind %s" % line, set())
+            return
+        inner_follows = follows if how == "-g" else follows or any(self.effective_rule(a) for dummy, a in after)
+        inner = self.bodies.get(chain, [])
+        for position, (inner_line, inner_args) in enumerate(inner):
+            self.rule(inner_line, inner_args, hook, depth + 1, inner_condition, inner_follows, inner[position + 1:])
+        if fallthrough is not None:
+            self.rules.append(fallthrough)
+            self.carried.append(line)
+        else:
+            self.followed.append(line)
+
+    def _behind(self, chain, reason, seen):
+        if chain in seen:
+            return
+        seen.add(chain)
+        for line, args in self.bodies.get(chain, []):
+            self.refuse(line, reason)
+            target = _jump_target(args)
+            if target is not None and target[1] in self.chains:
+                self._behind(target[1], reason, seen)
+
+
+def _jump_target(args):
+    """("-j" or "-g", chain, index of the option) of a rule whose target is a chain, else None."""
+    for i, arg in enumerate(args):
+        if arg in ("-j", "--jump", "-g", "--goto") and i + 1 < len(args):
+            if i + 2 != len(args):
+                return None     # target options: a target, not a chain
+            target = args[i + 1]
+            if target in TARGET_KIND or target in EXEMPT_TARGETS:
+                return None
+            return ("-g" if arg in ("-g", "--goto") else "-j", target, i)
+    return None
 
 
 def _role(dev, roles):
@@ -213,14 +309,17 @@ def _parse_rule_args(args, family, hook, roles):
         return args[i + 1]
 
     def take(key, found, negatable=True):
-        # One match per field: a second one is an intersection the model cannot hold.
-        if fields.get(key) not in (None, ()) or (key == "dports" and dports):
+        # One match per field (a jump's and the rule's own are one when they agree): a second,
+        # different one is an intersection the model cannot hold.
+        negate = state["not"]
+        if negate and not negatable:
+            raise _Unsupported("negated match '! %s'" % args[state["i"]])
+        state["not"] = False
+        current = dports if key == "dports" else fields.get(key)
+        if current not in (None, ()) and (current != found or (key in negated) != negate):
             raise _Unsupported("matches %s twice" % key)
-        if state["not"]:
-            if not negatable:
-                raise _Unsupported("negated match '! %s'" % args[state["i"]])
+        if negate:
             negated.add(key)
-            state["not"] = False
         return found
 
     while state["i"] < len(args):
