@@ -60,12 +60,15 @@ PROTOCOL_NUMBERS.update({"icmpv6": 58, "ipv6icmp": 58, "udp-lite": 136})
 #   to_ports     (first, last) port range translated to, or None (keep / kernel's choice)
 #   negated      the matches that are negated, a tuple of NEGATABLE names in that order
 #   flags        FLAGS of the translation, in that order
+#   comment      the rule's comment (iptables -m comment, nftables comment) or None
 NatRule = namedtuple(
     "NatRule",
     ["kind", "family", "in_role", "out_role", "src", "dst", "proto", "dports",
-     "to_addresses", "to_ports", "negated", "flags"],
-    defaults=(None, None, None, None, None, (), None, None, (), ()),
+     "to_addresses", "to_ports", "negated", "flags", "comment"],
+    defaults=(None, None, None, None, None, (), None, None, (), (), None),
 )
+# iptables' comment match holds up to 255 bytes (nftables' comments 128).
+MAX_COMMENT = 255
 
 
 class ModelError(ValueError):
@@ -241,6 +244,9 @@ def rule_problems(rule):
     flags = tuple(rule.flags or ())
     if flags != tuple(flag for flag in FLAGS if flag in flags):
         problems.append("flags %r are not a tuple of %s, in that order" % (flags, ", ".join(FLAGS)))
+    if rule.comment is not None and not (isinstance(rule.comment, str) and 0 < len(rule.comment.encode("utf-8")) <= MAX_COMMENT
+                                         and "\n" not in rule.comment and "\0" not in rule.comment):
+        problems.append("comment %r is not one line of 1..%d bytes" % (rule.comment, MAX_COMMENT))
     if rule.kind in EXEMPTIONS:
         if rule.to_addresses is not None or rule.to_ports is not None or flags:
             problems.append("an exemption translates nothing: no addresses, ports or flags")
@@ -334,6 +340,8 @@ def rule_to_policy(rule, index):
         policy[NS + key] = [_port_number(a, b) for a, b in rule.dports]
     if rule.flags:
         policy[NS + "nat-flags"] = " ".join(rule.flags)
+    if rule.comment is not None:
+        policy[NS + "comment"] = rule.comment
 
     # A destination NAT rule names the destination it translates in dst-out-ip-pool, as
     # ietf-nat does, when that is one prefix; any other destination match goes in our members.
@@ -405,7 +413,7 @@ _POLICY_KEYS = frozenset([
     NS + "translated-port", NS + "external-ipv6-address-pool",
     NS + "exempt", NS + "redirect", NS + "nat-flags", NS + "excluded-source", NS + "destination-address",
     NS + "excluded-destination", NS + "excluded-destination-port", NS + "excluded-in-interface",
-    NS + "excluded-out-interface",
+    NS + "excluded-out-interface", NS + "comment",
 ])
 
 
@@ -665,7 +673,8 @@ def policy_to_rule(policy, path="policy[0]"):
         negated.add("dst")
 
     rule = NatRule(kind, family, roles["in_role"], roles["out_role"], src, dst, proto,
-                   dports, to_addresses, to_ports, tuple(n for n in NEGATABLE if n in negated), flags)
+                   dports, to_addresses, to_ports, tuple(n for n in NEGATABLE if n in negated), flags,
+                   r.get(NS + "comment", str))
     problems = rule_problems(rule)
     if problems:
         raise ModelError(path, "; ".join(problems))

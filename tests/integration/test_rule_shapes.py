@@ -130,7 +130,7 @@ def test_iptables_shapes_move_to_nftables_and_back(netns, backend):
     # The fixture is what this iptables lists: the kernel holds the shapes as written.
     parts = ipt.split_families(fixture_text("rule_shapes.iptables"))
     assert rules == canonical([r for f in FAMILIES for r in ipt.parse_save(parts[f], f, INTERFACES, True).rules])
-    assert len(rules) == 19
+    assert len(rules) == 20
     doc = document(rules)
 
     target = netns("nft-" + backend)

@@ -112,8 +112,8 @@ def test_rules_of_other_chains_are_ignored():
 
 
 @pytest.mark.parametrize("line,reason", [
-    ("-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -m comment --comment \"hi there\" "
-     "-j DNAT --to-destination 192.0.2.10", "match -m comment"),
+    ("-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -m limit --limit 5/sec "
+     "-j DNAT --to-destination 192.0.2.10", "match -m limit"),
     ("-A NFSTATE-PRE ! -p tcp -j DNAT --to-destination 192.0.2.10", "negated match '! -p'"),
     ("-A NFSTATE-PRE -i veth-out -p tcp -m statistic --mode nth --every 2 --packet 0 -j DNAT "
      "--to-destination 192.0.2.10", "match -m statistic"),

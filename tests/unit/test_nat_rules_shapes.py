@@ -56,6 +56,8 @@ IPT_RULES = [
             negated=("dports",), flags=("persistent",)),
     NatRule("snat", "ipv4", None, "outside", None, "192.0.2.0/24", None, (), ("203.0.113.1",) * 2,
             negated=("dst",), flags=("random",)),
+    NatRule("snat", "ipv4", None, "outside", "192.0.2.64/26", None, None, (), ("203.0.113.30",) * 2,
+            comment="guests: pool of their own"),
     NatRule("no-snat", "ipv6", dst="2001:db8:2::/64"),
     NatRule("snat", "ipv6", None, "outside", "2001:db8:1::10/124", None, None, (),
             ("2001:db8:2::1", "2001:db8:2::8"), flags=("persistent",)),
@@ -121,7 +123,8 @@ def both(rule):
 # for each family.
 NFT_RULES = canonical(
     IPT_RULES[0:3] + both(IPT_RULES[3]) + both(IPT_RULES[4]) + both(IPT_RULES[5]) + [IPT_RULES[6]] + NFT_ONLY[0:4]
-    + [IPT_RULES[9], NFT_ONLY[4], IPT_RULES[11]] + both(IPT_RULES[12]) + [IPT_RULES[13], IPT_RULES[17]] + NFT_ONLY[5:])
+    + [IPT_RULES[9], NFT_ONLY[4], IPT_RULES[11]] + both(IPT_RULES[12]) + [IPT_RULES[13], IPT_RULES[16], IPT_RULES[18]]
+    + NFT_ONLY[5:])
 
 
 def test_nftables_shapes_are_all_carried():
@@ -186,6 +189,18 @@ def test_what_iptables_cannot_write_is_refused_with_the_reason(rule, words):
         ipt.rule_args(rule, IFACES)
 
 
+def test_comments_that_an_implementation_cannot_hold_are_refused():
+    quoted = IPT_RULES[16]._replace(comment='say "hi"')
+    with pytest.raises(ipt.RenderError, match="cannot pass the comment"):
+        ipt.restore_payload([quoted], "ipv4", IFACES)
+    long = IPT_RULES[16]._replace(comment="x" * 129)
+    assert ipt.rule_args(long, IFACES)[-6:-4] == ["--comment", "x" * 129]
+    with pytest.raises(nftr.RenderError, match="up to 128 bytes"):
+        nftr.render_commands([long], IFACES)
+    assert rule_problems(IPT_RULES[16]._replace(comment="two\nlines"))
+    assert rule_problems(IPT_RULES[16]._replace(comment="x" * 256))
+
+
 def test_policies_use_their_places():
     policies = dict((i, policy) for i, policy in enumerate(to_policy(IPT_RULES + NFT_ONLY)))
     exempt_dnat, dnat_negated, exempt_range = policies[0], policies[1], policies[2]
@@ -208,6 +223,7 @@ def test_policies_use_their_places():
     assert snat[NS + "excluded-source"] == ["192.0.2.128/25"] and "subscriber-match" not in snat
     assert [p["external-ip-pool"] for p in snat["external-ip-address-pool"]] == ["203.0.113.10/31", "203.0.113.12/30",
                                                                                   "203.0.113.16/30"]
+    assert policies[16][NS + "comment"] == "guests: pool of their own"
     dnat_set, two_protocols = policies[len(IPT_RULES)], policies[len(IPT_RULES) + 1]
     assert dnat_set[NS + "destination-address"] == [
         "203.0.113.7/32", "203.0.113.32/28", "203.0.113.60/31", "203.0.113.62/32"]
@@ -344,9 +360,10 @@ def test_iptables_jumps_are_followed_with_their_matches():
     ]
     assert [(item["rule"], item["reason"]) for item in table.unsupported] == [
         ("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER", "match -m addrtype"),
-        ("-A DOCKER -i in0 -j RETURN", "behind -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
+        ("-A DOCKER -i in0 -j RETURN",
+         "behind a jump that is listed (match -m addrtype): -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
         ("-A DOCKER ! -i in0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.0.2.2:80",
-         "behind -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
+         "behind a jump that is listed (match -m addrtype): -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
         ("-A FWD -i in0 -p udp -m udp --dport 54 -j DNAT --to-destination 192.0.2.54", "matches in_role twice"),
     ]
     assert table.followed == ["-A PREROUTING -i out0 -j FWD", "-A POSTROUTING -j LIBVIRT_PRT", "-A POSTROUTING -j EMPTY"]
@@ -395,7 +412,7 @@ def test_nftables_return_and_goto_behind_a_base_chain():
         # entered by a jump: after its return the base chain's later rules still run
         "a return from chain 'lan' to the chain that jumped to it, which has rules after the jump",
         "a goto on a condition the model cannot hold: match on meta mark",
-        "behind that goto",
+        "behind a goto that is listed (a goto on a condition the model cannot hold: match on meta mark)",
     ]
     # Every rule is accounted for: carried, listed, or a jump read in its place.
     assert len(table.carried) + len(table.unsupported) + len(table.followed) == 10

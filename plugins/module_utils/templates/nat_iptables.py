@@ -239,7 +239,7 @@ class _Reader(object):
                 fallthrough = probe
         if reason is not None:
             self.refuse(line, reason)
-            self._behind(chain, "behind %s" % line, set())
+            self._behind(chain, "behind a jump that is listed (%s): %s" % (reason, line), set())
             return
         inner_follows = follows if how == "-g" else follows or any(self.effective_rule(a) for dummy, a in after)
         inner = self.bodies.get(chain, [])
@@ -294,7 +294,7 @@ def _parse_rule(args, family, hook, roles):
 
 
 def _parse_rule_args(args, family, hook, roles):
-    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "proto": None}
+    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "proto": None, "comment": None}
     negated = set()
     dports = ()
     target = None
@@ -378,6 +378,11 @@ def _parse_rule_args(args, family, hook, roles):
                     raise _Unsupported("match option %s" % option)
                 if options[option] == "dports":
                     dports = take("dports", _ports_list(value(), ":"))
+                elif options[option] == "comment":
+                    if state["not"]:
+                        raise _Unsupported("'!' before a comment")
+                    # A jump's comment names the jump: the rule's own, after it, is the one kept.
+                    fields["comment"] = value()
                 else:
                     key = options[option]
                     fields[key] = take(key, _range_match(value(), family))
@@ -413,7 +418,7 @@ def _parse_rule_args(args, family, hook, roles):
     rule = NatRule(kind, family, fields["in_role"], fields["out_role"], fields["src"], fields["dst"],
                    fields["proto"], dports, to_addresses, to_ports,
                    tuple(name for name in NEGATABLE if name in negated),
-                   tuple(flag for flag in FLAGS if flag in flags))
+                   tuple(flag for flag in FLAGS if flag in flags), fields["comment"])
     problems = rule_problems(rule)
     if problems:
         raise _Unsupported("; ".join(problems))
@@ -424,6 +429,7 @@ def _parse_rule_args(args, family, hook, roles):
 _MODULE_OPTIONS = dict((name, {"--dport": "dports", "--destination-port": "dports"}) for name in PORT_PROTOCOLS.values())
 _MODULE_OPTIONS["multiport"] = {"--dports": "dports", "--destination-ports": "dports"}
 _MODULE_OPTIONS["iprange"] = {"--src-range": "src", "--dst-range": "dst"}
+_MODULE_OPTIONS["comment"] = {"--comment": "comment"}
 
 
 def _range_match(text, family):
@@ -534,6 +540,8 @@ def rule_args(rule, interfaces):
                                   % (slots, MULTIPORT_SLOTS))
             args += ["-m", "multiport"] + neg("dports") + [
                 "--dports", ",".join(_port_text(r, ":") for r in rule.dports)]
+    if rule.comment is not None:
+        args += ["-m", "comment", "--comment", rule.comment]
     if rule.kind in EXEMPTIONS:
         return args + ["-j", EXEMPT_TARGET]
     target = KIND_TARGET[rule.kind]
@@ -585,7 +593,9 @@ def restore_payload(rules, family, interfaces, current=None):
     grouped = by_hook(rules, family)
     for hook in HOOKS:
         for rule in grouped[hook]:
-            lines.append(" ".join(["-A", OWN_CHAINS[hook]] + [_quote(a) for a in rule_args(rule, interfaces)]))
+            args = rule_args(rule, interfaces)
+            quoted = [_quote_comment(a) if i and args[i - 1] == "--comment" else _quote(a) for i, a in enumerate(args)]
+            lines.append(" ".join(["-A", OWN_CHAINS[hook]] + quoted))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -602,6 +612,14 @@ def remove_payload(current):
     if not lines:
         return None
     return "\n".join(["*nat"] + lines + ["COMMIT"]) + "\n"
+
+
+def _quote_comment(text):
+    # iptables-restore takes a double-quoted argument as one; a quote or backslash inside would
+    # need escapes that its versions read differently.
+    if re.search(r'["\\\n]', text):
+        raise RenderError("cannot pass the comment %r to iptables-restore" % text)
+    return '"%s"' % text
 
 
 def _quote(arg):

@@ -33,6 +33,8 @@ FAMILY_OF_NFPROTO = {"ipv4": "ipv4", "ipv6": "ipv6"}
 FAMILY_OF_PAYLOAD = {"ip": "ipv4", "ip6": "ipv6"}
 PAYLOAD_OF_FAMILY = {"ipv4": "ip", "ipv6": "ip6"}
 PORT_PAYLOADS = dict((name, number) for number, name in PORT_PROTOCOLS.items())
+# NFTNL_UDATA_COMMENT_MAXLEN
+MAX_NFT_COMMENT = 128
 
 # What the host holds of ours.
 #   rules        NatRules, canonical order
@@ -103,17 +105,74 @@ def parse_ruleset(ruleset, interfaces, include_foreign=False):
     reader = _Reader(listing, roles)
     ordered = sorted(bases)
     for position, (dummy, dummy, dummy, key, hook) in enumerate(ordered):
-        # An exemption ends its own base chain only: nat chains of later priority still run.
-        later = any(_effective(listing, other[3], other[3], ()) for other in ordered[position + 1:]
-                    if other[4] == hook)
+        # An exemption ends its own base chain only: nat chains of later priority still run
+        # (for the families they see).
+        later = set(family for other in ordered[position + 1:] if other[4] == hook
+                    and _effective(listing, other[3], other[3], ())
+                    for family in ([NAT_TABLE_FAMILIES[other[3][0]]] if NAT_TABLE_FAMILIES[other[3][0]] else FAMILIES))
         for obj in listing.rules.get(key, []):
             if key[:2] == ours:
                 reader.own(obj, key, hook, later)
             else:
                 reader.foreign(obj, key, hook, [], (), False, later)
+    if include_foreign:
+        # Rules reached otherwise (through a verdict map, or behind a jump from a chain of the
+        # host's own traffic) are listed too: nothing of a nat chain goes unaccounted.
+        seen = reader.seen | set(id(obj) for key, chain in listing.chains.items() if _foreign_nat_chain(key, chain)
+                                 and chain["hook"] not in HOOKS for obj in listing.rules.get(key, []))
+        starts = [key for key, chain in listing.chains.items() if key[:2] != ours and _foreign_nat_chain(key, chain)]
+        for key in _reachable(listing, starts):
+            for obj in listing.rules.get(key, []):
+                if id(obj) not in seen:
+                    reader.unsupported.append({"rule": _text(key, obj), "reason": "a rule of chain %r, reached only "
+                                               "through a verdict map or a rule the model does not follow" % key[2]})
     return NftTable(canonical(reader.rules), unsupported + reader.unsupported, ours in listing.tables,
                     sorted(name for name, obj in our_chains.items() if _chain_hook(obj) is not None),
                     reader.carried, reader.followed)
+
+
+def _targets(value):
+    """Chain names that jump and goto verdicts anywhere in a JSON value name."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in ("jump", "goto") and isinstance(inner, dict) and isinstance(inner.get("target"), str):
+                yield inner["target"]
+            else:
+                for target in _targets(inner):
+                    yield target
+    elif isinstance(value, list):
+        for inner in value:
+            for target in _targets(inner):
+                yield target
+
+
+def _set_names(value):
+    if isinstance(value, str) and value.startswith("@"):
+        yield value[1:]
+    elif isinstance(value, dict):
+        for inner in value.values():
+            for name in _set_names(inner):
+                yield name
+    elif isinstance(value, list):
+        for inner in value:
+            for name in _set_names(inner):
+                yield name
+
+
+def _reachable(listing, starts):
+    """The chains reached from `starts` by jumps and gotos, also through verdict maps."""
+    found, todo = [], list(starts)
+    while todo:
+        key = todo.pop(0)
+        if key in found:
+            continue
+        found.append(key)
+        for obj in listing.rules.get(key, []):
+            names = list(_targets(obj.get("expr", [])))
+            for name in _set_names(obj.get("expr", [])):
+                names.extend(_targets(listing.maps.get((key[0], key[1], name), {}).get("elem", [])))
+            todo.extend((key[0], key[1], name) for name in names)
+    return found
 
 
 def _effective(listing, key, start, seen):
@@ -134,12 +193,12 @@ def _effective(listing, key, start, seen):
 
 # A listing by table and chain: tables {(family, name)}, chains {(family, table, name): chain
 # object} in listing order, rules {(family, table, chain): [rule objects]} in listing order.
-_Listing = namedtuple("_Listing", ["tables", "chains", "rules"])
+_Listing = namedtuple("_Listing", ["tables", "chains", "rules", "maps"])
 
 
 def _index(ruleset):
     items = ruleset.get("nftables", []) if isinstance(ruleset, dict) else []
-    tables, chains, rules = set(), {}, {}
+    tables, chains, rules, maps = set(), {}, {}, {}
     for item in items:
         kind, obj = next(iter(item.items())) if isinstance(item, dict) and item else (None, None)
         if not isinstance(obj, dict):
@@ -150,7 +209,9 @@ def _index(ruleset):
             chains[(obj.get("family"), obj.get("table"), obj.get("name"))] = obj
         elif kind == "rule":
             rules.setdefault((obj.get("family"), obj.get("table"), obj.get("chain")), []).append(obj)
-    return _Listing(tables, chains, rules)
+        elif kind == "map":
+            maps[(obj.get("family"), obj.get("table"), obj.get("name"))] = obj
+    return _Listing(tables, chains, rules, maps)
 
 
 def _chain_hook(chain):
@@ -195,6 +256,7 @@ class _Reader(object):
         self.listing = listing
         self.roles = roles
         self.rules, self.unsupported, self.carried, self.followed = [], [], [], []
+        self.seen = set()
 
     def _refuse(self, text, reason):
         self.unsupported.append({"rule": text, "reason": reason})
@@ -205,12 +267,13 @@ class _Reader(object):
 
     def own(self, obj, key, hook, later):
         """A rule of our table: exactly what we write, no more."""
+        self.seen.add(id(obj))
         text = _text(key, obj)
         try:
-            rule = parse_rule(_without_counters(obj), hook, self.roles)
+            rule = parse_rule(_without_counters(obj), hook, self.roles, comment=obj.get("comment"))
         except _Unsupported as exc:
             return self._refuse(text, str(exc))
-        if rule.kind in EXEMPTIONS and later:
+        if rule.kind in EXEMPTIONS and rule.family in later:
             return self._refuse(text, LATER_CHAINS)
         self._carry(text, [rule])
 
@@ -221,12 +284,13 @@ class _Reader(object):
         `follows`: rules of the calling chains run after this chain returns; `later`: nat chains
         of later priority run after this base chain. Either makes an exemption inexact here.
         """
+        self.seen.add(id(obj))
         exprs = _without_counters(obj)
         verdict = exprs[-1] if exprs and isinstance(exprs[-1], dict) and len(exprs[-1]) == 1 else {}
         text = _text(key, obj, path)
         family = NAT_TABLE_FAMILIES[key[0]]
         if "return" in verdict and path:
-            if follows or later:
+            if follows:
                 # Back in the calling chain, whose later rules still run: an "unless" the model cannot hold.
                 return self._refuse(text, "a return from chain %r to the chain that jumped to it, "
                                           "which has rules after the jump" % key[2])
@@ -235,10 +299,10 @@ class _Reader(object):
         if "jump" in verdict or "goto" in verdict:
             return self._follow(obj, key, hook, path, condition, follows, later, exprs, verdict)
         try:
-            rules = _parse_both_families(list(condition) + exprs, hook, self.roles, family)
+            rules = _parse_both_families(list(condition) + exprs, hook, self.roles, family, obj.get("comment"))
         except _Unsupported as exc:
             return self._refuse(text, str(exc))
-        if later and any(rule.kind in EXEMPTIONS for rule in rules):
+        if any(rule.kind in EXEMPTIONS and rule.family in later for rule in rules):
             return self._refuse(text, LATER_CHAINS)
         self._carry(text, rules)
 
@@ -264,18 +328,20 @@ class _Reader(object):
         if how == "goto":
             # Packets the goto takes that no rule behind it translates are left untranslated by
             # the rest of this chain: an exemption on its condition, exact when nothing runs after.
-            reason = LATER_CHAINS if later else (
-                "a goto inside chain %r, whose calling chains have rules after the jump" % key[2] if follows else None)
+            reason = "a goto inside chain %r, whose calling chains have rules after the jump" % key[2] if follows else None
             if reason is None:
                 try:
                     fallthrough = _parse_both_families(list(inner_condition) + [{"accept": None}], hook, self.roles,
                                                        NAT_TABLE_FAMILIES[key[0]])
                 except _Unsupported as exc:
                     reason = "a goto on a condition the model cannot hold: %s" % exc
+                if any(rule.family in later for rule in fallthrough):
+                    reason = LATER_CHAINS
             if reason is not None:
                 self._refuse(text, reason)
                 for inner in self.listing.rules.get(target, []):
-                    self._refuse(_text(target, inner, inner_path), "behind that goto")
+                    self.seen.add(id(inner))
+                    self._refuse(_text(target, inner, inner_path), "behind a goto that is listed (%s)" % reason)
                 return
         for inner in self.listing.rules.get(target, []):
             self.foreign(inner, target, hook, inner_path, inner_condition, inner_follows, later)
@@ -295,15 +361,15 @@ def _effective_rule(listing, key, obj):
     return True
 
 
-LATER_CHAINS = "an exemption in a nat chain that nat chains of later priority follow (they still run)"
+LATER_CHAINS = "an exemption in a nat chain that nat chains of later priority follow for its family (they still run)"
 
 
-def _parse_both_families(exprs, hook, roles, family):
+def _parse_both_families(exprs, hook, roles, family, comment=None):
     """An inet rule that names no address family translates both: one rule for each."""
     try:
-        return [parse_rule(exprs, hook, roles, family)]
+        return [parse_rule(exprs, hook, roles, family, comment)]
     except _NoFamily:  # only raised when the table implies no family (inet)
-        return [parse_rule(exprs, hook, roles, each) for each in FAMILIES]
+        return [parse_rule(exprs, hook, roles, each, comment) for each in FAMILIES]
 
 
 class _Unsupported(Exception):
@@ -321,10 +387,11 @@ ACTION_OPTIONS = {"snat": {"family", "addr", "port", "flags"}, "dnat": {"family"
                   "masquerade": {"port", "flags"}, "redirect": {"port", "flags"}, "accept": set(), "return": set()}
 
 
-def parse_rule(exprs, hook, roles, family=None):
+def parse_rule(exprs, hook, roles, family=None, comment=None):
     """A NatRule from one rule's JSON statements; raises _Unsupported with the reason.
 
-    `family` is the address family the rule's table implies (ip, ip6), None for inet.
+    `family` is the address family the rule's table implies (ip, ip6), None for inet; `comment`
+    the rule's comment.
     """
     families = set([family] if family else [])
     fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "dports": ()}
@@ -391,7 +458,7 @@ def parse_rule(exprs, hook, roles, family=None):
     src, dst = (None if value is None else _address_value(value, family) for value in (fields["src"], fields["dst"]))
     rule = NatRule(kind, family, fields["in_role"], fields["out_role"], src, dst,
                    proto, fields["dports"], to_addresses, to_ports,
-                   tuple(n for n in NEGATABLE if n in negated), tuple(f for f in FLAGS if f in flags))
+                   tuple(n for n in NEGATABLE if n in negated), tuple(f for f in FLAGS if f in flags), comment)
     problems = rule_problems(rule)
     if problems:
         raise _Unsupported("; ".join(problems))
@@ -469,7 +536,30 @@ def _parse_match(body, families, fields, protos, roles, negated):
             _set_field(fields, "dports", _ports(right), "the destination port", negated, negate)
             return
         raise _Unsupported("%smatch on %s %s" % ("negated " if negate else "", proto, field))
-    raise _Unsupported("match on %s" % json.dumps(left))
+    raise _Unsupported("match on %s" % _describe(left))
+
+
+BITWISE = {"&": "a mask", "|": "an or", "^": "an xor", "<<": "a shift", ">>": "a shift"}
+
+
+def _describe(left):
+    """What an expression is, in a few words (the rule itself is listed with it in full)."""
+    if not isinstance(left, dict) or len(left) != 1:
+        return json.dumps(left)
+    (kind, body), = left.items()
+    if kind in BITWISE:
+        return "%s of %s" % (BITWISE[kind], _describe(body[0]) if isinstance(body, list) and body else "a value")
+    if kind == "concat":
+        return "a concatenation (%s)" % ", ".join(_describe(part) for part in body)
+    if kind == "meta" and isinstance(body, dict):
+        return "meta %s" % body.get("key")
+    if kind == "ct" and isinstance(body, dict):
+        return "ct %s" % body.get("key")
+    if kind == "payload" and isinstance(body, dict):
+        return "%s %s" % (body.get("protocol"), body.get("field"))
+    if kind == "fib" and isinstance(body, dict):
+        return "fib %s %s" % (" ".join(body.get("flags", [])), body.get("result"))
+    return kind
 
 
 def _protocol_set(value):
@@ -530,6 +620,8 @@ def _address_range(value, family):
                     normalize_address(str(net.broadcast_address), family))
     except (ValueError, KeyError, TypeError) as exc:
         raise _Unsupported("address %s: %s" % (json.dumps(value), exc))
+    if isinstance(value, dict) and "map" in value:
+        raise _Unsupported("translation by a map (%s)" % _describe(value["map"].get("key")))
     raise _Unsupported("translation to %s" % json.dumps(value))
 
 
@@ -650,9 +742,13 @@ def render_commands(rules, interfaces):
     for name in sorted(CHAINS):
         cmds.append({"flush": {"chain": _chain(name)}})
     for rule in canonical(rules):
-        cmds.append({"add": {"rule": {
-            "family": TABLE_FAMILY, "table": TABLE_NAME, "chain": HOOK_OF_KIND[rule.kind],
-            "expr": rule_exprs(rule, interfaces)}}})
+        obj = {"family": TABLE_FAMILY, "table": TABLE_NAME, "chain": HOOK_OF_KIND[rule.kind],
+               "expr": rule_exprs(rule, interfaces)}
+        if rule.comment is not None:
+            if len(rule.comment.encode("utf-8")) > MAX_NFT_COMMENT:
+                raise RenderError("nftables keeps comments of up to %d bytes, not %r" % (MAX_NFT_COMMENT, rule.comment))
+            obj["comment"] = rule.comment
+        cmds.append({"add": {"rule": obj}})
     return {"nftables": cmds}
 
 
