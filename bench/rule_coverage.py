@@ -169,12 +169,13 @@ def _renders(render, rules):
 
 
 def _reason_group(reason):
-    """A reason without its particulars (interface names, chains, sets), to group by."""
-    reason = re.sub(r"'[^']*'|\"[^\"]*\"", "X", reason)
-    reason = re.sub(r"\b(chain|interface|target|set) [^\s:,;]+", r"\1 X", reason)
+    """A reason without its particulars (devices, chains, sets, numbers), to group by."""
+    reason = re.sub(r"interface ('[^']*'|\S+) has", "interface X has", reason)
+    reason = re.sub(r"chain '[^']*'", "chain X", reason)
+    reason = re.sub(r"of chain [A-Za-z0-9_.-]+", "of chain X", reason)
     reason = re.sub(r"@\S+", "@X", reason)
-    reason = re.sub(r"-A \S+ .*", "-A ...", reason)
-    reason = re.sub(r"\d+(\.\d+)*(/\d+)?", "N", reason)
+    reason = re.sub(r"\): -A .*", ")", reason)
+    reason = re.sub(r"\b\d+(\.\d+)*(/\d+)?\b", "N", reason)
     return reason
 
 

@@ -81,11 +81,11 @@ def load_iptables(ns, backend, text):
         in_ns(ns, restore, "--noflush", input=part)
 
 
-def gather_iptables(ns, backend, include_builtin):
+def gather_iptables(ns, backend, include_builtin, interfaces=None):
     rules, unsupported = [], []
     for family in FAMILIES:
         out = in_ns(ns, ipt.PROGRAMS[(backend, family)][0], "-t", "nat").stdout
-        table = ipt.parse_save(out, family, INTERFACES, include_builtin)
+        table = ipt.parse_save(out, family, interfaces or INTERFACES, include_builtin)
         rules += table.rules
         unsupported += table.unsupported
     return canonical(rules), unsupported
@@ -113,9 +113,9 @@ def document(rules):
     return {"ietf-nat:nat": {"instances": {"instance": [{"id": 1, "name": "nat", "policy": to_policy(rules)}]}}}
 
 
-def expressible_in_iptables(rule):
+def expressible_in_iptables(rule, interfaces=None):
     try:
-        ipt.rule_args(rule, INTERFACES)
+        ipt.rule_args(rule, interfaces or INTERFACES)
     except ipt.RenderError:
         return False
     return True
@@ -165,6 +165,62 @@ def test_nftables_shapes_move_to_both_iptables_backends_and_back(netns):
         assert unsupported == [] and document(there) == document(portable)
         back, unsupported = apply_nftables(netns("back-" + backend), rules_of(document(there)))
         assert unsupported == [] and document(back) == document(portable)
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus of real-world shapes (bench/rule_coverage.py): the kernel takes it as written
+
+CORPUS = os.path.join(FIXTURES, "rule_corpus")
+
+
+def corpus(suffix):
+    return sorted(name for name in os.listdir(CORPUS) if name.endswith(suffix))
+
+
+def roles_of(text):
+    line = next(line for line in text.splitlines() if line.startswith("# roles:"))
+    return dict(item.split("=", 1) for item in line.split(":", 1)[1].split())
+
+
+def gathered(table_rules, unsupported):
+    return table_rules, sorted(item["reason"] for item in unsupported)
+
+
+@pytest.mark.parametrize("name", corpus(".nft"))
+def test_corpus_listings_are_what_nft_lists(netns, name):
+    text = fixture_text(os.path.join("rule_corpus", name))
+    roles = roles_of(text)
+    ns = netns("cov")
+    in_ns(ns, "nft", "-f", os.path.join(CORPUS, name))
+    live = nftr.parse_ruleset(nft_listing(ns, "ruleset"), roles, include_foreign=True)
+    stored = nftr.parse_ruleset(json.loads(fixture_text(os.path.join("rule_corpus", name[:-4] + ".json"))),
+                                roles, include_foreign=True)
+    assert gathered(live.rules, live.unsupported) == gathered(stored.rules, stored.unsupported)
+    assert len(live.carried) == len(stored.carried) and len(live.followed) == len(stored.followed)
+    # What is carried goes into iptables where it can (the rest is refused before loading).
+    portable = [rule for rule in live.rules if expressible_in_iptables(rule, roles)]
+    target = netns("cov-ipt")
+    for family in FAMILIES:
+        in_ns(target, ipt.PROGRAMS[("legacy", family)][1], "--noflush", input=ipt.restore_payload(portable, family, roles))
+    assert gather_iptables(target, "legacy", False, roles) == (canonical(portable), [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", corpus(".iptables"))
+def test_corpus_iptables_rulesets_load_as_written(netns, name, backend):
+    text = fixture_text(os.path.join("rule_corpus", name))
+    roles = roles_of(text)
+    ns = netns("cov-" + backend)
+    load_iptables(ns, backend, text)
+    rules, unsupported = gather_iptables(ns, backend, True, roles)
+    parts = ipt.split_families(text)
+    tables = [ipt.parse_save(parts.get(f, ""), f, roles, True) for f in FAMILIES]
+    assert gathered(rules, unsupported) == gathered(canonical([r for t in tables for r in t.rules]),
+                                                    [item for t in tables for item in t.unsupported])
+    # What is carried goes into nftables, beside the iptables rules.
+    in_ns(ns, "nft", "-j", "-f", "-", input=json.dumps(nftr.render_commands(rules, roles)))
+    ours = nftr.parse_ruleset(nft_listing(ns, "table", nftr.TABLE_FAMILY, nftr.TABLE_NAME), roles)
+    assert (ours.rules, ours.unsupported) == (rules, [])
 
 
 # ---------------------------------------------------------------------------------------------
