@@ -94,12 +94,10 @@ def _walk(value, keys):
             if key in keys and isinstance(inner, dict) and "target" in inner:
                 yield inner["target"]
             else:
-                for found in _walk(inner, keys):
-                    yield found
+                yield from _walk(inner, keys)
     elif isinstance(value, list):
         for inner in value:
-            for found in _walk(inner, keys):
-                yield found
+            yield from _walk(inner, keys)
 
 
 def nftables_rules(listing):
@@ -187,7 +185,7 @@ def measure_file(path):
     writer, roles = header(text)
     if name.endswith(".iptables"):
         implementation = "iptables"
-        universe = [(family, line) for family, line in iptables_rules(text)]
+        universe = iptables_rules(text)
         parts = ipt.split_families(text)
         rules, carried, followed, listed, reasons = [], set(), set(), set(), []
         for family in FAMILIES:

@@ -221,8 +221,8 @@ def test_policies_use_their_places():
     assert dnat_range[NS + "nat-flags"] == "random persistent"
     snat = policies[13]
     assert snat[NS + "excluded-source"] == ["192.0.2.128/25"] and "subscriber-match" not in snat
-    assert [p["external-ip-pool"] for p in snat["external-ip-address-pool"]] == ["203.0.113.10/31", "203.0.113.12/30",
-                                                                                  "203.0.113.16/30"]
+    pool = [p["external-ip-pool"] for p in snat["external-ip-address-pool"]]
+    assert pool == ["203.0.113.10/31", "203.0.113.12/30", "203.0.113.16/30"]
     assert policies[16][NS + "comment"] == "guests: pool of their own"
     dnat_set, two_protocols = policies[len(IPT_RULES)], policies[len(IPT_RULES) + 1]
     assert dnat_set[NS + "destination-address"] == [

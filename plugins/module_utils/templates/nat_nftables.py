@@ -138,12 +138,10 @@ def _targets(value):
             if key in ("jump", "goto") and isinstance(inner, dict) and isinstance(inner.get("target"), str):
                 yield inner["target"]
             else:
-                for target in _targets(inner):
-                    yield target
+                yield from _targets(inner)
     elif isinstance(value, list):
         for inner in value:
-            for target in _targets(inner):
-                yield target
+            yield from _targets(inner)
 
 
 def _set_names(value):
@@ -151,12 +149,10 @@ def _set_names(value):
         yield value[1:]
     elif isinstance(value, dict):
         for inner in value.values():
-            for name in _set_names(inner):
-                yield name
+            yield from _set_names(inner)
     elif isinstance(value, list):
         for inner in value:
-            for name in _set_names(inner):
-                yield name
+            yield from _set_names(inner)
 
 
 def _reachable(listing, starts):
@@ -481,8 +477,8 @@ def _protocols(protos):
 def _set_field(fields, key, value, what, negated=None, negate=False):
     # A field matched twice (a jump's condition and the rule it leads to) is one match only when
     # both say the same; anything else is an intersection the model cannot hold.
-    if fields[key] not in (None, (), value) or (fields[key] == value and negated is not None
-                                                  and (key in negated) != negate):
+    twice = fields[key] == value and negated is not None and (key in negated) != negate
+    if fields[key] not in (None, (), value) or twice:
         raise _Unsupported("matches %s twice" % what)
     fields[key] = value
     if negate:
