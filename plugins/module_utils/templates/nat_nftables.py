@@ -315,7 +315,8 @@ class _Reader(object):
         if how == "jump":
             # The chain returns here: this chain's later rules run after it.
             siblings = self.listing.rules.get(key, [])
-            after = siblings[siblings.index(obj) + 1:] if obj in siblings else []
+            position = next((i for i, sibling in enumerate(siblings) if sibling is obj), len(siblings))
+            after = siblings[position + 1:]
             inner_follows = follows or any(_effective_rule(self.listing, key, rule) for rule in after)
         else:
             # A goto does not come back: its chain returns where this chain would have.
