@@ -434,3 +434,19 @@ def test_nftables_exemption_before_a_later_nat_chain_is_listed():
     table = nftr.parse_ruleset(listing, IFACES, include_foreign=True)
     assert table.rules == [NatRule("masquerade", "ipv4")]
     assert [item["reason"] for item in table.unsupported] == [nftr.LATER_CHAINS]
+
+
+def test_the_module_parses_and_renders_the_shapes(tmp_path):
+    from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_module import run_module
+    parsed = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
+                        running_config=IPT_TEXT, include_builtin_chains=True)
+    assert "failed" not in parsed, parsed
+    assert rules_of(parsed["parsed"]) == canonical(IPT_RULES) and parsed["unsupported"] == []
+    rendered = run_module(tmp_path, implementation="nftables", state="rendered", interfaces=IFACES,
+                          config=parsed["parsed"])
+    assert "failed" not in rendered, rendered
+    assert nftr.parse_ruleset(listing_of(rendered["rendered"]), IFACES).rules == canonical(IPT_RULES)
+    # What iptables cannot write fails the rendering, naming the reason.
+    refused = run_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES,
+                         config=to_policy(NFT_ONLY[1:2]))
+    assert refused["failed"] is True and "one protocol per rule" in refused["msg"]
