@@ -61,11 +61,14 @@ PROTOCOL_NUMBERS.update({"icmpv6": 58, "ipv6icmp": 58, "udp-lite": 136})
 #   negated      the matches that are negated, a tuple of NEGATABLE names in that order
 #   flags        FLAGS of the translation, in that order
 #   comment      the rule's comment (iptables -m comment, nftables comment) or None
+#   dst_local    True: matches packets sent to an address of the host itself (whichever host it
+#                is: iptables addrtype --dst-type LOCAL, nftables fib daddr type local); False:
+#                to any other address; None: either
 NatRule = namedtuple(
     "NatRule",
     ["kind", "family", "in_role", "out_role", "src", "dst", "proto", "dports",
-     "to_addresses", "to_ports", "negated", "flags", "comment"],
-    defaults=(None, None, None, None, None, (), None, None, (), (), None),
+     "to_addresses", "to_ports", "negated", "flags", "comment", "dst_local"],
+    defaults=(None, None, None, None, None, (), None, None, (), (), None, None),
 )
 # iptables' comment match holds up to 255 bytes (nftables' comments 128).
 MAX_COMMENT = 255
@@ -247,6 +250,8 @@ def rule_problems(rule):
     if rule.comment is not None and not (isinstance(rule.comment, str) and 0 < len(rule.comment.encode("utf-8")) <= MAX_COMMENT
                                          and "\n" not in rule.comment and "\0" not in rule.comment):
         problems.append("comment %r is not one line of 1..%d bytes" % (rule.comment, MAX_COMMENT))
+    if rule.dst_local not in (None, True, False):
+        problems.append("dst_local %r is not True, False or None" % (rule.dst_local,))
     if rule.kind in EXEMPTIONS:
         if rule.to_addresses is not None or rule.to_ports is not None or flags:
             problems.append("an exemption translates nothing: no addresses, ports or flags")
@@ -342,6 +347,8 @@ def rule_to_policy(rule, index):
         policy[NS + "nat-flags"] = " ".join(rule.flags)
     if rule.comment is not None:
         policy[NS + "comment"] = rule.comment
+    if rule.dst_local is not None:
+        policy[NS + "destination-local"] = rule.dst_local
 
     # A destination NAT rule names the destination it translates in dst-out-ip-pool, as
     # ietf-nat does, when that is one prefix; any other destination match goes in our members.
@@ -413,7 +420,7 @@ _POLICY_KEYS = frozenset([
     NS + "translated-port", NS + "external-ipv6-address-pool",
     NS + "exempt", NS + "redirect", NS + "nat-flags", NS + "excluded-source", NS + "destination-address",
     NS + "excluded-destination", NS + "excluded-destination-port", NS + "excluded-in-interface",
-    NS + "excluded-out-interface", NS + "comment",
+    NS + "excluded-out-interface", NS + "comment", NS + "destination-local",
 ])
 
 
@@ -674,7 +681,7 @@ def policy_to_rule(policy, path="policy[0]"):
 
     rule = NatRule(kind, family, roles["in_role"], roles["out_role"], src, dst, proto,
                    dports, to_addresses, to_ports, tuple(n for n in NEGATABLE if n in negated), flags,
-                   r.get(NS + "comment", str))
+                   r.get(NS + "comment", str), r.get(NS + "destination-local", bool))
     problems = rule_problems(rule)
     if problems:
         raise ModelError(path, "; ".join(problems))

@@ -75,9 +75,10 @@ def rules(draw):
     negated = tuple(name for name in NEGATABLE if fields[name] not in (None, ()) and draw(st.booleans()))
     flags = () if kind in EXEMPTIONS else tuple(flag for flag in FLAGS if draw(st.booleans()))
     comment = draw(st.none() | st.text("abcXYZ019 :!-_./", min_size=1, max_size=40))
+    dst_local = draw(st.sampled_from([None, True, False]))
     rule = NatRule(kind, family, fields["in_role"], fields["out_role"], src, dst, protocol_match(
         proto if isinstance(proto, tuple) else [proto] if proto else []), dports, to_addresses, to_ports,
-        negated, flags, comment)
+        negated, flags, comment, dst_local)
     hypothesis.assume(not rule_problems(rule))
     return rule
 

@@ -325,7 +325,7 @@ JUMPS = """\
 :ZONE - [0:0]
 :EMPTY - [0:0]
 :DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A PREROUTING -m addrtype --src-type LOCAL -j DOCKER
 -A PREROUTING -i out0 -j FWD
 -A PREROUTING -i in0 -g ZONE
 -A POSTROUTING -j LIBVIRT_PRT
@@ -359,11 +359,11 @@ def test_iptables_jumps_are_followed_with_their_matches():
         NatRule("masquerade", "ipv4", None, None, "192.0.2.0/24", "192.0.2.0/24", negated=("dst",)),
     ]
     assert [(item["rule"], item["reason"]) for item in table.unsupported] == [
-        ("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER", "match -m addrtype"),
+        ("-A PREROUTING -m addrtype --src-type LOCAL -j DOCKER", "match option --src-type"),
         ("-A DOCKER -i in0 -j RETURN",
-         "behind a jump that is listed (match -m addrtype): -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
+         "behind a jump that is listed (match option --src-type): -A PREROUTING -m addrtype --src-type LOCAL -j DOCKER"),
         ("-A DOCKER ! -i in0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.0.2.2:80",
-         "behind a jump that is listed (match -m addrtype): -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"),
+         "behind a jump that is listed (match option --src-type): -A PREROUTING -m addrtype --src-type LOCAL -j DOCKER"),
         ("-A FWD -i in0 -p udp -m udp --dport 54 -j DNAT --to-destination 192.0.2.54", "matches in_role twice"),
     ]
     assert table.followed == ["-A PREROUTING -i out0 -j FWD", "-A POSTROUTING -j LIBVIRT_PRT", "-A POSTROUTING -j EMPTY"]
@@ -450,3 +450,52 @@ def test_the_module_parses_and_renders_the_shapes(tmp_path):
     refused = run_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES,
                          config=to_policy(NFT_ONLY[1:2]))
     assert refused["failed"] is True and "one protocol per rule" in refused["msg"]
+
+
+DOCKER_LIKE = """\
+*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -o out0 -m addrtype ! --dst-type LOCAL -j MASQUERADE
+-A POSTROUTING -m addrtype --dst-type UNICAST -j MASQUERADE
+-A POSTROUTING -m addrtype --dst-type LOCAL --limit-iface-out -j MASQUERADE
+-A DOCKER -i in0 -j RETURN
+-A DOCKER ! -i in0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.0.2.2:80
+COMMIT
+"""
+DOCKER_RULES = [
+    NatRule("no-dnat", "ipv4", "inside", dst_local=True),
+    NatRule("dnat", "ipv4", "inside", None, None, None, T, ((8080, 8080),), ("192.0.2.2",) * 2, (80, 80),
+            negated=("in_role",), dst_local=True),
+    NatRule("masquerade", "ipv4", None, "outside", dst_local=False),
+]
+
+
+def test_the_host_s_own_addresses_are_a_match_of_their_own():
+    # Docker publishes ports on "any address of this host": the same on whichever host applies it.
+    table = ipt.parse_save(DOCKER_LIKE, "ipv4", IFACES, include_builtin=True)
+    assert table.rules == DOCKER_RULES
+    assert [item["reason"] for item in table.unsupported] == ["match --dst-type UNICAST", "match option --limit-iface-out"]
+    policies = to_policy(DOCKER_RULES)
+    assert [p[NS + "destination-local"] for p in policies] == [True, True, False]
+    assert from_policy(policies) == DOCKER_RULES
+    exprs = nftr.rule_exprs(DOCKER_RULES[2], IFACES)
+    assert {"match": {"op": "!=", "left": {"fib": {"flags": ["daddr"], "result": "type"}}, "right": "local"}} in exprs
+    assert through_nftables(DOCKER_RULES) == DOCKER_RULES
+    assert through_iptables(DOCKER_RULES) == DOCKER_RULES
+
+
+def test_fib_lookups_other_than_the_destination_type_are_listed():
+    listing = {"nftables": [
+        {"table": {"family": "ip", "name": "t"}},
+        _chain("pre", type="nat", hook="prerouting", prio=-100, policy="accept"),
+        _rule("pre", {"match": {"op": "==", "left": {"fib": {"flags": ["daddr", "iif"], "result": "type"}},
+                                "right": "local"}}, {"dnat": {"addr": "192.0.2.2"}}),
+        _rule("pre", {"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}},
+                                "right": "broadcast"}}, {"dnat": {"addr": "192.0.2.2"}}),
+    ]}
+    table = nftr.parse_ruleset(listing, IFACES, include_foreign=True)
+    assert table.rules == []
+    assert [item["reason"] for item in table.unsupported] == ["match on fib daddr iif type", "match on fib daddr type"]

@@ -294,7 +294,8 @@ def _parse_rule(args, family, hook, roles):
 
 
 def _parse_rule_args(args, family, hook, roles):
-    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "proto": None, "comment": None}
+    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "proto": None, "comment": None,
+              "dst_local": None}
     negated = set()
     dports = ()
     target = None
@@ -378,6 +379,14 @@ def _parse_rule_args(args, family, hook, roles):
                     raise _Unsupported("match option %s" % option)
                 if options[option] == "dports":
                     dports = take("dports", _ports_list(value(), ":"))
+                elif options[option] == "dst_local":
+                    if value() != "LOCAL":
+                        raise _Unsupported("match --dst-type %s" % value())
+                    local = not state["not"]
+                    state["not"] = False
+                    if fields["dst_local"] not in (None, local):
+                        raise _Unsupported("matches dst_local twice")
+                    fields["dst_local"] = local
                 elif options[option] == "comment":
                     if state["not"]:
                         raise _Unsupported("'!' before a comment")
@@ -418,7 +427,7 @@ def _parse_rule_args(args, family, hook, roles):
     rule = NatRule(kind, family, fields["in_role"], fields["out_role"], fields["src"], fields["dst"],
                    fields["proto"], dports, to_addresses, to_ports,
                    tuple(name for name in NEGATABLE if name in negated),
-                   tuple(flag for flag in FLAGS if flag in flags), fields["comment"])
+                   tuple(flag for flag in FLAGS if flag in flags), fields["comment"], fields["dst_local"])
     problems = rule_problems(rule)
     if problems:
         raise _Unsupported("; ".join(problems))
@@ -430,6 +439,7 @@ _MODULE_OPTIONS = dict((name, {"--dport": "dports", "--destination-port": "dport
 _MODULE_OPTIONS["multiport"] = {"--dports": "dports", "--destination-ports": "dports"}
 _MODULE_OPTIONS["iprange"] = {"--src-range": "src", "--dst-range": "dst"}
 _MODULE_OPTIONS["comment"] = {"--comment": "comment"}
+_MODULE_OPTIONS["addrtype"] = {"--dst-type": "dst_local"}
 
 
 def _range_match(text, family):
@@ -540,6 +550,8 @@ def rule_args(rule, interfaces):
                                   % (slots, MULTIPORT_SLOTS))
             args += ["-m", "multiport"] + neg("dports") + [
                 "--dports", ",".join(_port_text(r, ":") for r in rule.dports)]
+    if rule.dst_local is not None:
+        args += ["-m", "addrtype"] + ([] if rule.dst_local else ["!"]) + ["--dst-type", "LOCAL"]
     if rule.comment is not None:
         args += ["-m", "comment", "--comment", rule.comment]
     if rule.kind in EXEMPTIONS:

@@ -391,7 +391,7 @@ def parse_rule(exprs, hook, roles, family=None, comment=None):
     the rule's comment.
     """
     families = set([family] if family else [])
-    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "dports": ()}
+    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "dports": (), "dst_local": None}
     negated = set()
     protos = []
     action = None
@@ -455,7 +455,8 @@ def parse_rule(exprs, hook, roles, family=None, comment=None):
     src, dst = (None if value is None else _address_value(value, family) for value in (fields["src"], fields["dst"]))
     rule = NatRule(kind, family, fields["in_role"], fields["out_role"], src, dst,
                    proto, fields["dports"], to_addresses, to_ports,
-                   tuple(n for n in NEGATABLE if n in negated), tuple(f for f in FLAGS if f in flags), comment)
+                   tuple(n for n in NEGATABLE if n in negated), tuple(f for f in FLAGS if f in flags), comment,
+                   fields["dst_local"])
     problems = rule_problems(rule)
     if problems:
         raise _Unsupported("; ".join(problems))
@@ -513,6 +514,10 @@ def _parse_match(body, families, fields, protos, roles, negated):
         else:
             raise _Unsupported("match on meta %s" % key)
         return
+    if left == FIB_DADDR_TYPE and right == "local":
+        # Sent to an address of the host itself (fib daddr type local), or not (!=).
+        _set_field(fields, "dst_local", not negate, "whether the destination is local")
+        return
     if isinstance(left, dict) and "payload" in left:
         proto, field = left["payload"].get("protocol"), left["payload"].get("field")
         if proto in FAMILY_OF_PAYLOAD and field in ("saddr", "daddr"):
@@ -536,6 +541,7 @@ def _parse_match(body, families, fields, protos, roles, negated):
     raise _Unsupported("match on %s" % _describe(left))
 
 
+FIB_DADDR_TYPE = {"fib": {"flags": ["daddr"], "result": "type"}}
 BITWISE = {"&": "a mask", "|": "an or", "^": "an xor", "<<": "a shift", ">>": "a shift"}
 
 
@@ -700,6 +706,8 @@ def rule_exprs(rule, interfaces):
         if value is not None:
             exprs.append(_match({"payload": {"protocol": payload, "field": field}}, _match_json(value),
                                 name in negated))
+    if rule.dst_local is not None:
+        exprs.append(_match(FIB_DADDR_TYPE, "local", not rule.dst_local))
     protos = protocols(rule)
     if len(protos) > 1:
         exprs.append(_match({"meta": {"key": "l4proto"}}, {"set": list(protos)}))
