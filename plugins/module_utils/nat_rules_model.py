@@ -22,7 +22,10 @@ NS = "nfstate-nat-rules:"
 KINDS = ("snat", "masquerade", "dnat", "redirect", "no-snat", "no-dnat")
 EXEMPTIONS = ("no-snat", "no-dnat")
 FAMILIES = ("ipv4", "ipv6")
-ROLES = ("inside", "outside")
+# loopback is the host's loopback interface, lo on every Linux host unless `interfaces` says
+# otherwise (firewalld masquerades what does not leave by it).
+ROLES = ("inside", "outside", "loopback")
+LOOPBACK_DEVICE = "lo"
 
 # Which netfilter hook a kind of rule runs in: destination NAT before routing, source NAT after.
 HOOK_OF_KIND = {"dnat": "prerouting", "redirect": "prerouting", "no-dnat": "prerouting",
@@ -81,6 +84,19 @@ class ModelError(ValueError):
         super(ModelError, self).__init__("%s: %s" % (path, message))
         self.path = path
         self.message = message
+
+
+def devices_of(interfaces):
+    """{role: device} of an `interfaces` mapping, the loopback role filled in when it is free."""
+    out = dict(interfaces or {})
+    if "loopback" not in out and LOOPBACK_DEVICE not in out.values():
+        out["loopback"] = LOOPBACK_DEVICE
+    return out
+
+
+def roles_of(interfaces):
+    """{device: role}, the inverse of devices_of."""
+    return dict((dev, role) for role, dev in devices_of(interfaces).items())
 
 
 def protocol_number(text):

@@ -56,7 +56,7 @@ def rules(draw):
     kind = draw(st.sampled_from(KINDS))
     family = draw(st.sampled_from(["ipv4", "ipv6"]))
     destination = HOOK_OF_KIND[kind] == "prerouting"
-    role = draw(st.sampled_from([None, "inside", "outside"]))
+    role = draw(st.sampled_from([None, "inside", "outside", "loopback"]))
     src = draw(st.none() | address_matches(family))
     dst = draw(st.none() | address_matches(family))
     proto = draw(st.sampled_from([None, 6, 17, 47, 132, (6, 17)]))

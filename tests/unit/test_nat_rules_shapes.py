@@ -499,3 +499,27 @@ def test_fib_lookups_other_than_the_destination_type_are_listed():
     table = nftr.parse_ruleset(listing, IFACES, include_foreign=True)
     assert table.rules == []
     assert [item["reason"] for item in table.unsupported] == ["match on fib daddr iif type", "match on fib daddr type"]
+
+
+def test_the_loopback_interface_is_a_role_of_every_host():
+    # firewalld: `oifname "eth0" goto nat_POST_public` then `oifname != "lo" masquerade` there.
+    listing = {"nftables": [
+        {"table": {"family": "ip", "name": "t"}},
+        _chain("post", type="nat", hook="postrouting", prio=100, policy="accept"), _chain("public"),
+        _rule("post", _oif("out0"), {"goto": {"target": "public"}}),
+        _rule("post", {"goto": {"target": "public"}}),
+        _rule("public", _oif("lo", "!="), {"masquerade": None}),
+    ]}
+    table = nftr.parse_ruleset(listing, IFACES, include_foreign=True)
+    assert table.rules == [
+        # "out0 and not lo" is "out0": an interface is one device
+        NatRule("masquerade", "ipv4", None, "outside"),
+        NatRule("no-snat", "ipv4", None, "outside"),
+        NatRule("masquerade", "ipv4", None, "loopback", negated=("out_role",)),
+        NatRule("no-snat", "ipv4"),
+    ]
+    assert table.unsupported == []
+    assert ipt.rule_args(table.rules[2], IFACES) == ["!", "-o", "lo", "-j", "MASQUERADE"]
+    # A host whose loopback has another name says so.
+    assert ipt.rule_args(table.rules[2], dict(IFACES, loopback="lo0"))[:3] == ["!", "-o", "lo0"]
+    assert through_iptables(table.rules) == table.rules

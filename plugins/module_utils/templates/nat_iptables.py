@@ -19,6 +19,7 @@ import shlex
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
+    devices_of, roles_of,
     EXEMPTIONS, FLAGS, HOOK_OF_KIND, HOOKS, NEGATABLE, PORT_PROTOCOLS, PROTOCOL_NAMES, NatRule,
     address_match, by_hook, canonical, merge_port_ranges, normalize_address,
     normalize_prefix, protocol_number, protocols, rule_problems,
@@ -131,7 +132,7 @@ def parse_save(text, family, interfaces, include_builtin=False):
     this is how a NAT configured by hand is gathered. Every rule of the table is then carried,
     followed or listed.
     """
-    roles = dict((dev, role) for role, dev in (interfaces or {}).items())
+    roles = roles_of(interfaces)
     chains = set()
     jumps = dict((hook, 0) for hook in HOOKS)
     bodies = {}
@@ -527,7 +528,7 @@ def rule_args(rule, interfaces):
                               % ", ".join("%s-%s" % pair for pair in value))
     for name, opt, role in (("in_role", "-i", rule.in_role), ("out_role", "-o", rule.out_role)):
         if role is not None:
-            dev = (interfaces or {}).get(role)
+            dev = devices_of(interfaces).get(role)
             if not dev:
                 raise RenderError("the %s role has no device in `interfaces`" % role)
             args += neg(name) + [opt, dev]

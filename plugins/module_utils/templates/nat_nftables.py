@@ -20,6 +20,7 @@ import json
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
+    devices_of, roles_of,
     EXEMPTIONS, FAMILIES, FLAGS, HOOK_OF_KIND, HOOKS, NEGATABLE, PORT_PROTOCOLS, NatRule,
     address_match, canonical, match_ranges, merge_port_ranges, normalize_address, normalize_prefix,
     protocol_match, protocol_number, protocols, rule_problems,
@@ -80,7 +81,7 @@ def parse_ruleset(ruleset, interfaces, include_foreign=False):
     chain in the order the kernel runs them, with the rules of the regular chains they jump to in
     the place of the jump: this is how a NAT written by hand in its own tables is gathered.
     """
-    roles = dict((dev, role) for role, dev in (interfaces or {}).items())
+    roles = roles_of(interfaces)
     listing = _index(ruleset)
     ours = (TABLE_FAMILY, TABLE_NAME)
     our_chains = dict((key[2], chain) for key, chain in listing.chains.items() if key[:2] == ours)
@@ -478,7 +479,15 @@ def _protocols(protos):
 
 def _set_field(fields, key, value, what, negated=None, negate=False):
     # A field matched twice (a jump's condition and the rule it leads to) is one match only when
-    # both say the same; anything else is an intersection the model cannot hold.
+    # both say the same; anything else is an intersection the model cannot hold. An interface is
+    # one device: "out0 and not lo" is "out0".
+    if key in ("in_role", "out_role") and fields[key] is not None and fields[key] != value:
+        if negate and key not in negated:
+            return
+        if not negate and key in negated:
+            negated.discard(key)
+            fields[key] = value
+            return
     twice = fields[key] == value and negated is not None and (key in negated) != negate
     if fields[key] not in (None, (), value) or twice:
         raise _Unsupported("matches %s twice" % what)
@@ -696,7 +705,7 @@ def rule_exprs(rule, interfaces):
     exprs = [_match({"meta": {"key": "nfproto"}}, rule.family)]
     for key, name, role in (("iifname", "in_role", rule.in_role), ("oifname", "out_role", rule.out_role)):
         if role is not None:
-            dev = (interfaces or {}).get(role)
+            dev = devices_of(interfaces).get(role)
             if not dev:
                 raise RenderError("the %s role has no device in `interfaces`" % role)
             exprs.append(_match({"meta": {"key": key}}, dev, name in negated))
