@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -339,3 +340,38 @@ def test_packets_are_translated_or_exempted_alike_on_both_implementations(chain)
     there, unsupported = apply_nftables(nat, rules_of(doc))
     assert unsupported == [] and document(there) == doc
     assert observe(chain, 42000) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The nat_rules module applies the shapes and finds them again
+
+MODULE = "ansible_collections.nfstate.migration.plugins.modules.nat_rules"
+
+
+def run_module(ns, tmp_path, **args):
+    """nat_rules run as Ansible runs it (a process reading its arguments from a file), in `ns`."""
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), LANG="C")
+    out = in_ns(ns, sys.executable, "-m", MODULE, str(path), env=env, check=False)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("implementation,backend", [("iptables", "legacy"), ("iptables", "nft"), ("nftables", None)])
+def test_the_module_applies_the_shapes_once(netns, tmp_path, implementation, backend):
+    listing = json.loads(fixture_text("rule_shapes.json"))
+    rules = nftr.parse_ruleset(listing, INTERFACES, include_foreign=True).rules
+    if implementation == "iptables":
+        rules = [rule for rule in rules if expressible_in_iptables(rule)]
+    config = to_policy(rules)
+    args = dict(implementation=implementation, interfaces=INTERFACES)
+    if backend:
+        args["iptables_backend"] = backend
+    ns = netns("mod")
+    first = run_module(ns, tmp_path, state="merged", config=config, **args)
+    assert "failed" not in first, first
+    assert first["changed"] is True and rules_of(first["after"]) == canonical(rules)
+    again = run_module(ns, tmp_path, state="merged", config=config, **args)
+    assert again["changed"] is False and again["commands"] == {}
+    gathered = run_module(ns, tmp_path, state="gathered", **args)
+    assert gathered["gathered"] == to_policy(canonical(rules)) and gathered["unsupported"] == []
