@@ -17,13 +17,25 @@ from collections import namedtuple
 
 NS = "nfstate-nat-rules:"
 
-KINDS = ("snat", "masquerade", "dnat")
+# no-snat and no-dnat are exemptions: the packets they match are left untranslated by them and
+# by every later rule of the same hook ("do not translate traffic to this prefix").
+KINDS = ("snat", "masquerade", "dnat", "redirect", "no-snat", "no-dnat")
+EXEMPTIONS = ("no-snat", "no-dnat")
 FAMILIES = ("ipv4", "ipv6")
-ROLES = ("inside", "outside")
+# loopback is the host's loopback interface, lo on every Linux host unless `interfaces` says
+# otherwise (firewalld masquerades what does not leave by it).
+ROLES = ("inside", "outside", "loopback")
+LOOPBACK_DEVICE = "lo"
 
 # Which netfilter hook a kind of rule runs in: destination NAT before routing, source NAT after.
-HOOK_OF_KIND = {"dnat": "prerouting", "snat": "postrouting", "masquerade": "postrouting"}
+HOOK_OF_KIND = {"dnat": "prerouting", "redirect": "prerouting", "no-dnat": "prerouting",
+                "snat": "postrouting", "masquerade": "postrouting", "no-snat": "postrouting"}
 HOOKS = ("prerouting", "postrouting")
+# Matches a rule can negate ("! -o eth0", "tcp dport != 80-90"), in the order `negated` lists them.
+NEGATABLE = ("in_role", "out_role", "src", "dst", "dports")
+# How the kernel picks the translated address and port (NF_NAT_RANGE_PROTO_RANDOM,
+# _PROTO_RANDOM_FULLY, _PERSISTENT), in the order `flags` lists them.
+FLAGS = ("random", "fully-random", "persistent")
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -41,17 +53,28 @@ PROTOCOL_NUMBERS.update({"icmpv6": 58, "ipv6icmp": 58, "udp-lite": 136})
 #   family       ipv4 | ipv6
 #   in_role      inside | outside | None: interface the packet arrived on (dnat only)
 #   out_role     inside | outside | None: interface the packet leaves by (snat, masquerade)
-#   src, dst     matched prefixes as text ("192.0.2.0/24") or None
-#   proto        matched IP protocol number or None (any)
+#   src, dst     matched addresses: None (any), one prefix as text ("192.0.2.0/24"), or, when
+#                that is not one prefix (a range, a set), a tuple of (first, last) address
+#                ranges, sorted, disjoint and not adjacent (see address_match)
+#   proto        matched IP protocol number, None (any), or a sorted tuple of two or more
 #   dports       matched destination port ranges, a tuple of (first, last), sorted; () = any
-#   to_addresses (first, last) address range translated to (snat, dnat) or None (masquerade)
+#   to_addresses (first, last) address range translated to (snat, dnat) or None (masquerade,
+#                redirect, exemptions)
 #   to_ports     (first, last) port range translated to, or None (keep / kernel's choice)
+#   negated      the matches that are negated, a tuple of NEGATABLE names in that order
+#   flags        FLAGS of the translation, in that order
+#   comment      the rule's comment (iptables -m comment, nftables comment) or None
+#   dst_local    True: matches packets sent to an address of the host itself (whichever host it
+#                is: iptables addrtype --dst-type LOCAL, nftables fib daddr type local); False:
+#                to any other address; None: either
 NatRule = namedtuple(
     "NatRule",
     ["kind", "family", "in_role", "out_role", "src", "dst", "proto", "dports",
-     "to_addresses", "to_ports"],
-    defaults=(None, None, None, None, None, (), None, None),
+     "to_addresses", "to_ports", "negated", "flags", "comment", "dst_local"],
+    defaults=(None, None, None, None, None, (), None, None, (), (), None, None),
 )
+# iptables' comment match holds up to 255 bytes (nftables' comments 128).
+MAX_COMMENT = 255
 
 
 class ModelError(ValueError):
@@ -61,6 +84,19 @@ class ModelError(ValueError):
         super(ModelError, self).__init__("%s: %s" % (path, message))
         self.path = path
         self.message = message
+
+
+def devices_of(interfaces):
+    """{role: device} of an `interfaces` mapping, the loopback role filled in when it is free."""
+    out = dict(interfaces or {})
+    if "loopback" not in out and LOOPBACK_DEVICE not in out.values():
+        out["loopback"] = LOOPBACK_DEVICE
+    return out
+
+
+def roles_of(interfaces):
+    """{device: role}, the inverse of devices_of."""
+    return dict((dev, role) for role, dev in devices_of(interfaces).items())
 
 
 def protocol_number(text):
@@ -92,6 +128,10 @@ def normalize_address(text, family):
 
 def merge_port_ranges(ranges):
     """Sorted ranges with overlapping and adjacent ones joined: one spelling per set of ports."""
+    return _merge(ranges)
+
+
+def _merge(ranges):
     merged = []
     for first, last in sorted(ranges):
         if merged and first <= merged[-1][1] + 1:
@@ -99,6 +139,83 @@ def merge_port_ranges(ranges):
         else:
             merged.append((first, last))
     return tuple(merged)
+
+
+def _address(text, family):
+    addr = ipaddress.ip_address(text)
+    if addr.version != _version(family):
+        raise ValueError("%s is not an %s address" % (text, family))
+    return addr
+
+
+def address_match(ranges, family):
+    """The canonical value of an address match covering these (first, last) address ranges:
+    one prefix as text when they are exactly one prefix, else the tuple of merged ranges."""
+    numbers = []
+    for first, last in ranges:
+        first, last = _address(first, family), _address(last, family)
+        if first > last:
+            raise ValueError("address range %s-%s is reversed" % (first, last))
+        numbers.append((int(first), int(last)))
+    if not numbers:
+        raise ValueError("an empty address match")
+    merged = _merge(numbers)
+    make = ipaddress.IPv4Address if family == "ipv4" else ipaddress.IPv6Address
+    if len(merged) == 1:
+        nets = list(ipaddress.summarize_address_range(make(merged[0][0]), make(merged[0][1])))
+        if len(nets) == 1:
+            return str(nets[0])
+    return tuple((str(make(a)), str(make(b))) for a, b in merged)
+
+
+def match_ranges(value):
+    """The (first, last) address ranges of a match value (a prefix text or a tuple of ranges)."""
+    if isinstance(value, str):
+        net = ipaddress.ip_network(value)
+        return ((str(net.network_address), str(net.broadcast_address)),)
+    return tuple(value)
+
+
+def match_prefixes(value):
+    """The prefixes that cover a match value, in address order."""
+    if isinstance(value, str):
+        return [value]
+    return [prefix for first, last in value for prefix in _range_prefixes(first, last)]
+
+
+def protocols(rule):
+    """The protocols a rule matches, as a tuple (() = any)."""
+    if rule.proto is None:
+        return ()
+    if isinstance(rule.proto, tuple):
+        return rule.proto
+    return (rule.proto,)
+
+
+def protocol_match(numbers):
+    """The canonical `proto` of a set of protocol numbers: None, a number, or a sorted tuple."""
+    numbers = tuple(sorted(set(numbers)))
+    if not numbers:
+        return None
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _match_problems(name, value, family):
+    if isinstance(value, str):
+        try:
+            if normalize_prefix(value, family) != value:
+                return ["%s %s is not written canonically" % (name, value)]
+        except ValueError as exc:
+            return ["%s: %s" % (name, exc)]
+        return []
+    try:
+        if not isinstance(value, tuple) or not all(isinstance(r, tuple) and len(r) == 2 for r in value):
+            return ["%s %r is neither a prefix nor a tuple of address ranges" % (name, value)]
+        if address_match(value, family) != value:
+            return ["%s %r is not written canonically (%r)" % (name, value, address_match(value, family))]
+    except (TypeError, ValueError) as exc:
+        return ["%s: %s" % (name, exc)]
+    return []
 
 
 def rule_problems(rule):
@@ -112,33 +229,52 @@ def rule_problems(rule):
         value = getattr(rule, name)
         if value is not None and value not in ROLES:
             problems.append("%s %r is not one of %s" % (name, value, ", ".join(ROLES)))
-    if rule.kind == "dnat" and rule.out_role is not None:
+    destination = HOOK_OF_KIND[rule.kind] == "prerouting"
+    if destination and rule.out_role is not None:
         problems.append("destination NAT cannot match the outgoing interface (it runs before routing)")
-    if rule.kind != "dnat" and rule.in_role is not None:
+    if not destination and rule.in_role is not None:
         problems.append("source NAT cannot match the incoming interface (it runs after routing)")
     for name in ("src", "dst"):
         value = getattr(rule, name)
         if value is not None:
-            try:
-                if normalize_prefix(value, rule.family) != value:
-                    problems.append("%s %s is not written canonically" % (name, value))
-            except ValueError as exc:
-                problems.append("%s: %s" % (name, exc))
-    if rule.proto is not None and not (isinstance(rule.proto, int) and 0 <= rule.proto <= 255):
+            problems.extend(_match_problems(name, value, rule.family))
+    protos = protocols(rule)
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 255 for p in protos):
         problems.append("protocol %r is not an IP protocol number" % (rule.proto,))
+    elif isinstance(rule.proto, tuple) and protocol_match(protos) != rule.proto:
+        problems.append("protocols %r are not two or more, sorted, once each" % (rule.proto,))
+    with_ports = bool(protos) and all(p in PORT_PROTOCOLS for p in protos)
     if rule.dports:
-        if rule.proto not in PORT_PROTOCOLS:
+        if not with_ports:
             problems.append("destination ports need a protocol with ports (tcp, udp, sctp, dccp, udplite)")
         if merge_port_ranges(rule.dports) != tuple(rule.dports) or not _ports_ok(rule.dports):
             problems.append("destination ports %r are not sorted, disjoint ranges of 0..65535" % (rule.dports,))
     if rule.to_ports is not None:
-        if rule.proto not in PORT_PROTOCOLS:
+        if not with_ports:
             problems.append("a port translation needs a protocol with ports (tcp, udp, sctp, dccp, udplite)")
         if not _ports_ok([rule.to_ports]) or rule.to_ports[0] == 0:
             problems.append("translated ports %r are not a range of 1..65535" % (rule.to_ports,))
-    if rule.kind == "masquerade":
+    negated = tuple(rule.negated or ())
+    if negated != tuple(name for name in NEGATABLE if name in negated):
+        problems.append("negated %r is not a tuple of %s, in that order" % (negated, ", ".join(NEGATABLE)))
+    for name in negated:
+        if name in NEGATABLE and getattr(rule, name) in (None, ()):
+            problems.append("negated %s, but the rule does not match it" % name)
+    flags = tuple(rule.flags or ())
+    if flags != tuple(flag for flag in FLAGS if flag in flags):
+        problems.append("flags %r are not a tuple of %s, in that order" % (flags, ", ".join(FLAGS)))
+    if rule.comment is not None and not (isinstance(rule.comment, str) and 0 < len(rule.comment.encode("utf-8")) <= MAX_COMMENT
+                                         and "\n" not in rule.comment and "\0" not in rule.comment):
+        problems.append("comment %r is not one line of 1..%d bytes" % (rule.comment, MAX_COMMENT))
+    if rule.dst_local not in (None, True, False):
+        problems.append("dst_local %r is not True, False or None" % (rule.dst_local,))
+    if rule.kind in EXEMPTIONS:
+        if rule.to_addresses is not None or rule.to_ports is not None or flags:
+            problems.append("an exemption translates nothing: no addresses, ports or flags")
+        return problems
+    if rule.kind in ("masquerade", "redirect"):
         if rule.to_addresses is not None:
-            problems.append("masquerade takes the interface's address, not an address range")
+            problems.append("%s takes the interface's address, not an address range" % rule.kind)
     elif rule.to_addresses is None:
         problems.append("%s needs an address range to translate to" % rule.kind)
     else:
@@ -205,34 +341,59 @@ def rule_to_policy(rule, index):
     problems = rule_problems(rule)
     if problems:
         raise ValueError("rule %d cannot be written: %s" % (index, "; ".join(problems)))
+    negated = set(rule.negated)
     policy = {"id": index, NS + "rule-order": index, NS + "address-family": rule.family}
-    if rule.proto is not None:
-        proto = {"protocol-id": rule.proto}
-        if rule.proto in PROTOCOL_NAMES:
-            proto["protocol-name"] = PROTOCOL_NAMES[rule.proto].upper()
-        policy["transport-protocols"] = [proto]
+    protos = protocols(rule)
+    if protos:
+        policy["transport-protocols"] = [_protocol_entry(proto) for proto in protos]
     if rule.src is not None:
-        policy["subscriber-match"] = [{"match-id": 1, "subnet": rule.src}]
-    if rule.in_role is not None:
-        policy[NS + "in-interface"] = rule.in_role
-    if rule.out_role is not None:
-        policy[NS + "out-interface"] = rule.out_role
+        prefixes = match_prefixes(rule.src)
+        if "src" in negated:
+            policy[NS + "excluded-source"] = prefixes
+        else:
+            policy["subscriber-match"] = [{"match-id": i, "subnet": prefix} for i, prefix in enumerate(prefixes, 1)]
+    for key, name in (("in-interface", "in_role"), ("out-interface", "out_role")):
+        role = getattr(rule, name)
+        if role is not None:
+            policy[NS + ("excluded-" + key if name in negated else key)] = role
     if rule.dports:
-        policy[NS + "destination-port"] = [_port_number(a, b) for a, b in rule.dports]
+        key = "excluded-destination-port" if "dports" in negated else "destination-port"
+        policy[NS + key] = [_port_number(a, b) for a, b in rule.dports]
+    if rule.flags:
+        policy[NS + "nat-flags"] = " ".join(rule.flags)
+    if rule.comment is not None:
+        policy[NS + "comment"] = rule.comment
+    if rule.dst_local is not None:
+        policy[NS + "destination-local"] = rule.dst_local
 
-    if rule.kind == "dnat":
+    # A destination NAT rule names the destination it translates in dst-out-ip-pool, as
+    # ietf-nat does, when that is one prefix; any other destination match goes in our members.
+    pooled = rule.kind == "dnat" and (rule.dst is None or (isinstance(rule.dst, str) and "dst" not in negated))
+    if rule.dst is not None and not pooled:
+        if "dst" in negated:
+            policy[NS + "excluded-destination"] = match_prefixes(rule.dst)
+        elif isinstance(rule.dst, str):
+            policy[NS + "destination-prefix"] = rule.dst
+        else:
+            policy[NS + "destination-address"] = match_prefixes(rule.dst)
+    if HOOK_OF_KIND[rule.kind] == "prerouting":
         policy["dst-nat-enable"] = True
-        outer = rule.dst if rule.dst is not None else _any_prefix(rule.family)
+    if rule.kind in EXEMPTIONS:
+        policy[NS + "exempt"] = True
+        return policy
+    if rule.kind == "dnat":
+        outer = rule.dst if pooled and rule.dst is not None else _any_prefix(rule.family)
         policy["dst-ip-address-pool"] = [
             {"pool-id": i, "dst-in-ip-pool": prefix, "dst-out-ip-pool": outer}
             for i, prefix in enumerate(_range_prefixes(*rule.to_addresses), 1)
         ]
+    if rule.kind == "redirect":
+        policy[NS + "redirect"] = True
+    if rule.kind in ("dnat", "redirect"):
         if rule.to_ports is not None:
             policy[NS + "translated-port"] = _port_number(*rule.to_ports)
         return policy
 
-    if rule.dst is not None:
-        policy[NS + "destination-prefix"] = rule.dst
     if rule.kind == "masquerade":
         policy[NS + "masquerade"] = True
     elif rule.family == "ipv4":
@@ -248,6 +409,13 @@ def rule_to_policy(rule, index):
     if rule.to_ports is not None:
         policy["port-set-restrict"] = _port_number(*rule.to_ports)
     return policy
+
+
+def _protocol_entry(proto):
+    entry = {"protocol-id": proto}
+    if proto in PROTOCOL_NAMES:
+        entry["protocol-name"] = PROTOCOL_NAMES[proto].upper()
+    return entry
 
 
 def to_policy(rules):
@@ -266,6 +434,9 @@ _POLICY_KEYS = frozenset([
     NS + "rule-order", NS + "address-family", NS + "masquerade", NS + "in-interface",
     NS + "out-interface", NS + "destination-prefix", NS + "destination-port",
     NS + "translated-port", NS + "external-ipv6-address-pool",
+    NS + "exempt", NS + "redirect", NS + "nat-flags", NS + "excluded-source", NS + "destination-address",
+    NS + "excluded-destination", NS + "excluded-destination-port", NS + "excluded-in-interface",
+    NS + "excluded-out-interface", NS + "comment", NS + "destination-local",
 ])
 
 
@@ -343,6 +514,35 @@ def _read_pool(readers, key, family, path):
     return (str(nets[0][0].network_address), str(nets[-1][0].broadcast_address))
 
 
+def _read_prefix_list(reader, key, family):
+    """A leaf-list of prefixes as the canonical match value, or None when absent."""
+    values = reader.get(key, list)
+    if values is None:
+        return None
+    if not values:
+        raise ModelError(reader.at(key), "an empty list matches nothing")
+    ranges = []
+    for i, text in enumerate(values):
+        where = "%s[%d]" % (reader.at(key), i)
+        if not isinstance(text, str):
+            raise ModelError(where, "expected a string, got %r" % (text,))
+        try:
+            ranges.extend(match_ranges(normalize_prefix(text, family)))
+        except ValueError as exc:
+            raise ModelError(where, str(exc))
+    return address_match(ranges, family)
+
+
+def _one_of(r, matches, what):
+    """The one (value, negated) given among [(key, value, negated)], or (None, False)."""
+    given = [(key, value, negated) for key, value, negated in matches if value not in (None, ())]
+    if len(given) > 1:
+        raise ModelError(r.at(given[1][0]), "a rule matches %s once: %s is given too" % (what, given[0][0]))
+    if not given:
+        return None, False
+    return given[0][1], given[0][2]
+
+
 def policy_to_rule(policy, path="policy[0]"):
     """The rule one policy describes. Raises ModelError naming the offending member."""
     r = _Reader(policy, path)
@@ -353,71 +553,122 @@ def policy_to_rule(policy, path="policy[0]"):
     family = r.require(NS + "address-family", str)
     if family not in FAMILIES:
         raise ModelError(r.at(NS + "address-family"), "must be one of %s" % ", ".join(FAMILIES))
+    negated = set()
 
-    proto = None
-    protos = r.items("transport-protocols")
-    if len(protos) > 1:
-        raise ModelError(r.at("transport-protocols"), "a rule matches one protocol, not %d" % len(protos))
-    if protos:
-        proto = protos[0].require("protocol-id", int)
-        if not 0 <= proto <= 255:
-            raise ModelError(protos[0].at("protocol-id"), "%d is not an IP protocol number" % proto)
+    numbers = []
+    for entry in r.items("transport-protocols"):
+        number = entry.require("protocol-id", int)
+        if not 0 <= number <= 255:
+            raise ModelError(entry.at("protocol-id"), "%d is not an IP protocol number" % number)
+        if number in numbers:
+            raise ModelError(entry.at("protocol-id"), "protocol %d is listed twice" % number)
+        numbers.append(number)
+    proto = protocol_match(numbers)
 
-    src = None
-    subscribers = r.items("subscriber-match")
-    if len(subscribers) > 1:
-        raise ModelError(r.at("subscriber-match"), "a rule matches one source prefix, not %d" % len(subscribers))
-    if subscribers:
-        subscribers[0].require("match-id", int)
-        src = _read_prefix(subscribers[0], "subnet", family)
+    subscribers = []
+    for entry in r.items("subscriber-match"):
+        entry.require("match-id", int)
+        subscribers.append(_read_prefix(entry, "subnet", family))
+    positive = address_match([rng for prefix in subscribers for rng in match_ranges(prefix)], family) \
+        if subscribers else None
+    src, src_negated = _one_of(r, [("subscriber-match", positive, False),
+                                   (NS + "excluded-source", _read_prefix_list(r, NS + "excluded-source", family), True)],
+                               "its source")
+    if src_negated:
+        negated.add("src")
 
     roles = {}
-    for key in ("in-interface", "out-interface"):
-        role = r.get(NS + key, str)
-        if role is not None and role not in ROLES:
-            raise ModelError(r.at(NS + key), "must be one of %s" % ", ".join(ROLES))
-        roles[key] = role
+    for key, name in (("in-interface", "in_role"), ("out-interface", "out_role")):
+        found = []
+        for member, neg in ((NS + key, False), (NS + "excluded-" + key, True)):
+            role = r.get(member, str)
+            if role is not None and role not in ROLES:
+                raise ModelError(r.at(member), "must be one of %s" % ", ".join(ROLES))
+            found.append((member, role, neg))
+        roles[name], neg = _one_of(r, found, "the %s" % key)
+        if neg:
+            negated.add(name)
 
-    dports = []
-    for entry in r.items(NS + "destination-port"):
-        dports.append(_read_port_number(entry))
-    dports = merge_port_ranges(dports)
+    found = []
+    for member, neg in ((NS + "destination-port", False), (NS + "excluded-destination-port", True)):
+        found.append((member, merge_port_ranges(_read_port_number(entry) for entry in r.items(member)), neg))
+    dports, neg = _one_of(r, found, "its destination port")
+    dports = dports or ()
+    if neg:
+        negated.add("dports")
+
+    flags = ()
+    text = r.get(NS + "nat-flags", str)
+    if text is not None:
+        names = text.split()
+        unknown = [name for name in names if name not in FLAGS]
+        if unknown or len(set(names)) != len(names):
+            raise ModelError(r.at(NS + "nat-flags"), "flags are %s, once each" % ", ".join(FLAGS))
+        flags = tuple(flag for flag in FLAGS if flag in names)
 
     dnat = r.get("dst-nat-enable", bool, False)
     masquerade = r.get(NS + "masquerade", bool, False)
+    exempt = r.get(NS + "exempt", bool, False)
+    redirect = r.get(NS + "redirect", bool, False)
     v4_pool = r.items("external-ip-address-pool")
     v6_pool = r.items(NS + "external-ipv6-address-pool")
     dst_pool = r.items("dst-ip-address-pool")
-    dst = None
+    to_addresses = None
     to_ports = None
 
-    if dnat:
+    dst, dst_negated = _one_of(r, [
+        (NS + "destination-prefix", _read_prefix(r, NS + "destination-prefix", family)
+         if NS + "destination-prefix" in policy else None, False),
+        (NS + "destination-address", _read_prefix_list(r, NS + "destination-address", family), False),
+        (NS + "excluded-destination", _read_prefix_list(r, NS + "excluded-destination", family), True),
+    ], "its destination")
+
+    if exempt:
+        for key in ("external-ip-address-pool", NS + "external-ipv6-address-pool", "dst-ip-address-pool",
+                    "port-set-restrict", NS + "translated-port"):
+            if key in policy:
+                raise ModelError(r.at(key), "an exemption (%sexempt) translates nothing" % NS)
+        for key, value in ((NS + "masquerade", masquerade), (NS + "redirect", redirect)):
+            if value:
+                raise ModelError(r.at(key), "an exemption (%sexempt) translates nothing" % NS)
+        kind = "no-dnat" if dnat else "no-snat"
+    elif dnat:
         for key in ("external-ip-address-pool", NS + "external-ipv6-address-pool",
-                    "port-set-restrict", NS + "masquerade", NS + "destination-prefix"):
+                    "port-set-restrict", NS + "masquerade"):
             if key in policy:
                 raise ModelError(r.at(key), "not allowed in a destination NAT rule")
-        kind = "dnat"
-        ranges = []
-        outer = set()
-        for entry in dst_pool:
-            entry.require("pool-id", int)
-            outer.add(_read_prefix(entry, "dst-out-ip-pool", family))
-            entry.require("dst-in-ip-pool", str)
-        if len(outer) > 1:
-            raise ModelError(r.at("dst-ip-address-pool"),
-                             "all entries of a rule must translate the same dst-out-ip-pool")
-        to_addresses = _read_pool(dst_pool, "dst-in-ip-pool", family, r.at("dst-ip-address-pool"))
-        dst = outer.pop()
-        if dst == _any_prefix(family):
-            dst = None
+        if redirect:
+            if "dst-ip-address-pool" in policy:
+                raise ModelError(r.at("dst-ip-address-pool"), "a redirect has no address pool")
+            kind = "redirect"
+        else:
+            if NS + "destination-prefix" in policy:
+                raise ModelError(r.at(NS + "destination-prefix"), "not allowed in a destination NAT rule")
+            kind = "dnat"
+            outer = set()
+            for entry in dst_pool:
+                entry.require("pool-id", int)
+                outer.add(_read_prefix(entry, "dst-out-ip-pool", family))
+                entry.require("dst-in-ip-pool", str)
+            if len(outer) > 1:
+                raise ModelError(r.at("dst-ip-address-pool"),
+                                 "all entries of a rule must translate the same dst-out-ip-pool")
+            to_addresses = _read_pool(dst_pool, "dst-in-ip-pool", family, r.at("dst-ip-address-pool"))
+            pooled = outer.pop()
+            if pooled != _any_prefix(family):
+                if dst is not None:
+                    raise ModelError(r.at("dst-ip-address-pool"),
+                                     "a rule matches its destination once: dst-out-ip-pool is not %s"
+                                     % _any_prefix(family))
+                dst = pooled
         if NS + "translated-port" in policy:
             to_ports = _read_port_number(_Reader(policy[NS + "translated-port"], r.at(NS + "translated-port")))
     else:
+        if redirect:
+            raise ModelError(r.at(NS + "redirect"), "a redirect is destination NAT (dst-nat-enable true)")
         for key in ("dst-ip-address-pool", NS + "translated-port"):
             if key in policy:
                 raise ModelError(r.at(key), "only a destination NAT rule (dst-nat-enable true) has it")
-        if NS + "destination-prefix" in policy:
-            dst = _read_prefix(r, NS + "destination-prefix", family)
         if masquerade:
             for key in ("external-ip-address-pool", NS + "external-ipv6-address-pool"):
                 if key in policy:
@@ -441,9 +692,12 @@ def policy_to_rule(policy, path="policy[0]"):
                 if key in restrict.obj:
                     raise ModelError(restrict.at(key), "only the port-range case of port-set is supported")
             to_ports = _read_port_number(restrict)
+    if dst_negated:
+        negated.add("dst")
 
-    rule = NatRule(kind, family, roles["in-interface"], roles["out-interface"], src, dst, proto,
-                   dports, to_addresses, to_ports)
+    rule = NatRule(kind, family, roles["in_role"], roles["out_role"], src, dst, proto,
+                   dports, to_addresses, to_ports, tuple(n for n in NEGATABLE if n in negated), flags,
+                   r.get(NS + "comment", str), r.get(NS + "destination-local", bool))
     problems = rule_problems(rule)
     if problems:
         raise ModelError(path, "; ".join(problems))

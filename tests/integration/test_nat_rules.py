@@ -355,12 +355,12 @@ def test_check_mode_idempotence_and_deleted_touch_only_ours(lab, kind):
 
 def test_rules_the_model_cannot_express_are_reported(lab):
     lab.build(traffic=False)
-    redirect = "-A NFSTATE-PRE -i out0 -p tcp -m tcp --dport 2222 -j REDIRECT --to-ports 22"
+    statistic = "-A NFSTATE-PRE -i out0 -p tcp -m tcp --dport 2222 -m statistic --mode nth --every 2 --packet 0 -j REDIRECT --to-ports 22"
     lab.in_ns(lab.nat, "iptables-legacy-restore", "--noflush", input="\n".join([
         "*nat", ":NFSTATE-PRE - [0:0]", ":NFSTATE-POST - [0:0]", "-A PREROUTING -j NFSTATE-PRE",
-        "-A POSTROUTING -j NFSTATE-POST", "-A NFSTATE-POST -o out0 -j MASQUERADE", redirect, "COMMIT", ""]))
+        "-A POSTROUTING -j NFSTATE-POST", "-A NFSTATE-POST -o out0 -j MASQUERADE", statistic, "COMMIT", ""]))
     failed = lab.module("iptables-legacy", state="gathered", expect_failure=True)
-    assert redirect in failed["msg"] and failed["unsupported"] == [{"rule": redirect, "reason": "target REDIRECT"}]
+    assert statistic in failed["msg"] and failed["unsupported"] == [{"rule": statistic, "reason": "match -m statistic"}]
     skipped = lab.module("iptables-legacy", state="gathered", skip_unsupported=True)
     assert rules_of(skipped["gathered"]) == [NatRule("masquerade", "ipv4", None, "outside")]
     assert skipped["unsupported"] == failed["unsupported"]

@@ -112,17 +112,18 @@ def test_rules_of_other_chains_are_ignored():
 
 
 @pytest.mark.parametrize("line,reason", [
-    ("-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -m comment --comment \"hi there\" "
-     "-j DNAT --to-destination 192.0.2.10", "match -m comment"),
-    ("-A NFSTATE-PRE ! -i veth-out -p tcp -m tcp --dport 22 -j DNAT --to-destination 192.0.2.10",
-     "negated match '! -i'"),
-    ("-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -j REDIRECT --to-ports 23", "target REDIRECT"),
+    ("-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -m limit --limit 5/sec "
+     "-j DNAT --to-destination 192.0.2.10", "match -m limit"),
+    ("-A NFSTATE-PRE ! -p tcp -j DNAT --to-destination 192.0.2.10", "negated match '! -p'"),
+    ("-A NFSTATE-PRE -i veth-out -p tcp -m statistic --mode nth --every 2 --packet 0 -j DNAT "
+     "--to-destination 192.0.2.10", "match -m statistic"),
     ("-A NFSTATE-POST -o eth7 -j MASQUERADE", "interface eth7 has no role"),
-    ("-A NFSTATE-POST -o veth-out -j MASQUERADE --random", "target option --random"),
+    ("-A NFSTATE-POST -o veth-out -j MASQUERADE --to-ports 1024-2000", "needs a protocol with ports"),
     ("-A NFSTATE-POST -o veth-out -p tcp -m tcp --sport 5 -j MASQUERADE", "match option --sport"),
     ("-A NFSTATE-POST -o veth-out -j DNAT --to-destination 192.0.2.1", "DNAT in the postrouting chain"),
     ("-A NFSTATE-PRE -i veth-out -p tcp -j DNAT --to-destination :8080", "without an address"),
-    ("-A NFSTATE-POST -o veth-out -j RETURN", "target RETURN"),
+    ("-A NFSTATE-POST -o veth-out -j MARK --set-xmark 0x4000/0x4000", "target MARK"),
+    ("-A NFSTATE-POST -s 192.0.2.0/24 -m iprange --src-range 192.0.2.1-192.0.2.9 -j RETURN", "matches src twice"),
 ])
 def test_unsupported_rules_are_listed_with_the_reason(line, reason):
     text = SAVE_V4.replace("COMMIT", line + "\nCOMMIT")

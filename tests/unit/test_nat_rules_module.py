@@ -46,17 +46,17 @@ def test_parsed_nftables_from_text_and_from_dict(tmp_path):
 
 
 def test_parsed_unsupported_rule_fails_listing_it_unless_skipped(tmp_path):
-    line = "-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -j REDIRECT --to-ports 2222"
+    line = "-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -m statistic --mode nth --every 2 --packet 0 -j REDIRECT"
     text = SAVE_V4.replace("COMMIT", line + "\nCOMMIT")
     failed = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES, running_config=text)
     assert failed["failed"] is True
-    assert line in failed["msg"] and "target REDIRECT" in failed["msg"]
-    assert failed["unsupported"] == [{"rule": line, "reason": "target REDIRECT"}]
+    assert line in failed["msg"] and "match -m statistic" in failed["msg"]
+    assert failed["unsupported"] == [{"rule": line, "reason": "match -m statistic"}]
     skipped = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
                          running_config=text, skip_unsupported=True)
     assert "failed" not in skipped
     assert rules_of(skipped["parsed"]) == EXPECTED_V4
-    assert skipped["unsupported"] == [{"rule": line, "reason": "target REDIRECT"}]
+    assert skipped["unsupported"] == [{"rule": line, "reason": "match -m statistic"}]
     assert any(line in json.dumps(warning) for warning in skipped["warnings"]), skipped["warnings"]
 
 

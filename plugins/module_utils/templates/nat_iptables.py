@@ -19,14 +19,28 @@ import shlex
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import (
-    HOOKS, PORT_PROTOCOLS, PROTOCOL_NAMES, NatRule, by_hook, canonical, merge_port_ranges,
-    normalize_address, normalize_prefix, protocol_number, rule_problems,
+    devices_of, roles_of,
+    EXEMPTIONS, FLAGS, HOOK_OF_KIND, HOOKS, NEGATABLE, PORT_PROTOCOLS, PROTOCOL_NAMES, NatRule,
+    address_match, by_hook, canonical, merge_port_ranges, normalize_address,
+    normalize_prefix, protocol_number, protocols, rule_problems,
 )
 
 OWN_CHAINS = {"prerouting": "NFSTATE-PRE", "postrouting": "NFSTATE-POST"}
 BUILTIN_CHAINS = {"prerouting": "PREROUTING", "postrouting": "POSTROUTING"}
-TARGET_KIND = {"SNAT": "snat", "MASQUERADE": "masquerade", "DNAT": "dnat"}
+TARGET_KIND = {"SNAT": "snat", "MASQUERADE": "masquerade", "DNAT": "dnat", "REDIRECT": "redirect"}
 KIND_TARGET = dict((kind, target) for target, kind in TARGET_KIND.items())
+# An exemption ends our rules for the packet: RETURN leaves our chain (the host's own rules after
+# the jump still run, as they do after an nftables `accept` in our table); ACCEPT, and RETURN in a
+# built-in chain, end the whole nat table.
+EXEMPT_TARGETS = ("RETURN", "ACCEPT")
+EXEMPT_TARGET = "RETURN"
+FLAG_OPTIONS = {"--random": "random", "--random-fully": "fully-random", "--persistent": "persistent"}
+OPTION_OF_FLAG = dict((flag, option) for option, flag in FLAG_OPTIONS.items())
+# The flags each target takes (iptables 1.8: MASQUERADE has no --persistent, DNAT no --random-fully).
+TARGET_FLAGS = {"SNAT": FLAGS, "DNAT": ("random", "persistent"), "MASQUERADE": ("random", "fully-random"),
+                "REDIRECT": ("random",)}
+# "[packets:bytes] " before a rule, as `iptables-save -c` writes it.
+COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
 # iptables-multiport takes at most 15 ports; a range uses two of them.
 MULTIPORT_SLOTS = 15
 
@@ -35,7 +49,12 @@ MULTIPORT_SLOTS = 15
 #   unsupported  [{"rule": line, "reason": text}] for rules the model cannot express
 #   chains       our chain names that exist
 #   jumps        {hook: number of unconditional jumps from the built-in chain into ours}
-NatTable = namedtuple("NatTable", ["family", "rules", "unsupported", "chains", "jumps"])
+#   carried      the lines read into `rules`
+#   followed     the lines of jumps and gotos whose chains were read in their place
+NatTable = namedtuple("NatTable", ["family", "rules", "unsupported", "chains", "jumps", "carried", "followed"],
+                      defaults=((), ()))
+# How deep jumps into user chains are followed.
+MAX_JUMP_DEPTH = 16
 
 
 class RenderError(ValueError):
@@ -100,10 +119,12 @@ def parse_save(text, family, interfaces, include_builtin=False):
     """Our rules in one family's `iptables-save -t nat` output -> NatTable.
 
     `interfaces` maps role -> device; devices are mapped back to roles. With include_builtin,
-    rules written directly into PREROUTING/POSTROUTING are read too, with our chain's rules
-    in the place of the jump into it (this is how a NAT configured by hand is gathered).
+    rules written directly into PREROUTING/POSTROUTING are read too, with the rules of the chains
+    they jump to (ours among them) in the place of the jump, the jump's matches added to each:
+    this is how a NAT configured by hand is gathered. Every rule of the table is then carried,
+    followed or listed.
     """
-    roles = dict((dev, role) for role, dev in (interfaces or {}).items())
+    roles = roles_of(interfaces)
     chains = set()
     jumps = dict((hook, 0) for hook in HOOKS)
     bodies = {}
@@ -111,39 +132,140 @@ def parse_save(text, family, interfaces, include_builtin=False):
         if line.startswith(":"):
             chains.add(line[1:].split()[0])
             continue
+        # The counters are not state that moves: every implementation counts from zero.
+        line = COUNTERS.sub("", line)
         tokens = shlex.split(line)
         if len(tokens) < 2 or tokens[0] != "-A":
             continue
         bodies.setdefault(tokens[1], []).append((line, tokens[2:]))
 
     own = set(OWN_CHAINS.values()) & chains
-    rules = []
-    unsupported = []
+    reader = _Reader(bodies, chains, family, roles)
     for hook in HOOKS:
-        ordered = []
-        for line, args in bodies.get(BUILTIN_CHAINS[hook], []):
+        builtin = bodies.get(BUILTIN_CHAINS[hook], [])
+        for position, (line, args) in enumerate(builtin):
             if args == ["-j", OWN_CHAINS[hook]]:
                 jumps[hook] += 1
                 if include_builtin and jumps[hook] == 1:
-                    ordered.extend(bodies.get(OWN_CHAINS[hook], []))
+                    reader.rule(line, args, hook, 0, [], False, builtin[position + 1:])
+                elif include_builtin:
+                    reader.followed.append(line)
             elif OWN_CHAINS[hook] in args:
-                unsupported.append({"rule": line, "reason": "a conditional jump into our chain"})
+                reader.refuse(line, "a conditional jump into our chain")
             elif include_builtin:
-                ordered.append((line, args))
+                reader.rule(line, args, hook, 0, [], False, builtin[position + 1:])
         if not include_builtin or jumps[hook] == 0:
-            # Our chain's rules are ours even when nothing enters the chain.
-            ordered.extend(bodies.get(OWN_CHAINS[hook], []))
-        for line, args in ordered:
-            rule, reason = _parse_rule(args, family, hook, roles)
-            if rule is None:
-                unsupported.append({"rule": line, "reason": reason})
-            else:
-                rules.append(rule)
+            # Our chain's rules are ours even when nothing enters the chain; read alone, nothing
+            # of ours runs after them.
+            for line, args in bodies.get(OWN_CHAINS[hook], []):
+                reader.rule(line, args, hook, 0, [], False, [], follow=False)
     if include_builtin:
         for chain in ("INPUT", "OUTPUT"):
             for line, dummy in bodies.get(chain, []):
-                unsupported.append({"rule": line, "reason": "NAT of the host's own traffic is not modelled"})
-    return NatTable(family, canonical(rules), unsupported, sorted(own), jumps)
+                reader.refuse(line, "NAT of the host's own traffic is not modelled")
+        seen = set(reader.carried) | set(reader.followed) | set(item["rule"] for item in reader.unsupported)
+        for chain in sorted(bodies):
+            for line, dummy in bodies[chain]:
+                if line not in seen:
+                    reader.refuse(line, "a rule of chain %s, which no rule of PREROUTING or POSTROUTING reaches" % chain)
+    return NatTable(family, canonical(reader.rules), reader.unsupported, sorted(own), jumps,
+                    reader.carried, reader.followed)
+
+
+class _Reader(object):
+    """Reads rules into NatRules, following jumps, collecting what it carries, follows and lists."""
+
+    def __init__(self, bodies, chains, family, roles):
+        self.bodies = bodies
+        self.chains = chains
+        self.family = family
+        self.roles = roles
+        self.rules, self.unsupported, self.carried, self.followed = [], [], [], []
+
+    def refuse(self, line, reason):
+        self.unsupported.append({"rule": line, "reason": reason})
+
+    def effective(self, chain, seen=()):
+        """True when the chain holds a rule that is more than jumps into chains without any."""
+        if chain in seen or len(seen) > MAX_JUMP_DEPTH:
+            return True
+        return any(self.effective_rule(args, tuple(seen) + (chain,)) for dummy, args in self.bodies.get(chain, []))
+
+    def effective_rule(self, args, seen=()):
+        target = _jump_target(args)
+        return target is None or target[1] not in self.chains or self.effective(target[1], seen)
+
+    def rule(self, line, args, hook, depth, condition, follows, after, follow=True):
+        """One rule at `depth` jumps below a built-in chain, under the matches of those jumps.
+
+        `follows`: the calling chains have rules that run after this chain returns; `after`:
+        the rules after this one in its own chain.
+        """
+        target = _jump_target(args) if follow else None
+        if target is not None and target[1] not in TARGET_KIND and target[1] not in EXEMPT_TARGETS:
+            return self._follow(line, args, hook, depth, condition, follows, after, target)
+        combined = list(condition) + list(args)
+        rule, reason = _parse_rule(combined, self.family, hook, self.roles)
+        if rule is not None and rule.kind in EXEMPTIONS and "RETURN" in args[-2:] and depth > 0 and follows:
+            rule, reason = None, "a RETURN to the calling chain, which has rules after the jump"
+        if rule is None:
+            return self.refuse(line, reason)
+        self.rules.append(rule)
+        self.carried.append(line)
+
+    def _follow(self, line, args, hook, depth, condition, follows, after, target):
+        how, chain, where = target
+        if chain not in self.chains:
+            return self.refuse(line, "target %s" % chain)
+        if depth + 1 >= MAX_JUMP_DEPTH:
+            return self.refuse(line, "jumps nested deeper than %d chains" % MAX_JUMP_DEPTH)
+        inner_condition = list(condition) + list(args[:where])
+        # The jump's own matches must be ones the model holds (checked as an exemption on them).
+        probe, reason = _parse_rule(inner_condition + ["-j", "ACCEPT"], self.family, hook, self.roles)
+        fallthrough = None
+        if probe is not None and how == "-g":
+            # A goto does not come back: what its chain leaves untranslated stays so for the rest
+            # of this chain, an exemption on its matches, exact when nothing runs after this chain.
+            if depth > 0 and follows:
+                reason = "a goto inside a chain whose calling chain has rules after the jump"
+            else:
+                fallthrough = probe
+        if reason is not None:
+            self.refuse(line, reason)
+            self._behind(chain, "behind a jump that is listed (%s): %s" % (reason, line), set())
+            return
+        inner_follows = follows if how == "-g" else follows or any(self.effective_rule(a) for dummy, a in after)
+        inner = self.bodies.get(chain, [])
+        for position, (inner_line, inner_args) in enumerate(inner):
+            self.rule(inner_line, inner_args, hook, depth + 1, inner_condition, inner_follows, inner[position + 1:])
+        if fallthrough is not None:
+            self.rules.append(fallthrough)
+            self.carried.append(line)
+        else:
+            self.followed.append(line)
+
+    def _behind(self, chain, reason, seen):
+        if chain in seen:
+            return
+        seen.add(chain)
+        for line, args in self.bodies.get(chain, []):
+            self.refuse(line, reason)
+            target = _jump_target(args)
+            if target is not None and target[1] in self.chains:
+                self._behind(target[1], reason, seen)
+
+
+def _jump_target(args):
+    """("-j" or "-g", chain, index of the option) of a rule whose target is a chain, else None."""
+    for i, arg in enumerate(args):
+        if arg in ("-j", "--jump", "-g", "--goto") and i + 1 < len(args):
+            if i + 2 != len(args):
+                return None     # target options: a target, not a chain
+            target = args[i + 1]
+            if target in TARGET_KIND or target in EXEMPT_TARGETS:
+                return None
+            return ("-g" if arg in ("-g", "--goto") else "-j", target, i)
+    return None
 
 
 def _role(dev, roles):
@@ -156,9 +278,6 @@ class _Unsupported(Exception):
     pass
 
 
-_MATCH_MODULES = frozenset(PORT_PROTOCOLS.values())
-
-
 def _parse_rule(args, family, hook, roles):
     """(NatRule, None) or (None, reason) for the arguments of one `-A CHAIN ...` line."""
     try:
@@ -168,38 +287,64 @@ def _parse_rule(args, family, hook, roles):
 
 
 def _parse_rule_args(args, family, hook, roles):
-    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "proto": None}
+    fields = {"src": None, "dst": None, "in_role": None, "out_role": None, "proto": None, "comment": None,
+              "dst_local": None}
+    negated = set()
     dports = ()
     target = None
     target_opts = {}
-    i = 0
+    flags = set()
+    state = {"i": 0, "not": False}
 
     def value():
+        i = state["i"]
         if i + 1 >= len(args):
             raise _Unsupported("option %s without a value" % args[i])
         return args[i + 1]
 
-    while i < len(args):
+    def take(key, found, negatable=True):
+        # One match per field (a jump's and the rule's own are one when they agree): a second,
+        # different one is an intersection the model cannot hold.
+        negate = state["not"]
+        if negate and not negatable:
+            raise _Unsupported("negated match '! %s'" % args[state["i"]])
+        state["not"] = False
+        current = dports if key == "dports" else fields.get(key)
+        if current not in (None, ()) and (current != found or (key in negated) != negate):
+            raise _Unsupported("matches %s twice" % key)
+        if negate:
+            negated.add(key)
+        return found
+
+    while state["i"] < len(args):
+        i = state["i"]
         opt = args[i]
         if opt == "!":
-            raise _Unsupported("negated match '! %s'" % (args[i + 1] if i + 1 < len(args) else ""))
+            if state["not"] or target is not None:
+                raise _Unsupported("'!' where a match is expected")
+            state["not"] = True
+            state["i"] += 1
+            continue
         if target is not None:
             if not opt.startswith("--"):
                 raise _Unsupported("unexpected %r after the target" % opt)
             if opt in ("--to-source", "--to-destination", "--to-ports"):
                 target_opts[opt] = value()
-                i += 2
+                state["i"] += 2
+            elif opt in FLAG_OPTIONS:
+                flags.add(FLAG_OPTIONS[opt])
+                state["i"] += 1
             else:
                 raise _Unsupported("target option %s" % opt)
             continue
         if opt in ("-s", "--source", "-d", "--destination"):
             key = "src" if opt in ("-s", "--source") else "dst"
-            fields[key] = _prefix(value(), family)
-            i += 2
+            fields[key] = take(key, _prefix(value(), family))
+            state["i"] += 2
         elif opt in ("-i", "--in-interface", "-o", "--out-interface"):
             key = "in_role" if opt in ("-i", "--in-interface") else "out_role"
-            fields[key] = _role(value(), roles)
-            i += 2
+            fields[key] = take(key, _role(value(), roles))
+            state["i"] += 2
         elif opt in ("-p", "--protocol"):
             proto = protocol_number(value())
             if proto is None:
@@ -207,57 +352,95 @@ def _parse_rule_args(args, family, hook, roles):
                     proto = None
                 else:
                     raise _Unsupported("unknown protocol %s" % value())
-            fields["proto"] = proto
-            i += 2
+            fields["proto"] = take("proto", proto, negatable=False)
+            state["i"] += 2
         elif opt in ("-m", "--match"):
+            if state["not"]:
+                raise _Unsupported("negated match '! %s'" % opt)
             module = value()
-            i += 2
-            if module in _MATCH_MODULES:
-                while i < len(args) and args[i].startswith("--"):
-                    if args[i] in ("--dport", "--destination-port"):
-                        dports = _ports_list(value(), ":")
-                        i += 2
-                    else:
-                        raise _Unsupported("match option %s" % args[i])
-            elif module == "multiport":
-                while i < len(args) and args[i].startswith("--"):
-                    if args[i] in ("--dports", "--destination-ports"):
-                        dports = _ports_list(value(), ":")
-                        i += 2
-                    else:
-                        raise _Unsupported("match option %s" % args[i])
-            else:
+            state["i"] += 2
+            options = _MODULE_OPTIONS.get(module)
+            if options is None:
                 raise _Unsupported("match -m %s" % module)
+            while state["i"] < len(args) and args[state["i"]].startswith("--") or args[state["i"]:state["i"] + 1] == ["!"] \
+                    and args[state["i"] + 1:state["i"] + 2] and args[state["i"] + 1].startswith("--"):
+                if args[state["i"]] == "!":
+                    state["not"] = True
+                    state["i"] += 1
+                option = args[state["i"]]
+                if option not in options:
+                    raise _Unsupported("match option %s" % option)
+                if options[option] == "dports":
+                    dports = take("dports", _ports_list(value(), ":"))
+                elif options[option] == "dst_local":
+                    if value() != "LOCAL":
+                        raise _Unsupported("match --dst-type %s" % value())
+                    local = not state["not"]
+                    state["not"] = False
+                    if fields["dst_local"] not in (None, local):
+                        raise _Unsupported("matches dst_local twice")
+                    fields["dst_local"] = local
+                elif options[option] == "comment":
+                    if state["not"]:
+                        raise _Unsupported("'!' before a comment")
+                    # A jump's comment names the jump: the rule's own, after it, is the one kept.
+                    fields["comment"] = value()
+                else:
+                    key = options[option]
+                    fields[key] = take(key, _range_match(value(), family))
+                state["i"] += 2
         elif opt in ("-j", "--jump"):
+            if state["not"]:
+                raise _Unsupported("'!' before the target")
             target = value()
-            if target not in TARGET_KIND:
+            if target not in TARGET_KIND and target not in EXEMPT_TARGETS:
                 raise _Unsupported("target %s" % target)
-            i += 2
+            state["i"] += 2
         else:
             raise _Unsupported("option %s" % opt)
     if target is None:
         raise _Unsupported("a rule without a NAT target")
 
-    kind = TARGET_KIND[target]
     to_addresses = None
     to_ports = None
-    if kind == "masquerade":
+    if target in EXEMPT_TARGETS:
+        kind = "no-dnat" if hook == "prerouting" else "no-snat"
+    else:
+        kind = TARGET_KIND[target]
+    if kind in ("masquerade", "redirect"):
         if "--to-ports" in target_opts:
             to_ports = _one_range(target_opts["--to-ports"], "-")
-    else:
+    elif kind in ("snat", "dnat"):
         spec = target_opts.get("--to-source" if kind == "snat" else "--to-destination")
         if spec is None:
             raise _Unsupported("%s without an address" % target)
         to_addresses, to_ports = _nat_spec(spec, family)
-    from_hook = "prerouting" if kind == "dnat" else "postrouting"
-    if from_hook != hook:
+    if HOOK_OF_KIND[kind] != hook:
         raise _Unsupported("%s in the %s chain" % (target, hook))
     rule = NatRule(kind, family, fields["in_role"], fields["out_role"], fields["src"], fields["dst"],
-                   fields["proto"], dports, to_addresses, to_ports)
+                   fields["proto"], dports, to_addresses, to_ports,
+                   tuple(name for name in NEGATABLE if name in negated),
+                   tuple(flag for flag in FLAGS if flag in flags), fields["comment"], fields["dst_local"])
     problems = rule_problems(rule)
     if problems:
         raise _Unsupported("; ".join(problems))
     return rule
+
+
+# Options of the match modules read, and the field each one sets.
+_MODULE_OPTIONS = dict((name, {"--dport": "dports", "--destination-port": "dports"}) for name in PORT_PROTOCOLS.values())
+_MODULE_OPTIONS["multiport"] = {"--dports": "dports", "--destination-ports": "dports"}
+_MODULE_OPTIONS["iprange"] = {"--src-range": "src", "--dst-range": "dst"}
+_MODULE_OPTIONS["comment"] = {"--comment": "comment"}
+_MODULE_OPTIONS["addrtype"] = {"--dst-type": "dst_local"}
+
+
+def _range_match(text, family):
+    first, dummy, last = text.partition("-")
+    try:
+        return address_match([(first, last or first)], family)
+    except ValueError as exc:
+        raise _Unsupported(str(exc))
 
 
 def _prefix(text, family):
@@ -317,36 +500,67 @@ def rule_args(rule, interfaces):
     problems = rule_problems(rule)
     if problems:
         raise RenderError("; ".join(problems))
+    negated = set(rule.negated)
+
+    def neg(name):
+        return ["!"] if name in negated else []
+
     args = []
-    if rule.src is not None:
-        args += ["-s", rule.src]
-    if rule.dst is not None:
-        args += ["-d", rule.dst]
-    for opt, role in (("-i", rule.in_role), ("-o", rule.out_role)):
+    ranges = []
+    for name, opt, option in (("src", "-s", "--src-range"), ("dst", "-d", "--dst-range")):
+        value = getattr(rule, name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            args += neg(name) + [opt, value]
+        elif len(value) == 1:
+            ranges += neg(name) + [option, "%s-%s" % value[0]]
+        else:
+            raise RenderError("iptables matches one address range per rule, not the set %s"
+                              % ", ".join("%s-%s" % pair for pair in value))
+    for name, opt, role in (("in_role", "-i", rule.in_role), ("out_role", "-o", rule.out_role)):
         if role is not None:
-            dev = (interfaces or {}).get(role)
+            dev = devices_of(interfaces).get(role)
             if not dev:
                 raise RenderError("the %s role has no device in `interfaces`" % role)
-            args += [opt, dev]
-    if rule.proto is not None:
-        args += ["-p", PROTOCOL_NAMES.get(rule.proto, str(rule.proto))]
+            args += neg(name) + [opt, dev]
+    protos = protocols(rule)
+    if len(protos) > 1:
+        raise RenderError("iptables matches one protocol per rule, not %s"
+                          % ", ".join(PROTOCOL_NAMES.get(p, str(p)) for p in protos))
+    if protos:
+        args += ["-p", PROTOCOL_NAMES.get(protos[0], str(protos[0]))]
+    if ranges:
+        args += ["-m", "iprange"] + ranges
     if rule.dports:
-        name = PORT_PROTOCOLS[rule.proto]
+        name = PORT_PROTOCOLS[protos[0]]
         if len(rule.dports) == 1:
-            args += ["-m", name, "--dport", _port_text(rule.dports[0], ":")]
+            args += ["-m", name] + neg("dports") + ["--dport", _port_text(rule.dports[0], ":")]
         else:
             slots = sum(1 if a == b else 2 for a, b in rule.dports)
             if slots > MULTIPORT_SLOTS:
                 raise RenderError("%d destination ports: iptables' multiport takes at most %d"
                                   % (slots, MULTIPORT_SLOTS))
-            args += ["-m", "multiport", "--dports", ",".join(_port_text(r, ":") for r in rule.dports)]
-    args += ["-j", KIND_TARGET[rule.kind]]
-    if rule.kind == "masquerade":
+            args += ["-m", "multiport"] + neg("dports") + [
+                "--dports", ",".join(_port_text(r, ":") for r in rule.dports)]
+    if rule.dst_local is not None:
+        args += ["-m", "addrtype"] + ([] if rule.dst_local else ["!"]) + ["--dst-type", "LOCAL"]
+    if rule.comment is not None:
+        args += ["-m", "comment", "--comment", rule.comment]
+    if rule.kind in EXEMPTIONS:
+        return args + ["-j", EXEMPT_TARGET]
+    target = KIND_TARGET[rule.kind]
+    args += ["-j", target]
+    if rule.kind in ("masquerade", "redirect"):
         if rule.to_ports is not None:
             args += ["--to-ports", _port_text(rule.to_ports, "-")]
     else:
         opt = "--to-source" if rule.kind == "snat" else "--to-destination"
         args += [opt, _spec_text(rule)]
+    for flag in rule.flags:
+        if flag not in TARGET_FLAGS[target]:
+            raise RenderError("iptables' %s has no %s" % (target, OPTION_OF_FLAG[flag]))
+        args.append(OPTION_OF_FLAG[flag])
     return args
 
 
@@ -384,7 +598,9 @@ def restore_payload(rules, family, interfaces, current=None):
     grouped = by_hook(rules, family)
     for hook in HOOKS:
         for rule in grouped[hook]:
-            lines.append(" ".join(["-A", OWN_CHAINS[hook]] + [_quote(a) for a in rule_args(rule, interfaces)]))
+            args = rule_args(rule, interfaces)
+            quoted = [_quote_comment(a) if i and args[i - 1] == "--comment" else _quote(a) for i, a in enumerate(args)]
+            lines.append(" ".join(["-A", OWN_CHAINS[hook]] + quoted))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -401,6 +617,14 @@ def remove_payload(current):
     if not lines:
         return None
     return "\n".join(["*nat"] + lines + ["COMMIT"]) + "\n"
+
+
+def _quote_comment(text):
+    # iptables-restore takes a double-quoted argument as one; a quote or backslash inside would
+    # need escapes that its versions read differently.
+    if re.search(r'["\\\n]', text):
+        raise RenderError("cannot pass the comment %r to iptables-restore" % text)
+    return '"%s"' % text
 
 
 def _quote(arg):
