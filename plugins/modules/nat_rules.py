@@ -16,7 +16,12 @@ description:
     this collection (RFC 8512 C(ietf-nat) policies, augmented by C(nfstate-nat-rules)), and makes a
     host serve the rules of such a document, whichever implementation it was gathered from.
   - One policy holds one rule, so the rule order is kept. Interfaces are named by role
-    (C(inside), C(outside)); O(interfaces) maps them to this host's devices.
+    (C(inside), C(outside), C(loopback)); O(interfaces) maps them to this host's devices (C(loopback)
+    defaults to C(lo)).
+  - Exemptions (C(-j RETURN), C(accept) in a nat chain), C(redirect), the C(random),
+    C(fully-random) and C(persistent) flags, negated matches, address ranges and sets, several
+    protocols per rule and rule comments are carried; counters are read but their values do not
+    move (docs/model.md lists what each implementation can render).
   - The rules live in chains or a table of our own, so the host's other rules are never touched.
     With O(implementation=iptables) these are the C(NFSTATE-PRE) and C(NFSTATE-POST) chains of the
     C(nat) table (IPv4 and IPv6), entered by one jump inserted first in C(PREROUTING) and
@@ -94,12 +99,15 @@ options:
         by hand keeps outside our chains or table. The applying states always work on ours only.
       - With O(implementation=iptables), the rules written directly into the built-in
         C(PREROUTING) and C(POSTROUTING) chains of the C(nat) table, with our chain's rules in
-        the place of the jump into it. Rules of C(INPUT) and C(OUTPUT) are reported as unsupported.
+        the place of the jump into it. Jumps and gotos into user chains are followed, with the
+        jump's matches added to the rules reached. Rules of C(INPUT) and C(OUTPUT) are reported as
+        unsupported.
       - With O(implementation=nftables), the rules of every base chain of type C(nat) hooked to
         C(prerouting) or C(postrouting), in any table of family C(ip), C(ip6) or C(inet), chain
         after chain in hook and priority order (our table among them, read once). A rule that
         jumps to a regular chain is replaced by that chain's rules, each with the jump's matches
-        added; a C(goto) is reported as unsupported, as are the rules of nat chains hooked to
+        added; a C(goto) is read as a jump and an exemption on its condition; rules reached only
+        through verdict maps are reported as unsupported, as are the rules of nat chains hooked to
         C(input) or C(output). Counters are ignored. A rule of an C(inet) table that matches no
         address family is read as one rule per family.
     type: bool

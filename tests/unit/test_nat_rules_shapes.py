@@ -96,7 +96,11 @@ def render_ipt(rules):
 
 
 def listing_of(commands):
-    """The listing nft would give of our table after these commands (the add objects as they are)."""
+    """The listing nft would give of our table after these commands (the add objects as they are).
+
+    commands: the libnftables JSON document, or the module's rendered lines (one JSON command each)."""
+    if isinstance(commands, list):
+        commands = {"nftables": [json.loads(line) for line in commands]}
     items = []
     for cmd in commands["nftables"]:
         if "add" in cmd:

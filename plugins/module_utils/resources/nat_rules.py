@@ -29,7 +29,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.resources.common
 STATES = ("gathered", "parsed", "rendered", "merged", "replaced", "overridden", "deleted")
 APPLYING = ("merged", "replaced", "overridden")
 # What a rule translates to; everything else is what it matches, its key for `replaced`.
-TRANSLATION_FIELDS = frozenset(("kind", "to_addresses", "to_ports"))
+TRANSLATION_FIELDS = frozenset(("kind", "to_addresses", "to_ports", "flags", "comment"))
 
 
 def rule_key(rule):
