@@ -4,6 +4,7 @@
 """Builders of test sessions and documents, shared by the unit tests, the hostile corpus and the
 property-based tests (plain functions here, Hypothesis strategies in strategies.py)."""
 
+import copy
 import socket
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
@@ -96,3 +97,126 @@ def snapshot_document(entries, name="edge-nat"):
 
 def mapping_entries_of(doc):
     return instance(doc)["mapping-table"]["mapping-entry"]
+
+
+def one_entry_document(mapping):
+    """A snapshot document whose one mapping entry is `mapping` (taken as it is)."""
+    doc = snapshot_document([])
+    instance(doc)["mapping-table"]["mapping-entry"] = [mapping]
+    instance(doc)["nfstate-nat:snapshot"]["session-count"] = 1
+    return doc
+
+
+def _untranslated(m):
+    # The reply is the plain inverse of the original tuple: nothing is translated.
+    for side in ("src", "dst"):
+        m["external-%s-address" % side] = m["internal-%s-address" % side]
+        if "internal-%s-port" % side in m:
+            m["external-%s-port" % side] = dict(m["internal-%s-port" % side])
+
+
+def _other_family(address):
+    return "2001:db8::99/128" if "." in address else "192.0.2.99/32"
+
+
+def _set(member, value):
+    def mutate(m):
+        m[member] = value
+    return mutate
+
+
+def _set_in(container, member, value):
+    def mutate(m):
+        m[container][member] = value
+    return mutate
+
+
+def _when(member, mutate):
+    """`mutate`, for entries that hold `member` only (KeyError for the others)."""
+    def apply(m):
+        if member not in m:
+            raise KeyError(member)
+        mutate(m)
+    return apply
+
+
+def _drop(member):
+    def mutate(m):
+        del m[member]
+    return mutate
+
+
+# Mutations of one mapping entry (a dict, changed in place), applied to every sample entry by the
+# validator's tests; a mutation that does not fit an entry (KeyError) is skipped for it.
+ENTRY_MUTATIONS = {
+    "port out of range": _set_in("internal-src-port", "start-port-number", 70000),
+    "port negative": _set_in("external-src-port", "start-port-number", -1),
+    "end before start": _set_in("internal-src-port", "end-port-number", 0),
+    "port range": lambda m: m["internal-src-port"].update({"end-port-number": m["internal-src-port"]["start-port-number"] + 1}),
+    "tcp state on udp": _when("nfstate-nat:tcp", _set("transport-protocol", 17)),
+    "icmp state on tcp": _when("nfstate-nat:tcp", _set("nfstate-nat:icmp", {"type": 8})),
+    "tcp state on icmp": _when("nfstate-nat:icmp", _set("nfstate-nat:tcp", {"state": "established"})),
+    "address without length": _set("internal-src-address", "192.0.2.1"),
+    "ipv6 garbage": _set("internal-src-address", "2001:db8::zz/128"),
+    "network prefix": lambda m: m.update({"internal-dst-address": m["internal-dst-address"].split("/")[0] + "/24"}),
+    "address of the other family": lambda m: m.update({"external-dst-address": _other_family(m["external-dst-address"])}),
+    "icmp protocol of the other family": lambda m: m.update({"transport-protocol": {1: 58, 58: 1}[m["transport-protocol"]]}),
+    "icmp with a destination port": _when("nfstate-nat:icmp", _set("internal-dst-port", {"start-port-number": 7})),
+    "unknown member": _set("foo", 1),
+    "unqualified augment": _set("tcp", {}),
+    "augment member qualified twice": lambda m: m["nfstate-nat:tcp"].update({"nfstate-nat:state": "close"}),
+    "boolean as number": _set("nfstate-nat:seen-reply", 1),
+    "number as boolean": _set("lifetime", True),
+    "number as text": _set("lifetime", "300"),
+    "number as float": _set("lifetime", 1.5),
+    "null value": _set("lifetime", None),
+    "lifetime beyond uint32": _set("lifetime", 1 << 32),
+    "lifetime negative": _set("lifetime", -1),
+    "lifetime missing": _drop("lifetime"),
+    "initiator missing": _drop("nfstate-nat:initiator"),
+    "initiator unknown": _set("nfstate-nat:initiator", "both"),
+    "address missing": _drop("external-src-address"),
+    "port container missing": _drop("external-src-port"),
+    "key as text": lambda m: m.update({"index": str(m["index"])}),
+    "key missing": _drop("index"),
+    "static mapping": _set("type", "static"),
+    "unknown type": _set("type", "dynamic"),
+    "protocol out of range": _set("transport-protocol", 256),
+    "protocol unsupported": _set("transport-protocol", 255),
+    "tcp state unknown": _set_in("nfstate-nat:tcp", "state", "open"),
+    "tcp state missing": lambda m: m["nfstate-nat:tcp"].pop("state"),
+    "unknown flag": lambda m: m["nfstate-nat:tcp"]["original"].update({"flags": "window-scale x"}),
+    "flags as a list": lambda m: m["nfstate-nat:tcp"]["original"].update({"flags": ["window-scale"]}),
+    "window scale beyond 14": lambda m: m["nfstate-nat:tcp"]["original"].update({"window-scale": 15}),
+    "icmp type beyond uint8": _set_in("nfstate-nat:icmp", "type", 256),
+    "icmp type missing": lambda m: m["nfstate-nat:icmp"].pop("type"),
+    "zone beyond uint16": _set("nfstate-nat:zone", 70000),
+    "mark beyond uint32": _set("nfstate-nat:mark", 1 << 32),
+    "labels too short": _set("nfstate-nat:labels", "abc"),
+    "labels not hex": _set("nfstate-nat:labels", "g" * 32),
+    "removed not empty": _set("nfstate-nat:removed", True),
+    "ports not an object": _set("internal-src-port", 5),
+    "entry not an object": None,     # replaces the entry itself: see mutated_entry()
+    "untranslated": _untranslated,
+}
+
+# What the strict checker refuses although the YANG model allows it, on purpose (docs/model.md,
+# "Validation"): these mutations may be refused by the strict checker alone.
+STRICTER_ON_PURPOSE = frozenset((
+    "port range", "network prefix", "address of the other family", "icmp protocol of the other family",
+    "icmp with a destination port", "lifetime missing", "initiator missing", "address missing",
+    "port container missing", "static mapping", "protocol unsupported", "tcp state missing",
+    "icmp type missing", "untranslated", "augment member qualified twice",
+))
+
+
+def mutated_entry(mapping, name):
+    """A copy of `mapping` with ENTRY_MUTATIONS[name] applied, or None when it does not fit."""
+    if name == "entry not an object":
+        return [mapping]
+    changed = copy.deepcopy(mapping)
+    try:
+        ENTRY_MUTATIONS[name](changed)
+    except KeyError:
+        return None
+    return changed
