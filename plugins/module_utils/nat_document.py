@@ -228,10 +228,12 @@ MESSAGE_LENGTH = 300
 
 
 def _bounded(message):
-    """A message cut to MESSAGE_LENGTH characters: it may quote a value as long as the reader allows."""
+    """A message of at most about MESSAGE_LENGTH characters: it may quote a value as long as the
+    reader allows. Its start and its end (the reason, after the value) are kept."""
     if len(message) <= MESSAGE_LENGTH:
         return message
-    return "%s... (%d characters)" % (message[:MESSAGE_LENGTH], len(message))
+    keep = MESSAGE_LENGTH // 2
+    return "%s ... (%d characters cut) ... %s" % (message[:keep], len(message) - 2 * keep, message[-keep:])
 
 
 def document_entries(doc):
