@@ -202,6 +202,9 @@ def instance_sessions(inst):
             try:
                 entry = mapping_to_entry(mapping)
                 gone = _removed_flag(mapping)
+                null = _null_member(mapping)
+                if null is not None:
+                    raise ModelError(null, "null is not a value (RFC 7951 writes null only inside [null], an empty leaf)")
             except ModelError as exc:
                 path = entry_path(base, mapping, position)
                 errors.append((path + ("/" + exc.path if exc.path else ""), _bounded(exc.message)))
@@ -225,6 +228,21 @@ def instance_sessions(inst):
 
 
 MESSAGE_LENGTH = 300
+
+
+def _null_member(value):
+    """The path of the first member whose value is JSON null, or None. The strict checker reads
+    optional members with a default, so it would take a null one for an absent one."""
+    if None in value.values():
+        for name, member in value.items():
+            if member is None:
+                return name
+    for name, member in value.items():
+        if member.__class__ is dict:
+            found = _null_member(member)
+            if found is not None:
+                return name + "/" + found
+    return None
 
 
 def _bounded(message):

@@ -1,0 +1,72 @@
+"""Property-based tests (Hypothesis): the model mapping round-trips, and the validators never crash
+and agree, on random entries and random mutations of them."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
+    SUPPORTED_PROTOCOLS,
+    entry_to_mapping,
+    mapping_to_entry,
+)
+from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model import (
+    data_model,
+    session_errors,
+    validate,
+    yangson_errors,
+)
+from ansible_collections.nfstate.migration.tests.unit.builders import one_entry_document
+from ansible_collections.nfstate.migration.tests.unit.strategies import (
+    MAPPED_PROTOCOLS,
+    UINT32,
+    conntrack_entries,
+    leaf_paths,
+    mutations,
+)
+
+# Bounded, so that CI stays fast; no deadline: yangson's time per example varies with the machine.
+BOUNDED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MAPPING_ENTRY = "/ietf-nat:nat/instances/instance/mapping-table/mapping-entry"
+LEAVES = leaf_paths(data_model().get_data_node(MAPPING_ENTRY))
+
+
+def test_every_supported_protocol_has_a_strategy():
+    # A protocol the model learns to map needs its entries built in strategies.py.
+    assert set(SUPPORTED_PROTOCOLS) <= set(MAPPED_PROTOCOLS)
+
+
+def test_mutations_reach_every_leaf_of_the_model():
+    names = set("/".join(path) for path, _type in LEAVES)
+    assert {"lifetime", "internal-src-port/start-port-number", "nfstate-nat:tcp/original/flags",
+            "nfstate-nat:icmp/type", "nfstate-nat:labels"} <= names
+
+
+@BOUNDED
+@given(conntrack_entries(), st.integers(0, UINT32))
+def test_kernel_entry_round_trips_through_the_model(entry, index):
+    mapping = entry_to_mapping(entry, index)
+    assert mapping_to_entry(mapping) == entry
+    assert entry_to_mapping(mapping_to_entry(mapping), index) == mapping
+
+
+@BOUNDED
+@given(conntrack_entries())
+def test_every_mapped_entry_is_valid_for_both_checkers(entry):
+    doc = one_entry_document(entry_to_mapping(entry, 1))
+    assert yangson_errors(doc) == []
+    assert validate(doc) == []
+
+
+@BOUNDED
+@given(st.data())
+def test_mutated_entries_give_errors_with_paths_and_the_checkers_agree(data):
+    mapping = entry_to_mapping(data.draw(conntrack_entries()), 1)
+    changed = data.draw(mutations(mapping, LEAVES))
+    doc = one_entry_document(changed)
+    errors = validate(doc)                       # never an exception
+    assert isinstance(errors, list)
+    for path, message in errors:
+        assert isinstance(path, str) and path.startswith("/ietf-nat:nat/instances/instance")
+        assert isinstance(message, str) and message
+    if yangson_errors(doc, limit=1):
+        assert session_errors(doc), changed
