@@ -233,11 +233,9 @@ MESSAGE_LENGTH = 300
 def _null_member(value):
     """The path of the first member whose value is JSON null, or None. The strict checker reads
     optional members with a default, so it would take a null one for an absent one."""
-    if None in value.values():
-        for name, member in value.items():
-            if member is None:
-                return name
     for name, member in value.items():
+        if member is None:
+            return name
         if member.__class__ is dict:
             found = _null_member(member)
             if found is not None:

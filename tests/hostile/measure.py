@@ -29,7 +29,7 @@ import conftest  # noqa: F401  (makes the checkout importable as ansible_collect
 STEPS = {
     "controller read": """
 from ansible_collections.nfstate.migration.plugins.plugin_utils.validation import read_controller_document
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 try:
     read_controller_document(PATH)
     outcome = "read"
@@ -38,7 +38,7 @@ except ValueError as error:
 """,
     "host read": """
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 try:
     read_document(PATH)
     outcome = "read"
@@ -51,16 +51,16 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model impor
 doc = read_document(PATH)
 data_model()
 base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 1024.0
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 errors = validate(doc)
 outcome = "%d error(s)" % len(errors)
 """,
 }
 
 REPORT = """
-spent = time.perf_counter() - start
+spent, cpu = time.perf_counter() - start, time.process_time() - cpu
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-figures = {"seconds": round(spent, 2), "peak_mib": round(peak / 1024.0, 1), "outcome": outcome}
+figures = {"seconds": round(spent, 2), "cpu_seconds": round(cpu, 2), "peak_mib": round(peak / 1024.0, 1), "outcome": outcome}
 if base:
     figures["rss_before_mib"] = round(base / 1024.0, 1)
 print(json.dumps(figures))
@@ -88,8 +88,9 @@ def main():
     parser.add_argument("--bomb-gib", type=float, default=3.0)
     parser.add_argument("--skip-bomb", action="store_true")
     args = parser.parse_args()
-    sys.path.insert(0, HERE)
-    import generate  # noqa: E402  (the hostile corpus' generator, beside this file)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import conftest  # noqa: F401  (the checkout as ansible_collections.nfstate.migration)
+    from ansible_collections.nfstate.migration.tests.hostile import generate
     with tempfile.TemporaryDirectory(prefix="nfstate-measure-") as tmp:
         legit = os.path.join(tmp, "sessions.json.gz")
         write_sessions(legit, args.sessions)
