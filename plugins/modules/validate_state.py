@@ -21,8 +21,8 @@ description:
     mapping entries (sessions) by the strict checker the managed hosts run before they apply a
     document, which is stricter than the YANG model (a session address is a host prefix, a
     session is translated, one instance per document, ...).
-  - A file is read with bounds checked before it is parsed, as on the managed hosts: gzip is
-    decompressed as a stream under a ceiling of 2 KiB per session of O(max_sessions) plus 16 MiB,
+  - A file is read with bounds checked before it is parsed, as on the managed hosts. gzip is
+    decompressed as a stream under a ceiling of 2 KiB per session of O(max_sessions) plus 16 MiB;
     strings are at most 64 KiB, nesting at most 32 levels, member names unique, and the document
     holds at most O(max_sessions) sessions.
   - This is an action plugin; it runs on the controller and needs the collection's C(requirements.txt)

@@ -28,7 +28,8 @@ from collections import namedtuple
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    import conftest  # noqa: F401  (the checkout as ansible_collections.nfstate.migration)
+    # The checkout, importable as ansible_collections.nfstate.migration:
+    import conftest  # noqa: F401  pylint: disable=unused-import
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import instance  # noqa: E402
 from ansible_collections.nfstate.migration.tests.unit.builders import (  # noqa: E402
@@ -69,7 +70,7 @@ def _repeated_gzip(path, head, unit, size, tail):
     member = gzip.compress(block, 9, mtime=0)
     with open(path, "wb") as out:
         out.write(gzip.compress(head, mtime=0))
-        for _ in range(max(1, size // len(block))):
+        for dummy in range(max(1, size // len(block))):
             out.write(member)
         out.write(gzip.compress(tail, mtime=0))
     return path
@@ -255,8 +256,8 @@ BOUNDARY = [
     ("lifetime 0 (about to expire)", {"lifetime": 0}),
     ("lifetime 2^32-1", {"lifetime": 4294967295}),
     ("mark 2^32-1 and zone 65535", {"nfstate-nat:mark": 4294967295, "nfstate-nat:zone": 65535}),
-    ("index 0 and window scales 0 and 14", {"index": 0, "nfstate-nat:tcp": {"state": "established", "original": {"window-scale": 0},
-                                                                           "reply": {"window-scale": 14}}}),
+    ("index 0 and window scales 0 and 14", {"index": 0, "nfstate-nat:tcp": {
+        "state": "established", "original": {"window-scale": 0}, "reply": {"window-scale": 14}}}),
 ]
 
 

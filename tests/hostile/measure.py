@@ -89,7 +89,8 @@ def main():
     parser.add_argument("--skip-bomb", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(REPO, "tests"))
-    import conftest  # noqa: F401  (the checkout as ansible_collections.nfstate.migration)
+    # The checkout, importable as ansible_collections.nfstate.migration:
+    import conftest  # noqa: F401  pylint: disable=unused-import
     from ansible_collections.nfstate.migration.tests.hostile import generate
     with tempfile.TemporaryDirectory(prefix="nfstate-measure-") as tmp:
         legit = os.path.join(tmp, "sessions.json.gz")

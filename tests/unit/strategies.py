@@ -9,6 +9,7 @@ the status bits the tuples imply (the NAT bits cannot be set by hand), so that a
 through the model must give back exactly the same entry.
 """
 
+import copy
 import ipaddress
 import socket
 
@@ -192,9 +193,8 @@ def _container(mapping, path):
 def mutations(draw, mapping, leaves):
     """A copy of a mapping entry with 1 to 3 changes: a leaf of the model set to a drawn value,
     a member removed, an unknown member added, or a container made a scalar."""
-    import copy
     changed = copy.deepcopy(mapping)
-    for _ in range(draw(st.integers(1, 3))):
+    for dummy in range(draw(st.integers(1, 3))):
         action = draw(st.sampled_from(("set", "set", "set", "drop", "add", "flatten")))
         if action == "set":
             path, dtype = draw(st.sampled_from(leaves))

@@ -94,7 +94,7 @@ def test_validate_state_refuses_a_bomb_before_parsing_it(tmp_path):
     path = str(tmp_path / "bomb.json.gz")
     with gzip.open(path, "wb", compresslevel=1) as handle:
         handle.write(b'{"ietf-nat:nat":{"instances":{"instance":[{"id":1,"name":"')
-        for _ in range(16):
+        for dummy in range(16):
             handle.write(b"A" * (1 << 20))
         handle.write(b'"}]}}}')
     with pytest.raises(AnsibleActionFail) as raised:
