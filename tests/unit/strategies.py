@@ -217,3 +217,54 @@ def mutations(draw, mapping, leaves):
                 path = draw(st.sampled_from(containers))
                 _container(changed, path)[path[-1]] = draw(_ODD)
     return changed
+
+
+# ---------------------------------------------------------------- documents and their bytes
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 40), 1 << 40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _containers(value, path=()):
+    """Paths of every object in a document, outside the mapping entries."""
+    found = [path] if isinstance(value, dict) else []
+    if isinstance(value, dict):
+        for name, member in value.items():
+            if name != "mapping-entry":
+                found.extend(_containers(member, path + (name,)))
+    elif isinstance(value, list):
+        for position, member in enumerate(value):
+            found.extend(_containers(member, path + (position,)))
+    return found
+
+
+@st.composite
+def document_mutations(draw, doc):
+    """A copy of a document with a member of one of its objects (outside the sessions) set to a
+    drawn JSON value, a known or an unknown member name."""
+    changed = copy.deepcopy(doc)
+    path = draw(st.sampled_from(_containers(changed)))
+    node = changed
+    for step in path:
+        node = node[step]
+    name = draw(st.sampled_from(sorted(node) + ["bogus", "nfstate-nat:bogus", "ietf-nat:nat", "id", "name"]))
+    node[name] = draw(json_values)
+    return changed
+
+
+@st.composite
+def damaged_bytes(draw, data):
+    """`data` with a few bytes inserted, deleted or replaced."""
+    data = bytearray(data)
+    for dummy in range(draw(st.integers(1, 4))):
+        position = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(("insert", "delete", "replace")))
+        byte = draw(st.sampled_from(b'{}[]",:\\ 0aN\xff\x00'))
+        if action == "insert":
+            data[position:position] = bytes([byte])
+        elif position < len(data):
+            data[position:position + 1] = b"" if action == "delete" else bytes([byte])
+    return bytes(data)

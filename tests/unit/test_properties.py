@@ -1,9 +1,14 @@
 """Property-based tests (Hypothesis): the model mapping round-trips, and the validators never crash
 and agree, on random entries and random mutations of them."""
 
+import gzip
+import json
+import tempfile
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import DocumentFileError, read_document
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     SUPPORTED_PROTOCOLS,
     entry_to_mapping,
@@ -15,11 +20,13 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model impor
     validate,
     yangson_errors,
 )
-from ansible_collections.nfstate.migration.tests.unit.builders import one_entry_document
+from ansible_collections.nfstate.migration.tests.unit.builders import one_entry_document, sample_entries, snapshot_document
 from ansible_collections.nfstate.migration.tests.unit.strategies import (
     MAPPED_PROTOCOLS,
     UINT32,
     conntrack_entries,
+    damaged_bytes,
+    document_mutations,
     leaf_paths,
     mutations,
 )
@@ -70,3 +77,33 @@ def test_mutated_entries_give_errors_with_paths_and_the_checkers_agree(data):
         assert isinstance(message, str) and message
     if yangson_errors(doc, limit=1):
         assert session_errors(doc), changed
+
+
+SAMPLE_DOCUMENT = snapshot_document(sample_entries())
+SAMPLE_TEXT = json.dumps(SAMPLE_DOCUMENT).encode()
+
+
+@BOUNDED
+@given(st.data())
+def test_mutated_documents_give_errors_with_paths(data):
+    doc = data.draw(document_mutations(SAMPLE_DOCUMENT))
+    errors = validate(doc)                       # never an exception
+    for path, message in errors:
+        assert isinstance(path, str) and path.startswith("/")
+        assert isinstance(message, str) and message
+
+
+@BOUNDED
+@given(st.one_of(damaged_bytes(SAMPLE_TEXT), damaged_bytes(gzip.compress(SAMPLE_TEXT, mtime=0)), st.binary(max_size=300)))
+def test_damaged_files_are_read_or_refused_never_crash(content):
+    with tempfile.NamedTemporaryFile(suffix=".json") as handle:
+        handle.write(content)
+        handle.flush()
+        try:
+            document = read_document(handle.name)
+        except DocumentFileError as error:
+            assert error.path == handle.name and error.problem and str(error).startswith(handle.name)
+            return
+        assert isinstance(document, dict)
+        for path, message in validate(document):
+            assert path.startswith("/") and message
