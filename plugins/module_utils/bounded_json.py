@@ -11,7 +11,7 @@ the file's name and what is wrong, when
   small file that would expand to gigabytes costs no more than the ceiling;
 - it holds a run of more than MAX_STRING bytes without a string delimiter: a huge string, number
   or padding; found while decompressing, so a bomb made of one long string stops at once;
-- it holds a string longer than MAX_STRING characters (escaped quotes and all);
+- it holds a string whose JSON text is longer than MAX_STRING bytes (escapes and all);
 - it nests deeper than MAX_DEPTH, or holds more than VALUES_PER_SESSION values per session;
 - it is not JSON, not UTF-8, uses NaN or Infinity, repeats a member name in an object, or is not
   a JSON object at the top.
@@ -37,8 +37,8 @@ from itertools import accumulate
 # at most the sessions of one table. Raise it with max_sessions or NFSTATE_MAX_SESSIONS.
 DEFAULT_MAX_SESSIONS = 262144
 MAX_SESSIONS_VARIABLE = "NFSTATE_MAX_SESSIONS"
-# A session takes 700 to 1,000 bytes of compact JSON (an IPv6 TCP session with labels and
-# window tracking is the largest); indented documents take more, hence the margin.
+# A session takes 700 to 1,100 bytes of compact JSON (the largest: IPv6, twice NAT, labels, every
+# TCP flag) and up to about 1.7 KiB indented as json.dumps(indent=2) writes it.
 BYTES_PER_SESSION = 2048
 # Room for what is not a session: the instance, its metadata and its rules.
 BYTES_BESIDES_SESSIONS = 16 << 20
@@ -261,6 +261,23 @@ def _parse(data, bounds):
     if not isinstance(document, dict):
         raise _Refused("is not a JSON object but %s" % type(document).__name__)
     return document
+
+
+def loads(data, max_sessions=None, what="the document"):
+    """A document from JSON bytes already in memory, under the same bounds as read(); `what`
+    names it in a DocumentReadError."""
+    bounds = limits(max_sessions)
+    try:
+        if len(data) > bounds.max_bytes:
+            raise _Refused("is %s, beyond the ceiling of %s for %d sessions"
+                           % (_size(len(data)), _size(bounds.max_bytes), bounds.max_sessions))
+        watch = _RunWatch(bounds.max_string)
+        buffer = bytearray(data)
+        for start in range(0, len(buffer), CHUNK):
+            watch.feed(bytes(buffer[start:start + CHUNK]))
+        return _parse(buffer, bounds)
+    except _Refused as refused:
+        raise DocumentReadError(what, str(refused))
 
 
 def read(path, max_sessions=None, max_bytes=None, measure_compressed=False):

@@ -10,6 +10,7 @@ __metaclass__ = type
 import json
 import os
 
+from ansible_collections.nfstate.migration.plugins.module_utils import bounded_json
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document_file
 
 # How many errors a failure message spells out; all of them are in the result's `errors`.
@@ -35,11 +36,12 @@ def validation_errors(document):
 def validation_failure(document, what):
     """None when `document` is valid, else a failed task result naming every error."""
     # Task arguments arrive as Ansible's tagged containers (dict, list and str subclasses); the
-    # validator checks JSON types exactly, so it is given plain JSON.
+    # validator checks JSON types exactly, so it is given plain JSON, read back within the same
+    # bounds as a file.
     try:
-        document = json.loads(json.dumps(document))
-    except (TypeError, ValueError) as error:
-        return dict(failed=True, msg="%s is not a JSON document: %s" % (what, error))
+        document = bounded_json.loads(json.dumps(document).encode("utf-8"), what=what)
+    except (TypeError, ValueError, RecursionError) as error:
+        return dict(failed=True, msg="%s is not a JSON document: %s" % (what, getattr(error, "problem", error)))
     try:
         errors = validation_errors(document)
     except RuntimeError as error:

@@ -288,9 +288,13 @@ def validate(doc, yang_dir=YANG_DIR):
     """Every error of an RFC 7951 JSON document, as a list of (path, message); [] when valid."""
     if not isinstance(doc, dict):
         return [("/", "invalid-type: a document is a JSON object")]
-    errors = yangson_errors(skeleton(doc), yang_dir)
-    seen = set(errors)
-    errors.extend(error for error in session_errors(doc) if error not in seen)
+    try:
+        errors = yangson_errors(skeleton(doc), yang_dir)
+        seen = set(errors)
+        errors.extend(error for error in session_errors(doc) if error not in seen)
+    except RecursionError:
+        # Files and task arguments are read within bounded_json's depth; a caller's own data may not be.
+        return [("/", "too-deep: the document nests deeper than a state document may")]
     return errors
 
 

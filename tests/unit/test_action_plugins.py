@@ -189,3 +189,13 @@ def test_nat_sessions_passes_other_states_through():
     action = plugin(nat_sessions_action, {"state": "gathered", "dest": "/var/tmp/x.json.gz"})
     assert action.run(task_vars={}) == {"changed": True, "sessions": 10}
     assert action._execute_module.call_args.kwargs["module_args"] == {"state": "gathered", "dest": "/var/tmp/x.json.gz"}
+
+
+def test_inline_documents_are_bounded_like_files(good):
+    deep = good
+    for dummy in range(40):
+        deep = {"x": deep}
+    result = plugin(nat_sessions_action, {"state": "merged", "config": {"ietf-nat:nat": deep}}).run(task_vars={})
+    assert result["failed"] is True
+    assert result["msg"].startswith("config is not a JSON document: nests ")
+    assert result["msg"].endswith(" levels deep, more than the 32 a state document may")

@@ -88,3 +88,12 @@ def test_the_collector_is_left_as_it_was(tmp_path):
     with pytest.raises(DocumentReadError):
         read(str(path))
     assert gc.isenabled()
+
+
+def test_loads_applies_the_same_bounds_to_bytes():
+    assert bounded_json.loads(TEXT) == DOC
+    with pytest.raises(DocumentReadError) as raised:
+        bounded_json.loads(b'{"a": "' + b"x" * (1 << 18) + b'"}', what="config")
+    assert str(raised.value).startswith("config: holds more than")
+    with pytest.raises(DocumentReadError, match="beyond the ceiling"):
+        bounded_json.loads(b" " * ((16 << 20) + 2049) + TEXT, max_sessions=1)

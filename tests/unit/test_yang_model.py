@@ -200,6 +200,16 @@ def test_long_values_are_quoted_short(good):
     assert len(message) < 400 and "characters cut" in message and message.endswith("is not a prefix: add /32 or /128")
 
 
+def test_data_nested_past_any_bound_gives_errors_not_an_exception(monkeypatch):
+    deep = {}
+    for dummy in range(5000):
+        deep = {"a": deep}
+    assert validate({"ietf-nat:nat": deep})[0] == ("/ietf-nat:nat/a", "member-not-allowed")
+    # Where a caller's own data would exhaust the stack, that is one error too.
+    monkeypatch.setattr(yang_model, "session_errors", lambda doc: validate(doc))
+    assert validate({"ietf-nat:nat": {}}) == [("/", "too-deep: the document nests deeper than a state document may")]
+
+
 # ---------------------------------------------------------------- speed
 
 def test_hundred_thousand_sessions_validate_in_seconds():
