@@ -31,6 +31,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPS_SRC_NAT,
     TCP_STATES,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import SUPPORTED_PROTOCOLS
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 UINT32 = 0xFFFFFFFF
@@ -50,27 +51,38 @@ def addresses(family):
 ports = st.integers(0, 0xFFFF)
 
 
+def _another_address(family, address):
+    """A documentation address of `family` other than `address`."""
+    choices = ("192.0.2.254", "192.0.2.253") if family == V4 else ("2001:db8::fe", "2001:db8::fd")
+    return choices[0] if address != choices[0] else choices[1]
+
+
 @st.composite
 def _translated(draw, family, proto):
     """(orig, reply, nat status bits): a session through a NAT, source, destination or both."""
     icmp = proto in (IPPROTO_ICMP, IPPROTO_ICMPV6)
+    ported = proto in (IPPROTO_TCP, IPPROTO_UDP)
     src, dst = draw(addresses(family)), draw(addresses(family))
-    sport, dport = draw(ports), (0 if icmp else draw(ports))
+    sport = draw(ports) if ported or icmp else 0
+    dport = draw(ports) if ported else 0
     kind = draw(st.sampled_from(("snat", "dnat", "both")))
     nat_src, nat_sport, nat_dst, nat_dport = src, sport, dst, dport
     status = 0
     if kind in ("snat", "both"):
-        nat_src, nat_sport = draw(addresses(family)), draw(ports)
+        nat_src, nat_sport = draw(addresses(family)), (draw(ports) if ported or icmp else 0)
         if (nat_src, nat_sport) != (src, sport):
             status |= IPS_SRC_NAT
     if kind in ("dnat", "both"):
         nat_dst = draw(addresses(family))
-        nat_dport = dport if icmp else draw(ports)
+        nat_dport = draw(ports) if ported else 0
         if (nat_dst, nat_dport) != (dst, dport):
             status |= IPS_DST_NAT
     if not status:
         # Drawn the same by chance: translate the source, as a masquerade would.
-        nat_sport = (sport + 1) & 0xFFFF
+        if ported or icmp:
+            nat_sport = (sport + 1) & 0xFFFF
+        else:
+            nat_src = _another_address(family, src)
         status |= IPS_SRC_NAT
     if icmp:
         icmp_type, code = draw(st.integers(0, 255)), draw(st.integers(0, 255))
@@ -84,16 +96,17 @@ def _translated(draw, family, proto):
     return orig, reply, status
 
 
-# What each protocol the model maps needs beyond its tuples.
+# The families each protocol runs over; any other protocol the model maps is drawn as an
+# address-only session (no ports), over either family.
 _FAMILIES = {IPPROTO_TCP: (V4, V6), IPPROTO_UDP: (V4, V6), IPPROTO_ICMP: (V4,), IPPROTO_ICMPV6: (V6,)}
-MAPPED_PROTOCOLS = tuple(sorted(_FAMILIES))
 
 
 @st.composite
-def conntrack_entries(draw, protocols=MAPPED_PROTOCOLS):
-    """A kernel entry of one of `protocols`, translated, with everything the model carries."""
+def conntrack_entries(draw, protocols=SUPPORTED_PROTOCOLS):
+    """A kernel entry of one of `protocols` (default: every one the model maps), translated, with
+    everything the model carries."""
     proto = draw(st.sampled_from(protocols))
-    family = draw(st.sampled_from(_FAMILIES[proto]))
+    family = draw(st.sampled_from(_FAMILIES.get(proto, (V4, V6))))
     orig, reply, status = draw(_translated(family, proto))
     status |= IPS_CONFIRMED
     if draw(st.booleans()):

@@ -219,5 +219,5 @@ def test_hundred_thousand_sessions_validate_in_seconds():
     errors = validate(doc)
     spent = time.process_time() - start
     assert errors == []
-    # About 0.6 s here (the strict checker); yangson alone needs about 150 s for the same document.
+    # About 0.9 s of CPU here (the strict checker); yangson alone needs about 150 s for the same document.
     assert spent < 8, spent
