@@ -12,7 +12,8 @@ the file's name and what is wrong, when
 - it holds a run of more than MAX_STRING bytes without a string delimiter: a huge string, number
   or padding; found while decompressing, so a bomb made of one long string stops at once;
 - it holds a string whose JSON text is longer than MAX_STRING bytes (escapes and all);
-- it nests deeper than MAX_DEPTH, or holds more than VALUES_PER_SESSION values per session;
+- it holds more than VALUES_PER_SESSION values per session (found while decompressing too), or
+  nests deeper than MAX_DEPTH;
 - it is not JSON, not UTF-8, uses NaN or Infinity, repeats a member name in an object, or is not
   a JSON object at the top.
 
@@ -48,15 +49,16 @@ MAX_STRING = 65536
 # Documents nest 9 levels deep (nat, instances, instance, mapping-table, mapping-entry, entry,
 # tcp, original, ...); rules a few more.
 MAX_DEPTH = 32
-# A session holds about 40 JSON values; rules and metadata are counted in the margin.
-VALUES_PER_SESSION = 64
+# A session holds 20 to 26 JSON values (counted by their commas); rules and metadata are counted
+# in the margin.
+VALUES_PER_SESSION = 48
 VALUES_BESIDES_SESSIONS = 1 << 20
 
 CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
 _QUOTE = b'"'
-# Everything but brackets, commas and backslashes: deleted by translate() to count those fast.
-_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b"[]{},\\")))
+# Everything but brackets and backslashes: deleted by translate() to count those fast.
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b"[]{}\\")))
 _SIGNED_DEPTH = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
@@ -113,16 +115,24 @@ def _size(count):
     return "%d bytes" % count
 
 
-class _RunWatch(object):
-    """Tracks the run of bytes since the last quote across chunks. A run longer than a chunk
-    always crosses a chunk boundary, so two finds per chunk bound every run to limit + CHUNK."""
+class _StreamWatch(object):
+    """Bounds checked on the bytes as they stream in, chunk by chunk.
 
-    def __init__(self, limit):
-        self.limit = limit
+    Values: counted by their commas. Runs: the bytes since the last quote; a run longer than a
+    chunk always crosses a chunk boundary, so two finds per chunk bound every run to limit + CHUNK."""
+
+    def __init__(self, bounds):
+        self.limit = bounds.max_string
+        self.bounds = bounds
+        self.values = 0
         self.run = 0
         self.offset = 0
 
     def feed(self, chunk):
+        self.values += chunk.count(b",")
+        if self.values > self.bounds.max_values:
+            raise _Refused("holds more than %d values, more than %d sessions could (%d per session)"
+                           % (self.bounds.max_values, self.bounds.max_sessions, VALUES_PER_SESSION))
         first = chunk.find(_QUOTE)
         if first < 0:
             self.run += len(chunk)
@@ -166,7 +176,7 @@ class _CompressedSize(object):
 def _read_bytes(handle, bounds, gzipped, sizer=None):
     """The file's expanded bytes and its stored size, refused as soon as a bound is crossed."""
     data = bytearray()
-    watch = _RunWatch(bounds.max_string)
+    watch = _StreamWatch(bounds)
     inflater = zlib.decompressobj(wbits=31) if gzipped else None
     stored = 0
 
@@ -202,13 +212,9 @@ def _read_bytes(handle, bounds, gzipped, sizer=None):
 
 
 def _check_structure(data, bounds):
-    """Depth, value count and string lengths, over the bytes."""
+    """Depth and string lengths, over the bytes."""
     structure = data.translate(None, _NOT_STRUCTURE)
-    values = structure.count(b",")
-    if values > bounds.max_values:
-        raise _Refused("holds about %d values, more than %d sessions could (%d per session)"
-                       % (values, bounds.max_sessions, VALUES_PER_SESSION))
-    brackets = structure.translate(None, b",\\").translate(_SIGNED_DEPTH)
+    brackets = structure.translate(None, b"\\").translate(_SIGNED_DEPTH)
     if brackets:
         # Brackets inside strings are counted too: a document of ours holds none.
         depth = max(accumulate(memoryview(brackets).cast("b")))
@@ -271,7 +277,7 @@ def loads(data, max_sessions=None, what="the document"):
         if len(data) > bounds.max_bytes:
             raise _Refused("is %s, beyond the ceiling of %s for %d sessions"
                            % (_size(len(data)), _size(bounds.max_bytes), bounds.max_sessions))
-        watch = _RunWatch(bounds.max_string)
+        watch = _StreamWatch(bounds)
         buffer = bytearray(data)
         for start in range(0, len(buffer), CHUNK):
             watch.feed(bytes(buffer[start:start + CHUNK]))

@@ -49,7 +49,7 @@ def test_limits_follow_the_session_count(monkeypatch):
     default = limits()
     assert default.max_sessions == bounded_json.DEFAULT_MAX_SESSIONS == 262144
     assert default.max_bytes == 262144 * 2048 + (16 << 20)
-    assert limits(1000).max_values == 1000 * 64 + (1 << 20)
+    assert limits(1000).max_values == 1000 * 48 + (1 << 20)
     monkeypatch.setenv(bounded_json.MAX_SESSIONS_VARIABLE, "5000")
     assert limits().max_sessions == 5000
     assert limits(7).max_sessions == 7
