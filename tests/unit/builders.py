@@ -154,6 +154,7 @@ ENTRY_MUTATIONS = {
     "end before start": _set_in("internal-src-port", "end-port-number", 0),
     "port range": lambda m: m["internal-src-port"].update({"end-port-number": m["internal-src-port"]["start-port-number"] + 1}),
     "tcp state on udp": _when("nfstate-nat:tcp", _set("transport-protocol", 17)),
+    "udp entry said to be tcp": lambda m: m.update({"transport-protocol": {17: 6}[m["transport-protocol"]]}),
     "icmp state on tcp": _when("nfstate-nat:tcp", _set("nfstate-nat:icmp", {"type": 8})),
     "tcp state on icmp": _when("nfstate-nat:icmp", _set("nfstate-nat:tcp", {"state": "established"})),
     "address without length": _set("internal-src-address", "192.0.2.1"),
@@ -209,7 +210,7 @@ STRICTER_ON_PURPOSE = frozenset((
     "port range", "network prefix", "address of the other family", "icmp protocol of the other family",
     "icmp with a destination port", "lifetime missing", "initiator missing", "address missing",
     "port container missing", "static mapping", "protocol unsupported", "tcp state missing",
-    "icmp type missing", "untranslated", "augment member qualified twice",
+    "icmp type missing", "untranslated", "augment member qualified twice", "udp entry said to be tcp",
 ))
 
 
