@@ -230,7 +230,7 @@ CORPUS = [
     Item("a network prefix as a session address", _entry("network prefix"), r"host prefix", E1 + "/internal-dst-address", None),
     Item("a port range", _entry("port range"), r"one port, not a range", E1 + "/internal-src-port/end-port-number", None),
     Item("a static mapping", _entry("static mapping"), r"static mapping is configuration", E1 + "/type", None),
-    Item("an unsupported protocol (255)", _entry("protocol unsupported"), r"protocol 255 is not supported",
+    Item("a protocol beyond uint8 (256)", _entry("protocol out of range"), r"256 is out of range 0..255",
          E1 + "/transport-protocol", None),
     Item("a port of 65536", _set_entry(0, internal_src_port={"start-port-number": 65536}), r"65536 is out of range 0..65535",
          E1 + "/internal-src-port/start-port-number", None),
