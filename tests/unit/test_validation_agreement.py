@@ -17,6 +17,7 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model impor
 )
 from ansible_collections.nfstate.migration.tests.unit.builders import (
     ENTRY_MUTATIONS,
+    MAY_BECOME_VALID,
     STRICTER_ON_PURPOSE,
     mutated_entry,
     one_entry_document,
@@ -58,7 +59,7 @@ def test_strict_checker_refuses_whatever_yangson_refuses(name):
         assert bool(errors) == bool(ours or theirs)
         assert all(path.startswith("/ietf-nat:nat/instances/instance") for path, _message in errors)
     assert tried, "the mutation fits no sample entry"
-    assert refused, "no sample entry mutated this way is refused"
+    assert refused or name in MAY_BECOME_VALID, "no sample entry mutated this way is refused"
 
 
 def test_stricter_cases_are_documented():
