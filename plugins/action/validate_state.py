@@ -22,7 +22,7 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.validation impor
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("path", "document"))
+    _VALID_ARGS = frozenset(("path", "document", "max_sessions"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -32,13 +32,16 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("give exactly one of path and document")
         if path is not None:
             try:
-                document, raw, compressed = read_controller_document(path)
+                document, raw, compressed = read_controller_document(path, self._task.args.get("max_sessions"))
             except ValueError as error:
                 raise AnsibleActionFail(str(error))
             what = path
         else:
-            raw = len(json.dumps(document, separators=(",", ":")).encode())
-            compressed = len(gzip.compress(json.dumps(document, separators=(",", ":")).encode()))
+            try:
+                text = json.dumps(document, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as error:
+                raise AnsibleActionFail("document is not JSON data: %s" % error)
+            raw, compressed = len(text), len(gzip.compress(text))
             what = "the document"
         failure = validation_failure(document, what)
         if failure:

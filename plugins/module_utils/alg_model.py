@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ipaddress
+import re
 import socket
 from collections import namedtuple
 
@@ -229,9 +230,13 @@ def _seq_adj_back(value, path):
                      _int32(value["offset-after"], path + "/offset-after"))
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def _helper_name(value, path, limit=15):
-    if not isinstance(value, str) or not 0 < len(value) <= limit:
-        raise AlgModelError(path, "%r is not a name of 1 to %d characters" % (value, limit))
+    # As yang/nfstate-nat-alg.yang's helper-name: the strict checker is never looser than YANG.
+    if not isinstance(value, str) or not 0 < len(value) <= limit or not _NAME.match(value):
+        raise AlgModelError(path, "%r is not a name of 1 to %d letters, digits, '.', '_' or '-'" % (value, limit))
     return value
 
 

@@ -24,8 +24,9 @@ import socket
 import tempfile
 from collections import namedtuple
 
+from ansible_collections.nfstate.migration.plugins.module_utils import alg_model, bounded_json
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import is_translated
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import refreshed_at_risk
-
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     REMOVED,
     GcPaused,
@@ -47,7 +48,6 @@ _SNAPSHOT_LEAVES = {
     "session_count": "session-count",
     "sessions": "session-count",
 }
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DocumentError(ModelError):
@@ -65,6 +65,18 @@ class DocumentError(ModelError):
 
     def __str__(self):
         return self.args[0]
+
+
+class DocumentFileError(DocumentError):
+    """A file that cannot be read as a state document: too big, too deep, not JSON, ...
+
+    Its message names the file and the problem (bounded_json.DocumentReadError's)."""
+
+    def __init__(self, read_error):
+        DocumentError.__init__(self, [("/", read_error.problem)])
+        self.path = read_error.path
+        self.problem = read_error.problem
+        self.args = (str(read_error),)
 
 
 def date_and_time(moment=None):
@@ -155,17 +167,35 @@ Sessions = namedtuple("Sessions", ["present", "removed"])
 def document_sessions(doc):
     """The document's sessions as ConntrackEntry objects, in document order: Sessions(present, removed).
 
-    `removed` holds the entries a delta snapshot flags nfstate-nat:removed. Checks every mapping
-    entry (mapping_to_entry), duplicate keys and duplicate sessions; raises DocumentError listing
+    `removed` holds the entries a delta snapshot flags nfstate-nat:removed. The document holds
+    exactly one instance; see instance_sessions for what is checked. Raises DocumentError listing
     every problem with its full path.
     """
-    inst = instance(doc)
+    return instance_sessions(instance(doc))
+
+
+def instance_sessions(inst):
+    """Sessions(present, removed) of one NAT instance (a dict), every mapping entry checked.
+
+    Each entry goes through the strict checker (mapping_to_entry); on top of it, an index or a
+    session (zone and original tuple) may appear only once, and a session must be translated:
+    an entry whose reply is the plain inverse of its original tuple is a connection of the host
+    itself (its SSH session with the controller, say), never one of the NAT's, and applying it
+    would capture that connection on the target. Raises DocumentError listing every problem.
+    """
     base = instance_path(inst)
-    mappings = mapping_entries(doc)
+    table = inst.get("mapping-table") or {}
+    mappings = table.get("mapping-entry", []) if isinstance(table, dict) else None
+    if not isinstance(mappings, list):
+        raise DocumentError([(base + ("/mapping-table/mapping-entry" if isinstance(table, dict) else "/mapping-table"),
+                              "expected a list of mapping entries" if isinstance(table, dict) else "expected an object")])
     errors = []
     present, removed = [], []
     seen_index = set()
     seen_session = ({}, {})
+    # The entries' indexes, for an ALG data connection's reference to its master.
+    indexes = dict((m["index"], True) for m in mappings
+                   if isinstance(m, dict) and isinstance(m.get("index"), int) and not isinstance(m.get("index"), bool))
     with GcPaused():
         for position, mapping in enumerate(mappings, 1):
             index = mapping.get("index") if isinstance(mapping, dict) else None
@@ -177,10 +207,19 @@ def document_sessions(doc):
                 seen_index.add(index)
             try:
                 entry = mapping_to_entry(mapping)
+                _check_alg_members(mapping, indexes)
                 gone = _removed_flag(mapping)
+                null = _null_member(mapping)
+                if null is not None:
+                    raise ModelError(null, "null is not a value (RFC 7951 writes null only inside [null], an empty leaf)")
             except ModelError as exc:
                 path = entry_path(base, mapping, position)
-                errors.append((path + ("/" + exc.path if exc.path else ""), exc.message))
+                errors.append((path + ("/" + exc.path if exc.path else ""), _bounded(exc.message)))
+                continue
+            if not is_translated(entry):
+                errors.append((entry_path(base, mapping, position),
+                               "untranslated: the session translates nothing, so it is not the NAT's but a "
+                               "connection of the host itself, and applying it would capture that connection"))
                 continue
             key = session_key(entry)
             if key in seen_session[gone]:
@@ -193,6 +232,43 @@ def document_sessions(doc):
     if errors:
         raise DocumentError(errors)
     return Sessions(present, removed)
+
+
+MESSAGE_LENGTH = 300
+_ALG_PREFIX = alg_model.NS
+
+
+def _check_alg_members(mapping, indexes):
+    """The ALG augment's members of an entry (helper, sequence adjustment, master), strictly, as the
+    other members are: the master must be an entry of the document."""
+    if not any(name.startswith(_ALG_PREFIX) for name in mapping):
+        return
+    try:
+        alg_model.helper_state(mapping, indexes)
+    except alg_model.AlgModelError as exc:
+        raise ModelError(exc.path, str(exc).split(": ", 1)[-1] if exc.path else str(exc))
+
+
+def _null_member(value):
+    """The path of the first member whose value is JSON null, or None. The strict checker reads
+    optional members with a default, so it would take a null one for an absent one."""
+    for name, member in value.items():
+        if member is None:
+            return name
+        if member.__class__ is dict:
+            found = _null_member(member)
+            if found is not None:
+                return name + "/" + found
+    return None
+
+
+def _bounded(message):
+    """A message of at most about MESSAGE_LENGTH characters: it may quote a value as long as the
+    reader allows. Its start and its end (the reason, after the value) are kept."""
+    if len(message) <= MESSAGE_LENGTH:
+        return message
+    keep = MESSAGE_LENGTH // 2
+    return "%s ... (%d characters cut) ... %s" % (message[:keep], len(message) - 2 * keep, message[-keep:])
 
 
 def document_entries(doc):
@@ -220,16 +296,41 @@ def _is_gzip_path(path):
     return str(path).endswith(".gz")
 
 
-def read_document(path):
-    """Load a document from a .json or .json.gz file (gzip is also recognised by its magic)."""
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    opener = gzip.open if head == _GZIP_MAGIC or _is_gzip_path(path) else open
-    with opener(path, "rb") as handle:
-        try:
-            return json.loads(handle.read())
-        except ValueError as exc:
-            raise DocumentError([("/", "%s is not JSON: %s" % (path, exc))])
+def read_document_file(path, max_sessions=None, measure_compressed=False):
+    """bounded_json.JsonFile of a state document file (.json, or gzip: .json.gz or by its magic).
+
+    Every bound of bounded_json is enforced before parsing, and a document may hold at most
+    max_sessions mapping entries (default: bounded_json.max_sessions_default()). Raises
+    DocumentFileError (a DocumentError, so a ValueError) naming the file and the problem.
+    """
+    try:
+        found = bounded_json.read(path, max_sessions, measure_compressed=measure_compressed)
+    except bounded_json.DocumentReadError as error:
+        raise DocumentFileError(error)
+    limit = bounded_json.limits(max_sessions).max_sessions
+    count = _session_count(found.document)
+    if count > limit:
+        raise DocumentFileError(bounded_json.DocumentReadError(
+            os.fspath(path), "holds %d sessions, more than the limit of %d (raise max_sessions or %s)"
+            % (count, limit, bounded_json.MAX_SESSIONS_VARIABLE)))
+    return found
+
+
+def read_document(path, max_sessions=None):
+    """A state document from a file; see read_document_file."""
+    return read_document_file(path, max_sessions).document
+
+
+def _session_count(doc):
+    """Mapping entries in every instance of a document of any shape (0 where there are none)."""
+    count = 0
+    instances = (doc.get(NAT) or {}).get("instances") if isinstance(doc.get(NAT), dict) else None
+    instances = instances.get("instance") if isinstance(instances, dict) else None
+    for inst in instances if isinstance(instances, list) else ():
+        table = inst.get("mapping-table") if isinstance(inst, dict) else None
+        entries = table.get("mapping-entry") if isinstance(table, dict) else None
+        count += len(entries) if isinstance(entries, list) else 0
+    return count
 
 
 def write_document(doc, path, indent=None):

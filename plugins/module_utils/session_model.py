@@ -103,6 +103,8 @@ _ENTRY_MEMBERS = frozenset((
     "internal-src-address", "internal-src-port", "external-src-address", "external-src-port",
     "internal-dst-address", "internal-dst-port", "external-dst-address", "external-dst-port",
     "lifetime", INITIATOR, SEEN_REPLY, ASSURED, MARK, ZONE, LABELS, TCP, ICMP, GRE, REMOVED,
+    # The ALG augment's members (yang/nfstate-nat-alg.yang): checked by alg_model, not here.
+    "nfstate-nat-alg:helper", "nfstate-nat-alg:sequence-adjustment", "nfstate-nat-alg:master",
 ))
 _PORT_MEMBERS = frozenset(("start-port-number", "end-port-number"))
 _TCP_MEMBERS = frozenset(("state", "original", "reply"))

@@ -17,6 +17,14 @@ description:
     and M(nfstate.migration.nat_rules), against RFC 8512's C(ietf-nat) module and the collection's
     C(nfstate-nat) augments, on the controller.
   - Reports every error with its path, and the document's size as JSON and compressed.
+  - The skeleton of the document (instance, snapshot metadata, rules) is validated by yangson; the
+    mapping entries (sessions) by the strict checker the managed hosts run before they apply a
+    document, which is stricter than the YANG model (a session address is a host prefix, a
+    session is translated, one instance per document, ...).
+  - A file is read with bounds checked before it is parsed, as on the managed hosts. gzip is
+    decompressed as a stream under a ceiling of 2 KiB per session of O(max_sessions) plus 16 MiB;
+    strings are at most 64 KiB, nesting at most 32 levels, member names unique, and the document
+    holds at most O(max_sessions) sessions.
   - This is an action plugin; it runs on the controller and needs the collection's C(requirements.txt)
     (yangson, pyang) there.
 author:
@@ -31,6 +39,12 @@ options:
     description:
       - The document itself.
     type: dict
+  max_sessions:
+    description:
+      - The most sessions a document read from O(path) may hold; its size, value count and expanded
+        gzip size are bounded accordingly.
+      - Defaults to the environment variable E(NFSTATE_MAX_SESSIONS) when set, else 262144.
+    type: int
 attributes:
   check_mode:
     support: full
@@ -62,7 +76,7 @@ errors:
   returned: failure
   type: list
   elements: str
-  sample: ["/ietf-nat:nat/instances/instance/0/mapping-table/mapping-entry/3/transport-protocol: not a uint8"]
+  sample: ["/ietf-nat:nat/instances/instance[id=\"1\"]/mapping-table/mapping-entry[index=\"3\"]/lifetime: -5 is out of range 0..4294967295"]
 sessions:
   description: Number of sessions (mapping entries) in the document.
   returned: success

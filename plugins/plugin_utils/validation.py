@@ -7,9 +7,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import gzip
 import json
 import os
+
+from ansible_collections.nfstate.migration.plugins.module_utils import bounded_json
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document_file
 
 # How many errors a failure message spells out; all of them are in the result's `errors`.
 ERRORS_IN_MESSAGE = 10
@@ -34,11 +36,12 @@ def validation_errors(document):
 def validation_failure(document, what):
     """None when `document` is valid, else a failed task result naming every error."""
     # Task arguments arrive as Ansible's tagged containers (dict, list and str subclasses); the
-    # validator checks JSON types exactly, so it is given plain JSON.
+    # validator checks JSON types exactly, so it is given plain JSON, read back within the same
+    # bounds as a file.
     try:
-        document = json.loads(json.dumps(document))
-    except (TypeError, ValueError) as error:
-        return dict(failed=True, msg="%s is not a JSON document: %s" % (what, error))
+        document = bounded_json.loads(json.dumps(document).encode("utf-8"), what=what)
+    except (TypeError, ValueError, RecursionError) as error:
+        return dict(failed=True, msg="%s is not a JSON document: %s" % (what, getattr(error, "problem", error)))
     try:
         errors = validation_errors(document)
     except RuntimeError as error:
@@ -52,20 +55,19 @@ def validation_failure(document, what):
                 msg="%s is not a valid nfstate document (%d error(s)): %s" % (what, len(errors), shown))
 
 
-def read_controller_document(path):
-    """The document at `path` on the controller, with its size as JSON and gzip-compressed.
+def read_controller_document(path, max_sessions=None):
+    """(document, bytes as JSON, bytes as gzip) of the state document at `path` on the controller.
 
-    Raises ValueError naming the file when it is missing or not JSON.
+    Read by the same bounded reader as on the hosts (module_utils/bounded_json.py): a document
+    larger, deeper or longer than a table of max_sessions sessions can be is refused before it
+    is parsed. Raises ValueError naming the file when it is missing, unreadable or refused.
     """
     if not os.path.isfile(path):
         raise ValueError("state document %s does not exist on the controller" % path)
-    with open(path, "rb") as handle:
-        data = handle.read()
     try:
-        if path.endswith(".gz"):
-            compressed, raw_bytes = len(data), gzip.decompress(data)
-        else:
-            compressed, raw_bytes = len(gzip.compress(data)), data
-        return json.loads(raw_bytes), len(raw_bytes), compressed
-    except (OSError, ValueError) as error:
-        raise ValueError("%s is not a JSON state document: %s" % (path, error))
+        found = read_document_file(path, max_sessions, measure_compressed=True)
+    except OSError as error:
+        raise ValueError("cannot read state document %s: %s" % (path, error))
+    except ValueError as error:
+        raise ValueError("%s is not a usable state document: %s" % (path, getattr(error, "problem", error)))
+    return found.document, found.bytes_raw, found.compressed

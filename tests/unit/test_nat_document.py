@@ -25,7 +25,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     entries_to_mappings,
 )
 
-from ansible_collections.nfstate.migration.tests.unit.test_session_model import sample_entries
+from ansible_collections.nfstate.migration.tests.unit.builders import sample_entries
 
 BASE = '/ietf-nat:nat/instances/instance[id="1"]/mapping-table/mapping-entry'
 
