@@ -6,7 +6,9 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
+import zlib
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -73,3 +75,22 @@ def print_table(header, rows, out=None, left_first=False):
     text = "\n".join(lines)
     print(text, file=out)
     return text
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def collections_root():
+    """A directory holding ansible_collections/nfstate/migration -> this checkout (one per
+    checkout), for the benchmarks to import the collection's code by its collection name."""
+    marker = os.sep + os.path.join("ansible_collections", "nfstate", "migration")
+    if REPO.endswith(marker):
+        return REPO[:-len(marker)]
+    root = os.path.join(tempfile.gettempdir(), "nfstate-bench-%d-%08x" % (os.getuid(), zlib.crc32(REPO.encode())))
+    link = os.path.join(root, "ansible_collections", "nfstate", "migration")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if os.path.realpath(link) != REPO:
+        tmp = "%s.%d" % (link, os.getpid())
+        os.symlink(REPO, tmp)
+        os.replace(tmp, link)
+    return root

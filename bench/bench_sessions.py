@@ -34,24 +34,9 @@ table ip nat {
 """
 
 
-def collections_root():
-    """A directory holding ansible_collections/nfstate/migration -> this checkout."""
-    marker = os.sep + os.path.join("ansible_collections", "nfstate", "migration")
-    if REPO.endswith(marker):
-        return REPO[:-len(marker)]
-    root = os.path.join(tempfile.gettempdir(), "nfstate-bench-%d" % os.getuid())
-    link = os.path.join(root, "ansible_collections", "nfstate", "migration")
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.realpath(link) != REPO:
-        tmp = "%s.%d" % (link, os.getpid())
-        os.symlink(REPO, tmp)
-        os.replace(tmp, link)
-    return root
-
-
-sys.path.insert(0, collections_root())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_results  # noqa: E402  (bench/results/sessions.json)
+sys.path.insert(0, bench_results.collections_root())
 from ansible_collections.nfstate.migration.plugins.module_utils import conntrack  # noqa: E402
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (  # noqa: E402
     IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY, IPS_SRC_NAT, TCP_STATES, ConntrackEntry, FlowTuple,

@@ -29,8 +29,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-import zlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(REPO, "tests", "unit", "fixtures", "rule_corpus")
@@ -38,22 +36,12 @@ FAMILIES = ("ipv4", "ipv6")
 NAT_FAMILIES = ("ip", "ip6", "inet")
 
 
-def _collections_root():
-    """A directory holding ansible_collections/nfstate/migration -> this checkout (one per checkout)."""
-    root = os.path.join(tempfile.gettempdir(), "nfstate-cov-%d-%08x" % (os.getuid(), zlib.crc32(REPO.encode())))
-    link = os.path.join(root, "ansible_collections", "nfstate", "migration")
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.realpath(link) != REPO:
-        tmp = "%s.%d" % (link, os.getpid())
-        os.symlink(REPO, tmp)
-        os.replace(tmp, link)
-    return root
-
-
 try:
     from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as ipt
 except ImportError:
-    sys.path.insert(0, _collections_root())
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_results  # pylint: disable=import-error
+    sys.path.insert(0, bench_results.collections_root())
     from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as ipt
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nftr  # noqa: E402
 

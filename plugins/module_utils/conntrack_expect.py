@@ -34,6 +34,24 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     IPPROTO_ICMPV6,
     FlowTuple,
 )
+# Tuples are the conntrack subsystem's own (enum ctattr_tuple, ctattr_ip, ctattr_l4proto).
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import (  # noqa: F401 (re-exported)
+    CTA_IP_V4_DST,
+    CTA_IP_V4_SRC,
+    CTA_IP_V6_DST,
+    CTA_IP_V6_SRC,
+    CTA_PROTO_DST_PORT,
+    CTA_PROTO_ICMP_CODE,
+    CTA_PROTO_ICMP_ID,
+    CTA_PROTO_ICMP_TYPE,
+    CTA_PROTO_ICMPV6_CODE,
+    CTA_PROTO_ICMPV6_ID,
+    CTA_PROTO_ICMPV6_TYPE,
+    CTA_PROTO_NUM,
+    CTA_PROTO_SRC_PORT,
+    CTA_TUPLE_IP,
+    CTA_TUPLE_PROTO,
+)
 from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     NFNL_HDRLEN,
     NFGENMSG,
@@ -75,23 +93,6 @@ CTA_EXPECT_NAT = 10
 CTA_EXPECT_FN = 11
 CTA_EXPECT_NAT_DIR = 1
 CTA_EXPECT_NAT_TUPLE = 2
-
-# Tuples, as in the conntrack subsystem (enum ctattr_tuple, ctattr_ip, ctattr_l4proto).
-CTA_TUPLE_IP = 1
-CTA_TUPLE_PROTO = 2
-CTA_IP_V4_SRC = 1
-CTA_IP_V4_DST = 2
-CTA_IP_V6_SRC = 3
-CTA_IP_V6_DST = 4
-CTA_PROTO_NUM = 1
-CTA_PROTO_SRC_PORT = 2
-CTA_PROTO_DST_PORT = 3
-CTA_PROTO_ICMP_ID = 4
-CTA_PROTO_ICMP_TYPE = 5
-CTA_PROTO_ICMP_CODE = 6
-CTA_PROTO_ICMPV6_ID = 7
-CTA_PROTO_ICMPV6_TYPE = 8
-CTA_PROTO_ICMPV6_CODE = 9
 
 # Expectation flags (include/uapi/linux/netfilter/nf_conntrack_common.h).
 NF_CT_EXPECT_PERMANENT = 0x1
