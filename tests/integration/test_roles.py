@@ -5,8 +5,9 @@ chains, nat-b runs nftables and starts empty. Everything goes through ansible-pl
 the role's entry points, the implementation and backend detected on each host:
 
 1. iptables -> nftables: the role gathers nat-a's rules and sessions (live TCP streams and
-   port forwards) into one document, which is fetched, validated and applied on nat-b. The service addresses move: the live flows keep going, and a NEW connection is
-   translated by nat-b as nat-a did (203.0.113.1, a port of the pool 20000-29999).
+   port forwards) into one document, which is fetched, validated and applied on nat-b. The
+   service addresses move: the live flows keep going, and a NEW connection is translated by
+   nat-b as nat-a did (203.0.113.1, a port of the pool 20000-29999).
 2. freeze / unfreeze of nat-b: a new connection fails while frozen, works after.
 3. nftables -> iptables: nat-b's rules now live in our own nftables table; nat-a is made a
    fresh target (its hand-written rules and sessions flushed). The role gathers a pre-copy

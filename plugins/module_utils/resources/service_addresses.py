@@ -91,7 +91,7 @@ def run(params, check_mode=False, diff=False, warn=None):
             others = [h for h in held if h.address in by_address and h not in work.remove]
             for entry in others:
                 warn("%s stays on another device (ifindex %d) of this host and may still draw its traffic"
-                            % (text(entry), entry.ifindex))
+                     % (text(entry), entry.ifindex))
 
         targets = []
         if state == "present" and params["announce"] != "false":
