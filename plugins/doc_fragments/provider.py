@@ -16,7 +16,7 @@ options:
       - The packet filter that implements the network function on this host.
       - V(auto) detects it. Our own table or chains come first, then whichever implementation holds
         NAT rules, else V(nftables) where C(nft) is installed.
-      - Must be given with O(state=parsed) and O(state=rendered), which read no host.
+      - Must be given with the states C(parsed) and C(rendered), which read no host.
     type: str
     choices: [auto, iptables, nftables]
     default: auto

@@ -152,7 +152,3 @@ def main(argv=None):
                 sys.stderr.write("nfstate agent: undo failed: %s\n" % exc)
         side.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
