@@ -248,7 +248,7 @@ def table_entries(ns):
     """(all entries, translated entries) in the namespace, by our driver in a child."""
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from ansible_collections.nfstate.migration.plugins.module_utils import conntrack\n"
-            "with conntrack.Conntrack() as t: print(len(t.dump(False)), len(t.dump()))" % collections_root())
+            "with conntrack.Conntrack() as t: print(len(t.dump(False)), len(t.dump()))" % bench_results.collections_root())
     out = sh("ip", "netns", "exec", ns, sys.executable, "-c", code).stdout.split()
     return int(out[0]), int(out[1])
 

@@ -32,7 +32,7 @@ LIFETIME = 3600
 def collections_root():
     """The directory that makes this checkout importable as ansible_collections.nfstate.migration."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_sessions import collections_root as root  # one place decides it for every benchmark
+    from bench_results import collections_root as root  # one place decides it for every benchmark
     return root()
 
 
