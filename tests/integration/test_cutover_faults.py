@@ -146,3 +146,59 @@ def test_link_to_target_cut_past_the_freeze_deadline_never_redirects_a_lapsed_fr
             assert "rolled back" in text and holder == "nat-a", text[-4000:]
         assert_flows_whole(results)
         assert new_connection_ok(lab)
+
+
+def mac_of(lab, host, device):
+    return lab.run(host, ["cat", "/sys/class/net/%s/address" % device]).stdout.strip()
+
+
+def test_stale_neighbours_keep_reaching_the_source_after_the_redirect(tmp_path):
+    """The client and the server keep a static neighbour entry for the service addresses pointing at
+    the source's MAC for a few seconds after the redirect (no announcement moves such an entry), so
+    their packets keep reaching the source. The source drains (keeps its sessions while it forwards)
+    before its cleanup: every flow stays whole, with its translated address and port."""
+    hold = 5.0
+    with Lab("cstale", source_impl="iptables-legacy", target_impl="nftables") as lab:
+        inside, outside = lab.devices["nat-a"]
+        stale = [("client", lab.addresses["gateway"][4], inside), ("client", lab.addresses["gateway"][6], inside),
+                 ("server", lab.addresses["external"][4], outside), ("server", lab.addresses["external"][6], outside)]
+        macs = {inside: mac_of(lab, "nat-a", inside), outside: mac_of(lab, "nat-a", outside)}
+        argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_source=nat-a",
+                "-e", "nfstate_target=nat-b", "-e", "nfstate_snapshot_dir=%s" % tmp_path]
+        with FlowSet(lab, duration=180) as flows:
+            for role, address, device in stale:
+                lab.run(role, ["ip", "neigh", "replace", address, "lladdr", macs[device], "dev", "eth0", "nud", "permanent"])
+            run = subprocess.Popen(argv, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            output, marks = [], {}
+            try:
+                for line in run.stdout:
+                    output.append(line)
+                    if "TASK [" in line:
+                        marks.setdefault(line.split("TASK [", 1)[1].split("]")[0], time.monotonic())
+                    if "TASK [Keep the source's sessions" in line:
+                        break
+                assert lab.service_holder() == "nat-b", "".join(output)[-3000:]
+                # The addresses moved; the stale entries still send the traffic to the source.
+                time.sleep(hold)
+                for role, address, device in stale:
+                    lab.run(role, ["ip", "neigh", "del", address, "dev", "eth0"])
+                released_at = time.monotonic()
+                for line in run.stdout:
+                    output.append(line)
+                    if "TASK [" in line:
+                        marks.setdefault(line.split("TASK [", 1)[1].split("]")[0], time.monotonic())
+                run.wait(timeout=120)
+                time.sleep(1.0)
+                results = flows.stop()
+            finally:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+                for role, address, device in stale:
+                    lab.run(role, ["ip", "neigh", "del", address, "dev", "eth0"], check=False)
+        text = "".join(output)
+        assert run.returncode == 0, text[-4000:]
+        cleaned = [t for name, t in marks.items() if name.startswith("Clean the source")]
+        assert cleaned and cleaned[0] > released_at, "the source was cleaned while neighbours still sent to it"
+        assert_flows_whole(results)
+        assert new_connection_ok(lab)
