@@ -20,7 +20,7 @@ description:
   - It changes nothing on the host.
 version_added: 0.1.0
 author:
-  - nfstate.migration contributors
+  - nfstate.migration contributors (@nfstate)
 options:
   quiet:
     description: Seconds without a forwarded packet after which the neighbours are taken to have switched.
@@ -36,9 +36,11 @@ attributes:
     description: Waits the same way; it never changes anything.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
   platform:
     support: full
     platforms: posix
+    description: Linux; reads the network namespace's IP-MIB counters under /proc/net.
 """
 
 EXAMPLES = r"""

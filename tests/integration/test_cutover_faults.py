@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ansible_collections.nfstate.migration.lab import flows as lab_flows
-from ansible_collections.nfstate.migration.lab.flows import FlowSet, format_results, new_connection_ok
+from ansible_collections.nfstate.migration.lab.flows import FlowSet, new_connection_ok
 from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
 from test_migrate_nat import ANSIBLE_PLAYBOOK, assert_flows_whole, source_frozen
 

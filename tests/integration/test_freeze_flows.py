@@ -5,7 +5,6 @@ never sees a reply, loses no datagram; a TCP connection still in SYN_SENT when t
 connection is what waits."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
