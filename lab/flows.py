@@ -8,6 +8,8 @@ Each flow runs as processes inside the lab's namespaces and records JSON results
     tcp4/tcp6  client -> server 203.0.113.20:5001: sequence-numbered stream at a steady rate; the
                server checks every byte arrives in order and notes the peer it sees
     udp4/udp6  client -> server :5002, echoed back: loss, reordering, duplicates, peers
+    udpo4/6    client -> server :5004, one way (telemetry, syslog): never answered, so its conntrack
+               entry stays NEW for ever; the server counts loss by sequence numbers
     ping4/6    client -> server, ICMP echo: loss
     fwd4/fwd6  server -> 203.0.113.1:8080, the port forward, served at 192.0.2.10:8080 in the client
 
@@ -15,7 +17,7 @@ A flow stops by itself after its duration, or on request (its stop file, or SIGT
 Every merged result says bytes sent and received, what was lost, the largest gap between arrivals
 (ms) and the peers the receiving side saw: a translated port that changed shows as two peers.
 
-    python3 lab/flows.py start NAME [--kinds tcp,udp,ping,fwd] [--families 4,6] [--duration 300]
+    python3 lab/flows.py start NAME [--kinds tcp,udp,udpo,ping,fwd] [--families 4,6] [--duration 300]
     python3 lab/flows.py status|stop NAME [--table]
     python3 lab/flows.py check NAME [--timeout 2]     # a new connection through the NAT works now
 
@@ -33,8 +35,8 @@ import subprocess
 import sys
 import time
 
-KINDS = ("tcp", "udp", "ping", "fwd")
-PORTS = {"tcp": 5001, "udp": 5002, "probe": 5003}
+KINDS = ("tcp", "udp", "udpo", "ping", "fwd")
+PORTS = {"tcp": 5001, "udp": 5002, "probe": 5003, "udpo": 5004}
 RECORD = struct.Struct(">Q")
 UDP_SIZE = 64
 PING_SIZE = 56
@@ -287,6 +289,7 @@ class DatagramEcho(Worker):
             except socket.timeout:
                 continue
             self.gap.arrived(time.monotonic())
+            self.arrived()
             peer = _endpoint(peer)
             if peer not in self.peers:
                 self.peers.append(peer)
@@ -298,17 +301,36 @@ class DatagramEcho(Worker):
                     self.reordered += 1
                 self.seen.add(seq)
                 self.highest = max(self.highest, seq)
+            if not getattr(self, "echo", True):
+                continue
             try:
                 sock.sendto(data, peer_address(peer))
             except OSError as err:
                 self.errors.append("echo to %s: %s" % (peer, err))
         sock.close()
 
+    def arrived(self):
+        pass
+
     def result(self):
         seen = getattr(self, "seen", set())
         return {"received": len(seen), "bytes_received": len(seen) * UDP_SIZE, "peers": getattr(self, "peers", []),
                 "duplicates": getattr(self, "duplicates", 0), "reordered": getattr(self, "reordered", 0),
                 "highest": getattr(self, "highest", -1), "max_gap_ms": self.gap.ms if hasattr(self, "gap") else 0.0}
+
+
+class DatagramSink(DatagramEcho):
+    """Receives numbered datagrams and answers none of them (a one-way stream); says when the
+    first one arrived, so that the flow set knows the stream carries traffic."""
+
+    def run(self):
+        self.echo = False
+        super().run()
+
+    def arrived(self):
+        if not os.path.exists(self.base + ".flowing"):
+            with open(self.base + ".flowing", "w") as handle:
+                handle.write("%d\n" % os.getpid())
 
 
 def peer_address(text):
@@ -320,6 +342,7 @@ class DatagramSender(Worker):
     """Sends numbered datagrams at a steady interval from one socket (one local port) and counts the
     echoes."""
     side = "send"
+    expects_echo = True
 
     def run(self):
         self.sent = 0
@@ -339,13 +362,13 @@ class DatagramSender(Worker):
                 next_send += self.args.interval
                 if next_send < now:  # never burst to catch up after a stall
                     next_send = now + self.args.interval
-            if not self.echoed and now > ready_by:
+            if self.expects_echo and not self.echoed and now > ready_by:
                 self.errors.append("no echo within 5 s")
                 break
             readable, _w, _x = select.select([sock], [], [], max(0.0, next_send - time.monotonic()))
             if readable:
                 self._drain(sock)
-        tail = time.monotonic() + 1.0
+        tail = time.monotonic() + (1.0 if self.expects_echo else 0.0)
         while len(self.echoed) < self.sent and time.monotonic() < tail:
             if select.select([sock], [], [], 0.05)[0]:
                 self._drain(sock)
@@ -356,6 +379,8 @@ class DatagramSender(Worker):
         try:
             sock.send(payload)
             self.sent += 1
+            if self.sent == 1 and not self.expects_echo:
+                self.ready()
         except OSError as err:
             self.errors.append("send %d: %s" % (self.sent, err))
 
@@ -378,6 +403,11 @@ class DatagramSender(Worker):
         return {"sent": getattr(self, "sent", 0), "bytes_sent": getattr(self, "sent", 0) * UDP_SIZE,
                 "echoed": len(getattr(self, "echoed", ())), "local": getattr(self, "local", None),
                 "echo_max_gap_ms": self.gap.ms if hasattr(self, "gap") else 0.0}
+
+
+class OneWaySender(DatagramSender):
+    """Numbered datagrams that nobody answers (the receiver counts them)."""
+    expects_echo = False
 
 
 def _checksum(data):
@@ -454,7 +484,7 @@ class Pinger(Worker):
 
 
 WORKERS = {"stream-recv": StreamReceiver, "stream-send": StreamSender, "udp-recv": DatagramEcho,
-           "udp-send": DatagramSender, "ping": Pinger}
+           "udp-send": DatagramSender, "udpo-recv": DatagramSink, "udpo-send": OneWaySender, "ping": Pinger}
 
 
 def listen_once(addr, port, timeout):
@@ -511,6 +541,9 @@ def _flow_endpoints(lab, kind, family):
     if kind == "udp":
         return [("recv", "server", "udp-recv", addr["server"][family], PORTS["udp"]),
                 ("send", "client", "udp-send", addr["server"][family], PORTS["udp"])]
+    if kind == "udpo":
+        return [("recv", "server", "udpo-recv", addr["server"][family], PORTS["udpo"]),
+                ("send", "client", "udpo-send", addr["server"][family], PORTS["udpo"])]
     if kind == "ping":
         return [("send", "client", "ping", addr["server"][family], 0)]
     if kind == "fwd":
@@ -572,11 +605,11 @@ class FlowSet:
         with open(os.path.join(self.lab.workdir, "pids", "flow-%s-%s.pid" % (ep["flow"], ep["side"])), "w") as f:
             f.write("%d\n" % proc.pid)
 
-    def _wait_ready(self, eps, timeout):
+    def _wait_ready(self, eps, timeout, marker=".ready"):
         deadline = time.monotonic() + timeout
         waiting = list(eps)
         while waiting:
-            waiting = [ep for ep in waiting if not os.path.exists(self._base(ep) + ".ready")]
+            waiting = [ep for ep in waiting if not os.path.exists(self._base(ep) + marker)]
             for ep in waiting:
                 proc = self.procs.get(ep["flow"] + "." + ep["side"])
                 if proc is not None and proc.poll() is not None:
@@ -631,6 +664,8 @@ class FlowSet:
                 self._launch(ep, worker, address, port, self.duration)
             self._write_manifest()
             self._wait_ready([p[0] for p in senders], timeout)
+            # A one-way stream carries traffic once its receiver saw a datagram.
+            self._wait_ready([p[0] for p in receivers if p[0]["kind"] == "udpo"], timeout, ".flowing")
         except BaseException:
             self.stop(timeout=5)
             raise
@@ -750,6 +785,14 @@ def merge(name, kind, family, send, recv):
                        "local": send.get("local")})
         ok = running or (result["lost"] == 0 and result["echo_lost"] == 0)
         ok = ok and result["reordered"] == 0 and result["duplicates"] == 0
+    elif kind == "udpo":
+        sent, received = send.get("sent", 0), recv.get("received", 0)
+        result.update({"bytes_sent": send.get("bytes_sent", 0), "bytes_received": recv.get("bytes_received", 0),
+                       "packets_sent": sent, "packets_received": received, "lost": max(0, sent - received),
+                       "lost_unit": "packets", "reordered": recv.get("reordered", 0),
+                       "duplicates": recv.get("duplicates", 0), "max_gap_ms": recv.get("max_gap_ms", 0.0),
+                       "peers": recv.get("peers", []), "local": send.get("local")})
+        ok = (running or result["lost"] == 0) and result["reordered"] == 0 and result["duplicates"] == 0
     else:
         sent, received = send.get("sent", 0), send.get("received", 0)
         result.update({"bytes_sent": sent * (PING_SIZE + 8), "bytes_received": received * (PING_SIZE + 8),

@@ -73,10 +73,14 @@ class TargetSide(object):
                 delete.append(current)
             create.append(wanted)
         with Conntrack() as table:
-            refused = [(e, code) for e, code in table.update(refresh) if code != errno.ENOENT]
+            updated = table.update(refresh)
+            refused = [(e, code) for e, code in updated if code != errno.ENOENT]
             refused += [(e, code) for e, code in table.delete(delete) if code != errno.ENOENT]
             if refused:
                 raise AgentError(self._refusal("refresh or delete", refused))
+            # A copy that ran out here meanwhile (a one-way stream's entry lives 30 s unanswered)
+            # is created again from the source's current one, never dropped.
+            create.extend(e for e, code in updated if code == errno.ENOENT)
             failures = table.create(create)
             if failures:
                 done = [e for e in create if e not in set(f[0] for f in failures)]
