@@ -280,6 +280,8 @@ def profile_rows(cases):
 
 # The cutover's own steps, as it timed them on the controller's clock (report.json's "cutover").
 PARTS = ("frozen", "delta_taken", "applied", "checked", "claimed", "released")
+# What each step took on its agent; the rest of a part is the channel and the controller.
+AGENT_STEPS = ("freeze", "delta", "apply", "check", "claim", "release")
 
 
 def part_rows(cases):
@@ -290,6 +292,12 @@ def part_rows(cases):
         for case in cases:
             parts = ((case["report"].get("cutover") or {}).get("parts_ms") or {})
             row.append("%.1f" % parts[part] if part in parts else "-")
+        rows.append(row)
+    for step in AGENT_STEPS:
+        row = ["  on the agent: %s" % step]
+        for case in cases:
+            took = ((case["report"].get("cutover") or {}).get("agent_ms") or {})
+            row.append("%.1f" % took[step] if took.get(step) is not None else "-")
         rows.append(row)
     return rows
 

@@ -66,6 +66,7 @@ class ActionModule(ActionBase):
 
     def _cutover(self, source, target, args):
         marks = {}
+        took = {}   # ms each step took on its agent (the rest of a part is the channel)
 
         def mark(name):
             marks[name] = time.time()
@@ -79,8 +80,8 @@ class ActionModule(ActionBase):
         attempts = []
         for attempt in range(int(args.get("retries", 2)) + 1):
             mark("freeze_sent")
-            source.request({"op": "freeze", "interfaces": args["interfaces"], "deadline": int(args["deadline"])},
-                           STEP_TIMEOUT)
+            took["freeze"] = source.request({"op": "freeze", "interfaces": args["interfaces"],
+                                             "deadline": int(args["deadline"])}, STEP_TIMEOUT).get("took_ms")
             mark("frozen")
             source.send_raw(b'{"op":"delta"}')
             raw = source.receive_raw(STEP_TIMEOUT)
@@ -90,8 +91,10 @@ class ActionModule(ActionBase):
             # The source's answer is the target's request: its "document" is the delta.
             applied = target.request_raw(b'{"op":"apply",' + raw[1:], STEP_TIMEOUT)
             mark("applied")
+            took["apply"] = applied.get("took_ms")
             check = source.request({"op": "check"}, STEP_TIMEOUT)
             mark("checked")
+            took["check"] = check.get("took_ms")
             attempts.append({"attempt": attempt + 1, "frozen": check["frozen"], "remaining_ms": check["remaining_ms"],
                              "created_since_delta": check["created_since_delta"]})
             if check["frozen"] and check["remaining_ms"] > CLAIM_MARGIN_MS:
@@ -105,8 +108,9 @@ class ActionModule(ActionBase):
                                       "interfaces": args["target_interfaces"],
                                       "valid_ms": check["remaining_ms"] - CLAIM_MARGIN_MS}, STEP_TIMEOUT)
             mark("claimed")
-            source.request({"op": "release", "addresses": args["addresses"],
-                            "interfaces": args["source_interfaces"]}, STEP_TIMEOUT)
+            took["claim"] = claimed.get("took_ms")
+            took["release"] = source.request({"op": "release", "addresses": args["addresses"],
+                                              "interfaces": args["source_interfaces"]}, STEP_TIMEOUT).get("took_ms")
             mark("released")
         # The target holds the state (and, with a claim, serves): nothing is undone from here on.
         source.request({"op": "commit"}, STEP_TIMEOUT)
@@ -118,6 +122,7 @@ class ActionModule(ActionBase):
             agent.request({"op": "bye"}, STEP_TIMEOUT)
 
         delta = json.loads(raw)
+        took["delta"] = delta.get("took_ms")
         if args.get("delta_dest"):
             self._write(args["delta_dest"], delta["document"])
         window_end = marks.get("claimed", marks["checked"])
@@ -125,6 +130,7 @@ class ActionModule(ActionBase):
             changed=True, prepared=prepared, attempts=attempts, marks=marks,
             window_ms=round((window_end - marks["freeze_sent"]) * 1000, 1),
             parts_ms=dict((name, round((marks[name] - marks["freeze_sent"]) * 1000, 1)) for name in marks),
+            agent_ms=took,
             delta={"added": delta["added"], "removed": delta["removed"], "refreshed": delta["refreshed"],
                    "lost_events": delta["lost_events"]},
             applied=dict((k, applied[k]) for k in ("created", "deleted", "refreshed", "sessions", "removed")),

@@ -119,6 +119,11 @@ parts_ms:
   returned: success
   type: dict
   sample: {"freeze_sent": 0.0, "frozen": 12.1, "delta_taken": 20.4, "applied": 31.0, "checked": 33.2, "claimed": 41.3, "released": 44.0}
+agent_ms:
+  description: How long each step took on its agent (freeze, delta, apply, check, claim, release), in ms; the rest of a part is the channel.
+  returned: success
+  type: dict
+  sample: {"freeze": 9.1, "delta": 6.2, "apply": 5.0, "check": 0.4, "claim": 1.2, "release": 0.8}
 marks:
   description: The same moments as epoch seconds (controller clock), for the report.
   returned: success
