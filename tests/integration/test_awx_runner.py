@@ -102,7 +102,8 @@ def test_migration_through_ansible_runner(tmp_path):
     with open(os.path.join(runner.config.artifact_dir, "status")) as handle:
         assert handle.read().strip() == "successful"
     artifacts = job_artifacts(runner)
-    assert set(artifacts) == {"nfstate_report"}
+    assert set(artifacts) == {"nfstate_report", "nfstate_fleet"}
+    assert [(p["source"], p["outcome"]) for p in artifacts["nfstate_fleet"]] == [("nat-a", "migrated")]
     assert set(artifacts["nfstate_report"]) == {"nat-a"}
     report = artifacts["nfstate_report"]["nat-a"]
     assert report["outcome"] == "migrated"

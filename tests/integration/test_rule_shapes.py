@@ -21,6 +21,7 @@ import tempfile
 
 import pytest
 
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.iptables import programs
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import canonical, rules_of, to_policy
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as ipt
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nftr
@@ -78,14 +79,14 @@ def in_ns(ns, *args, **kwargs):
 
 def load_iptables(ns, backend, text):
     for family, part in sorted(ipt.split_families(text).items()):
-        restore = ipt.PROGRAMS[(backend, family)][1]
+        restore = programs(backend, family)[1]
         in_ns(ns, restore, "--noflush", input=part)
 
 
 def gather_iptables(ns, backend, include_builtin, interfaces=None):
     rules, unsupported = [], []
     for family in FAMILIES:
-        out = in_ns(ns, ipt.PROGRAMS[(backend, family)][0], "-t", "nat").stdout
+        out = in_ns(ns, programs(backend, family)[0], "-t", "nat").stdout
         table = ipt.parse_save(out, family, interfaces or INTERFACES, include_builtin)
         rules += table.rules
         unsupported += table.unsupported
@@ -95,7 +96,7 @@ def gather_iptables(ns, backend, include_builtin, interfaces=None):
 def apply_iptables(ns, backend, rules):
     """Our chains holding `rules`, as nat_rules writes them; what the kernel lists then."""
     for family in FAMILIES:
-        in_ns(ns, ipt.PROGRAMS[(backend, family)][1], "--noflush", input=ipt.restore_payload(rules, family, INTERFACES))
+        in_ns(ns, programs(backend, family)[1], "--noflush", input=ipt.restore_payload(rules, family, INTERFACES))
     return gather_iptables(ns, backend, include_builtin=False)
 
 
@@ -202,7 +203,7 @@ def test_corpus_listings_are_what_nft_lists(netns, name):
     portable = [rule for rule in live.rules if expressible_in_iptables(rule, roles)]
     target = netns("cov-ipt")
     for family in FAMILIES:
-        in_ns(target, ipt.PROGRAMS[("legacy", family)][1], "--noflush", input=ipt.restore_payload(portable, family, roles))
+        in_ns(target, programs("legacy", family)[1], "--noflush", input=ipt.restore_payload(portable, family, roles))
     assert gather_iptables(target, "legacy", False, roles) == (canonical(portable), [])
 
 
@@ -335,7 +336,7 @@ def test_packets_are_translated_or_exempted_alike_on_both_implementations(chain)
 
     # Same host, other implementation: the hand-written rules go, the rendered ones come.
     for family in FAMILIES:
-        in_ns(nat, ipt.PROGRAMS[("legacy", family)][1], input="*nat\nCOMMIT\n")
+        in_ns(nat, programs("legacy", family)[1], input="*nat\nCOMMIT\n")
     assert gather_iptables(nat, "legacy", include_builtin=True) == ([], [])
     there, unsupported = apply_nftables(nat, rules_of(doc))
     assert unsupported == [] and document(there) == doc
@@ -372,6 +373,6 @@ def test_the_module_applies_the_shapes_once(netns, tmp_path, implementation, bac
     assert "failed" not in first, first
     assert first["changed"] is True and rules_of(first["after"]) == canonical(rules)
     again = run_module(ns, tmp_path, state="merged", config=config, **args)
-    assert again["changed"] is False and again["commands"] == {}
+    assert again["changed"] is False and again["commands"] == []
     gathered = run_module(ns, tmp_path, state="gathered", **args)
     assert gathered["gathered"] == to_policy(canonical(rules)) and gathered["unsupported"] == []
