@@ -101,7 +101,7 @@ def test_flows_through_the_source_lose_nothing(lab):
         results = flows.stop()
     lab.timings["flows"] = round(time.monotonic() - started, 2)
     assert all(r["running"] for r in live.values())
-    assert sorted(results) == ["fwd4", "fwd6", "ping4", "ping6", "tcp4", "tcp6", "udp4", "udp6"]
+    assert sorted(results) == ["fwd4", "fwd6", "ping4", "ping6", "tcp4", "tcp6", "udp4", "udp6", "udpo4", "udpo6"]
     for name, result in results.items():
         assert result["ok"], (name, result)
         assert result["lost"] == 0 and len(result["peers"]) == 1, (name, result)
