@@ -27,7 +27,10 @@ def migrate_fleet(fleet, snapshots, *extra, timeout=1200):
     argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_sources=%s" % fleet.SOURCES,
             "-e", "nfstate_snapshot_dir=%s" % snapshots] + list(extra)
     env = dict(fleet.env, ANSIBLE_SHOW_CUSTOM_STATS="True", ANSIBLE_NOCOLOR="1")
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    with open(os.path.join(os.path.dirname(snapshots), "run.log"), "w") as handle:  # kept with the test's files
+        handle.write(run.stdout + run.stderr)
+    return run
 
 
 def run_dir(snapshots):
@@ -60,7 +63,7 @@ def take_translated_port(lab, flows):
 
 
 def assert_flows_whole(lab, results):
-    assert FlowSet.healthy(results), (lab.name, format_results(results)[:4000])
+    assert FlowSet.healthy(results), "%s:\n%s" % (lab.name, format_results(results)[:4000])
     for name, result in results.items():
         assert len(result["peers"]) == 1, (lab.name, name, result["peers"])
 
