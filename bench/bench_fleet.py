@@ -7,7 +7,8 @@
 For each count N, a fleet of N labs (lab/fleet.py: qb1..qbN, one pair nat-a iptables-legacy ->
 nat-b nftables each, real sshd on each host, one inventory) with a live TCP flow through each NAT;
 one ansible-playbook nfstate.migration.migrate_nat -e nfstate_sources=GROUP run with --forks F. The
-figures: the run's wall time, and each pair's freeze window (report.json's cutover.window_ms). With
+figures: the run's wall time, the controller's CPU time (ansible-playbook and its children), and
+each pair's freeze window (report.json's cutover.window_ms). With
 N <= F the pairs run side by side, so the wall time should grow with N / F, not with N; on a machine
 with fewer cores than pairs it grows with the CPU the pairs share.
 Figures go to bench/results/fleet.json and are printed as a table. Every lab is removed at the end.
@@ -16,6 +17,7 @@ Figures go to bench/results/fleet.json and are printed as a table. Every lab is 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,9 +44,11 @@ def measure(count, forks, snapshots):
         try:
             argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_sources=%s" % fleet.SOURCES,
                     "-e", "nfstate_snapshot_dir=%s" % snapshots, "--forks", str(forks)]
+            cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.monotonic()
             run = subprocess.run(argv, env=fleet.env, capture_output=True, text=True, check=False, timeout=3600)
             wall = time.monotonic() - started
+            cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         finally:
             healthy = [FlowSet.healthy(flows.stop()) for flows in flowsets]
     if run.returncode != 0:
@@ -56,7 +60,11 @@ def measure(count, forks, snapshots):
     for pair in pairs:
         with open(os.path.join(pair["snapshots"], "report.json")) as handle:
             windows.append(json.load(handle)["cutover"]["window_ms"])
+    # The controller's CPU (ansible-playbook, its forks, ssh clients); the hosts' sshd and modules
+    # run on the same two cores but are not its children.
+    controller_cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return {"pairs": count, "forks": forks, "rc": run.returncode, "wall_seconds": round(wall, 1),
+            "controller_cpu_seconds": round(controller_cpu, 1),
             "windows_ms": windows, "outcomes": [pair["outcome"] for pair in pairs], "flows_whole": healthy}
 
 
@@ -66,12 +74,12 @@ def table(results, out=None):
     for r in results:
         w = r["windows_ms"] or [0]
         rows.append([r["pairs"], r["forks"], "%.1f" % r["wall_seconds"], "%.2f" % (r["wall_seconds"] / base),
-                     "%.1f" % (r["wall_seconds"] / r["pairs"]),
+                     "%.1f" % (r["wall_seconds"] / r["pairs"]), "%.1f" % r.get("controller_cpu_seconds", 0),
                      "%.0f" % min(w), "%.0f" % statistics.median(w), "%.0f" % max(w),
                      "%d/%d" % (r["outcomes"].count("migrated"), r["pairs"]),
                      "%d/%d" % (sum(r["flows_whole"]), r["pairs"])])
     return bench_results.print_table(
-        ["pairs", "forks", "wall s", "x 1 pair", "s / pair", "window min ms", "median", "max", "migrated",
+        ["pairs", "forks", "wall s", "x 1 pair", "s / pair", "controller CPU s", "window min ms", "median", "max", "migrated",
          "flows whole"], rows, out=out)
 
 
