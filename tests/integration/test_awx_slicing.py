@@ -34,6 +34,11 @@ def write(path, text):
         handle.write(text)
 
 
+def read(path):
+    with open(path) as handle:
+        return handle.read()
+
+
 def install_collection(where):
     """The collection as an execution environment holds it: built, then installed from the tarball."""
     build, collections = os.path.join(where, "build"), os.path.join(where, "collections")
@@ -59,7 +64,7 @@ def slice_inventory(inventory, number, count):
 
 def slice_job(root, number, inventory, extravars, envvars):
     """The private data dir AWX writes for one slice's job (its own id, its share of the hosts)."""
-    write(os.path.join(root, "project", "migrate_nat.yml"), open(PROJECT_PLAYBOOK).read())
+    write(os.path.join(root, "project", "migrate_nat.yml"), read(PROJECT_PLAYBOOK))
     write(os.path.join(root, "inventory", "hosts.yml"), yaml.safe_dump(inventory))
     write(os.path.join(root, "env", "extravars"), yaml.safe_dump(dict(
         extravars, awx_job_id=100 + number, awx_job_template_name="nfstate migrate (sliced)")))
@@ -112,7 +117,7 @@ def test_two_slices_migrate_each_pair_exactly_once(tmp_path):
         serving = [new_connection_ok(lab) for lab in fleet.labs]
 
     for runner in runners:
-        assert runner.status == "successful" and runner.rc == 0, open(runner.stdout.name).read()[-6000:]
+        assert runner.status == "successful" and runner.rc == 0, read(runner.stdout.name)[-6000:]
     # Each slice migrated the pair of its own source, and only that one: every pair exactly once.
     assert [cutovers(runner) for runner in runners] == in_slice
     reports = [artifacts(runner)["nfstate_report"] for runner in runners]
