@@ -100,6 +100,9 @@ def test_two_slices_migrate_each_pair_exactly_once(tmp_path):
         in_slice = [sorted(share["all"]["children"][fleet.SOURCES]["hosts"]) for share in shares]
         assert in_slice == [[source] for source in fleet.sources]
 
+        for lab in fleet.labs:
+            # Longer than the slowest pre-copy-to-cutover: see tests/integration/test_fleet.py's flows_in.
+            lab.run("nat-a", ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_udp_timeout_stream=900"])
         flowsets = [FlowSet(lab, duration=900).start() for lab in fleet.labs]
         try:
             time.sleep(1.0)

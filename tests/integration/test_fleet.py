@@ -16,6 +16,7 @@ import pytest
 
 from ansible_collections.nfstate.migration.lab.fleet import Fleet
 from ansible_collections.nfstate.migration.lab.flows import FlowSet, format_results, new_connection_ok
+from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -68,9 +69,19 @@ def assert_flows_whole(lab, results):
         assert len(result["peers"]) == 1, (lab.name, name, result["peers"])
 
 
+def udp_lifetime(lab, seconds):
+    """The UDP stream lifetime on the lab's source: a pre-copied session carries what is left of it."""
+    lab.run("nat-a", ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_udp_timeout_stream=%d" % seconds])
+
+
 @contextlib.contextmanager
 def flows_in(labs):
-    """One flow set per lab, all running; stopped (and ended) on the way out."""
+    """One flow set per lab, all running; stopped (and ended) on the way out. A loaded machine can
+    take longer from the pre-copy to the cutover than the kernel's 120 s UDP lifetime, and a copy that
+    expires on the target is not re-created by the cutover (the xfail test below): the sources' UDP
+    sessions live longer here, so that this test is about the fleet."""
+    for lab in labs:
+        udp_lifetime(lab, 900)
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(FlowSet(lab, duration=FLOW_SECONDS)) for lab in labs]
 
@@ -150,3 +161,22 @@ def test_a_failed_canary_stops_the_run_before_the_other_pairs(tmp_path):
         "qc1-nat-a": "rolled back", "qc2-nat-a": "not attempted"}
     assert summary["qc2-nat-a"]["target"] == "qc2-nat-b"
     assert "qc2-nat-a -> qc2-nat-b: not attempted" in run.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="the cutover drops a refreshed session whose pre-copied copy expired on the "
+                                       "target (its update gets ENOENT, ignored) instead of re-creating it")
+def test_a_udp_session_whose_copy_expired_on_the_target_keeps_its_port(tmp_path):
+    """The UDP flow's session lives 5 s on the source: its copy on the target expires before the
+    cutover, whose delta carries it refreshed. It must reach the target all the same."""
+    with Lab("qu") as lab:
+        udp_lifetime(lab, 5)
+        with FlowSet(lab, kinds=("udp",), families=(4,), duration=FLOW_SECONDS) as flows:
+            time.sleep(1.0)
+            run = subprocess.run([ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_source=nat-a",
+                                  "-e", "nfstate_target=nat-b", "-e", "nfstate_snapshot_dir=%s" % tmp_path],
+                                 env=lab.env, capture_output=True, text=True, check=False, timeout=600)
+            time.sleep(1.0)
+            results = flows.stop()
+        holder = lab.service_holder()
+    assert run.returncode == 0 and holder == "nat-b", run.stdout[-4000:]
+    assert_flows_whole(lab, results)
