@@ -125,9 +125,11 @@ def fleet_entry(hostvars):
 
 def fleet_lines(entries):
     """The fleet summary as lines a person reads: one per pair."""
-    lines = ["%d pair(s): %d migrated, %d rolled back" % (
-        len(entries), len([e for e in entries if e.get("outcome") == "migrated"]),
-        len([e for e in entries if e.get("outcome") == "rolled back"]))]
+    counts = {}
+    for entry in entries:
+        counts[entry.get("outcome")] = counts.get(entry.get("outcome"), 0) + 1
+    lines = ["%d pair(s): %s" % (len(entries), ", ".join(
+        "%d %s" % (counts[outcome], outcome) for outcome in ("migrated", "rolled back", "not attempted") if outcome in counts))]
     for entry in entries:
         line = "%s -> %s: %s" % (entry.get("source"), entry.get("target"), entry.get("outcome"))
         if entry.get("freeze_window_ms") is not None:
