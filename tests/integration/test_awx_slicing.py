@@ -62,15 +62,18 @@ def slice_inventory(inventory, number, count):
         for name, group in groups.items()}}}
 
 
-def slice_job(root, number, inventory, extravars, envvars):
-    """The private data dir AWX writes for one slice's job (its own id, its share of the hosts)."""
+def slice_job(root, number, inventory, extravars, envvars, control_path_dir):
+    """The private data dir AWX writes for one slice's job (its own id, its share of the hosts).
+
+    The SSH masters' sockets go to the fleet's own short directory (a Unix socket path has 108 bytes
+    at most, and pytest's directories can be longer); the fleet ends them when it goes down."""
     write(os.path.join(root, "project", "migrate_nat.yml"), read(PROJECT_PLAYBOOK))
     write(os.path.join(root, "inventory", "hosts.yml"), yaml.safe_dump(inventory))
     write(os.path.join(root, "env", "extravars"), yaml.safe_dump(dict(
         extravars, awx_job_id=100 + number, awx_job_template_name="nfstate migrate (sliced)")))
     write(os.path.join(root, "env", "envvars"), yaml.safe_dump(dict(
         envvars, PATH=os.pathsep.join([BIN, os.environ.get("PATH", os.defpath)]),
-        ANSIBLE_SSH_CONTROL_PATH_DIR=os.path.join(root, "cp"))))
+        ANSIBLE_SSH_CONTROL_PATH_DIR=control_path_dir)))
     return root
 
 
@@ -107,7 +110,8 @@ def test_two_slices_migrate_each_pair_exactly_once(tmp_path):
         try:
             time.sleep(1.0)
             jobs = [ansible_runner.run_async(
-                private_data_dir=slice_job(str(tmp_path / ("job%d" % number)), number, share, extravars, envvars),
+                private_data_dir=slice_job(str(tmp_path / ("job%d" % number)), number, share, extravars, envvars,
+                                           fleet.control_path_dir),
                 playbook="migrate_nat.yml", quiet=True, timeout=1200)
                 for number, share in enumerate(shares, 1)]
             for thread, _runner in jobs:
