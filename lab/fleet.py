@@ -23,9 +23,9 @@ import tempfile
 import yaml
 
 if __package__:  # ansible_collections.nfstate.migration.lab, as the tests import it
-    from .nfstate_lab import NAT_HOSTS, Lab, _write, _yaml
+    from .nfstate_lab import NAT_HOSTS, Lab, _write, _yaml, ansible_cfg
 else:  # lab/ on sys.path, as the benchmarks and the demo have it
-    from nfstate_lab import NAT_HOSTS, Lab, _write, _yaml
+    from nfstate_lab import NAT_HOSTS, Lab, _write, _yaml, ansible_cfg
 
 SOURCES = "nfstate_fleet_sources"
 TARGETS = "nfstate_fleet_targets"
@@ -102,18 +102,7 @@ class Fleet:
         os.makedirs(self.control_path_dir, mode=0o700, exist_ok=True)
         _write(self.inventory_path, "# nfstate fleet of labs %s (written by lab/fleet.py)\n%s\n" % (
             ", ".join(lab.name for lab in self.labs), _yaml(self.inventory())), 0o644)
-        _write(self.ansible_cfg_path, "\n".join([
-            "[defaults]",
-            "inventory = %s" % self.inventory_path,
-            "host_key_checking = False",
-            "retry_files_enabled = False",
-            "forks = %d" % self.forks,
-            "",
-            "[ssh_connection]",
-            "control_path_dir = %s" % self.control_path_dir,
-            "pipelining = True",
-            "",
-        ]), 0o644)
+        _write(self.ansible_cfg_path, ansible_cfg(self.inventory_path, self.control_path_dir, self.forks), 0o644)
 
     def env_overrides(self):
         over = dict(self.labs[0].env_overrides())  # the collection's path (the checkout), as a lab gives it

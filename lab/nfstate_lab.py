@@ -262,6 +262,16 @@ def nat_ruleset(implementation, outside):
     return steps
 
 
+def ansible_cfg(inventory_path, control_path_dir, forks=None):
+    """The ansible.cfg of a lab (or of a fleet of labs): its inventory, its own SSH control paths."""
+    lines = ["[defaults]", "inventory = %s" % inventory_path, "host_key_checking = False",
+             "interpreter_python = %s" % HOST_PYTHON, "retry_files_enabled = False"]
+    if forks:
+        lines.append("forks = %d" % forks)
+    lines += ["", "[ssh_connection]", "control_path_dir = %s" % control_path_dir, "pipelining = True", ""]
+    return "\n".join(lines)
+
+
 class Lab:
     """One lab, by name. Constructor options left at None keep what the lab was built with
     (recorded in its work directory), else the defaults."""
@@ -676,18 +686,7 @@ class Lab:
         inventory = {"all": {"children": {"nfstate_nat": {"hosts": hosts, "vars": group_vars}}}}
         _write(self.inventory_path, "# nfstate lab %s (written by lab/nfstate_lab.py up)\n%s\n" % (
             self.name, _yaml(inventory)), 0o644)
-        _write(self.ansible_cfg_path, "\n".join([
-            "[defaults]",
-            "inventory = %s" % self.inventory_path,
-            "host_key_checking = False",
-            "interpreter_python = %s" % HOST_PYTHON,
-            "retry_files_enabled = False",
-            "",
-            "[ssh_connection]",
-            "control_path_dir = %s" % self.control_path_dir,
-            "pipelining = True",
-            "",
-        ]), 0o644)
+        _write(self.ansible_cfg_path, ansible_cfg(self.inventory_path, self.control_path_dir), 0o644)
         if self.use_checkout:
             link = self._path("collections", "ansible_collections", "nfstate", "migration")
             os.makedirs(os.path.dirname(link), exist_ok=True)
