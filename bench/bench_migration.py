@@ -177,6 +177,7 @@ def run_case(count, churn, args, workdir):
         pcap = os.path.join(lab.workdir, "client.pcap")
         stop = os.path.join(lab.workdir, "bench.stop")
         probe_out = os.path.join(lab.workdir, "probe.json")
+        patient_out = os.path.join(lab.workdir, "patient.json")
         dump = started.popen("client", ["tcpdump", "-i", "eth0", "-n", "-s", "128", "-U", "-Z", "root", "-w", pcap],
                              "tcpdump", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_ready(dump, "tcpdump")
@@ -190,6 +191,11 @@ def run_case(count, churn, args, workdir):
                                               "--timeout", str(args.probe_timeout)],
                                    "prober", stdout=subprocess.PIPE, text=True)
             wait_ready(prober, "prober")
+            # A patient client: what a connection whose SYN met the window waits, retransmission included.
+            patient = started.popen("client", [HOST_PYTHON, os.path.join(HERE, "new_connections.py"), "probe", server,
+                                               str(PROBE_PORT), stop, patient_out, "--interval", "0.05",
+                                               "--timeout", "5"], "patient prober", stdout=subprocess.PIPE, text=True)
+            wait_ready(patient, "patient prober")
             quiet = (time.time(), None)
             time.sleep(QUIET_SECONDS)
             quiet = (quiet[0], time.time())
@@ -202,6 +208,7 @@ def run_case(count, churn, args, workdir):
             time.sleep(1.5)
             open(stop, "w").close()
             prober.wait(timeout=10)
+            patient.wait(timeout=10)
             flow_results = flows.stop()
         listener.wait(timeout=10)
         started.end(dump, sig=signal.SIGINT)
@@ -213,6 +220,8 @@ def run_case(count, churn, args, workdir):
         with open(probe_out) as handle:
             attempts = json.load(handle)["attempts"]
         case["freeze_window"] = new_connections.freeze_window(attempts, after=quiet[0])
+        with open(patient_out) as handle:
+            case["syn_wait"] = new_connections.longest_wait(json.load(handle)["attempts"], after=quiet[0])
         case["window_tasks"] = window_tasks(tasks, case["freeze_window"]["from"], case["freeze_window"]["to"])
         freeze_start = next((start for task, start, _s in tasks if task == FREEZE_TASK), None)
         if freeze_start is not None and case["freeze_window"]["from"] is not None:
@@ -247,8 +256,8 @@ def phase_names(cases):
 def summary_table(cases):
     phases = phase_names(cases)
     header = ["sessions", "delta +/-"] + ["%s s" % p for p in phases] + [
-        "window (playbook) s", "window (client) s", "redirect gap ms (flow)", "quiet gap ms", "run max gap ms",
-        "flows whole"]
+        "window (playbook) s", "window (client) s", "SYN in the window waits s", "redirect gap ms (flow)",
+        "quiet gap ms", "run max gap ms", "flows whole"]
     rows = []
     for case in cases:
         report = case["report"]
@@ -260,7 +269,7 @@ def summary_table(cases):
         rows.append([case_label(case), "%d/%d" % (report["delta_sessions"], report["delta_removed"])]
                     + ["%.2f" % seconds[p] if p in seconds else "-" for p in phases]
                     + ["%.2f" % report.get("freeze_window_seconds", 0), "%.2f" % case["freeze_window"]["seconds"],
-                       "%s (%s)" % (gap, flow), "%.1f" % quiet, "%.1f" % whole, "yes" if healthy else "NO"])
+                       "%.2f" % (case.get("syn_wait") or {}).get("seconds", 0), "%s (%s)" % (gap, flow), "%.1f" % quiet, "%.1f" % whole, "yes" if healthy else "NO"])
     return header, rows
 
 
@@ -293,6 +302,17 @@ def part_rows(cases):
             parts = ((case["report"].get("cutover") or {}).get("parts_ms") or {})
             row.append("%.1f" % parts[part] if part in parts else "-")
         rows.append(row)
+    for label, field in (("caught up before the freeze: sessions", "added"), ("caught up before the freeze: ms", "ms")):
+        row = [label]
+        for case in cases:
+            rounds = (case["report"].get("cutover") or {}).get("caught_up") or []
+            row.append(" / ".join(str(r.get(field)) for r in rounds) or "-")
+        rows.append(row)
+    row = ["in the window's delta: sessions"]
+    for case in cases:
+        delta = (case["report"].get("cutover") or {}).get("delta") or {}
+        row.append("%s+%s-%s" % (delta.get("added", "-"), delta.get("refreshed", "-"), delta.get("removed", "-")))
+    rows.append(row)
     for step in AGENT_STEPS:
         row = ["  on the agent: %s" % step]
         for case in cases:
@@ -311,6 +331,8 @@ def print_all(cases, gather_profile=None):
     bench_results.print_table(*summary_table(cases))
     print("\nwindow (playbook): report.json's freeze_window_seconds, by the playbook's own clock;")
     print("window (client): longest stretch without a new TCP connection through the NAT (prober every 20 ms);")
+    print("SYN in the window waits: the longest handshake of a patient prober (every 50 ms, 5 s to connect):")
+    print("  a SYN the freeze dropped is sent again after the kernel's initial retransmission timeout (1 s);")
     print("redirect gap: longest silence of an established flow, at the client, within 1 s of the first packet")
     print("through the target (capture); quiet gap: the same flows' longest silence in 2 s before the migration;")
     print("run max gap: lab/flows.py's max_gap_ms over the whole run (CPU contention included).")

@@ -137,6 +137,17 @@ def freeze_window(attempts, after=None):
     return best
 
 
+def longest_wait(attempts, after=None):
+    """The longest handshake among the connections that got through: {seconds, start, failed}.
+    With a timeout longer than the SYN's first retransmission (1 s), a SYN dropped in a freeze
+    window shows here as the window's rest plus that retransmission."""
+    waits = [(connected - start, start) for start, connected in attempts
+             if connected is not None and (after is None or start >= after)]
+    seconds, start = max(waits) if waits else (0.0, None)
+    failed = sum(1 for start_, connected in attempts if connected is None and (after is None or start_ >= after))
+    return {"seconds": round(seconds, 3), "start": start, "failed": failed}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -4,15 +4,19 @@
 """Drive the freeze window through agents started before it: milliseconds, not module runs.
 
     prepare  both agents load the pre-copy (outside the window)
+    catch up the source's events give what changed since the pre-copy, the target applies it, while
+             the source still serves (`pre_deltas` times): the window's delta is then only what
+             changed in the last moments, whatever the churn since the pre-copy
     freeze   the source stops creating sessions (the kernel lifts it at the deadline)
-    delta    the source's events give what changed since the pre-copy
-    apply    the target applies it against the pre-copy it holds (the delta's text is passed on as is)
+    delta    the source's events give what changed since the last delta
+    apply    the target applies it against what it holds (the delta's text is passed on as is)
     check    the source has been frozen without a break since the delta
     claim    the target takes the service addresses, if it is still soon enough after the check
     release  the source gives them up; the window has closed for new connections at the claim
 Each step is timed on the controller's clock. A freeze that lapsed (the source's check says so) is
-taken again with a new delta, up to `retries` times. The delta is written to the snapshot
-directory after the window; its YANG validation is the playbook's next task.
+taken again with a new delta, up to `retries` times. After the window the source sends every
+session that crossed after the pre-copy as one delta document, written to the snapshot directory;
+its YANG validation is the playbook's next task.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -45,7 +49,7 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("source_socket", "target_socket", "precopy_source", "precopy_target", "interfaces",
                              "deadline", "addresses", "source_interfaces", "target_interfaces", "claim",
-                             "delta_dest", "retries", "keep_target_rules", "precopy_age"))
+                             "delta_dest", "retries", "keep_target_rules", "precopy_age", "pre_deltas"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -77,19 +81,19 @@ class ActionModule(ActionBase):
                                     "keep_rules": bool(args.get("keep_target_rules"))}))
         prepared = {"source": source.answer(STEP_TIMEOUT)["sessions"], "target": target.answer(STEP_TIMEOUT)["sessions"]}
 
+        caught_up = []
+        for dummy in range(int(args.get("pre_deltas", 1))):
+            started = time.time()
+            raw, applied = self._delta_across(source, target)
+            caught_up.append(dict(self._counts(json.loads(raw), applied), ms=round((time.time() - started) * 1000, 1)))
+
         attempts = []
         for attempt in range(int(args.get("retries", 2)) + 1):
             mark("freeze_sent")
             took["freeze"] = source.request({"op": "freeze", "interfaces": args["interfaces"],
                                              "deadline": int(args["deadline"])}, STEP_TIMEOUT).get("took_ms")
             mark("frozen")
-            source.send_raw(b'{"op":"delta"}')
-            raw = source.receive_raw(STEP_TIMEOUT)
-            if not is_ok(raw):
-                raise ChannelError("delta: %s" % json.loads(raw).get("error"))
-            mark("delta_taken")
-            # The source's answer is the target's request: its "document" is the delta.
-            applied = target.request_raw(b'{"op":"apply",' + raw[1:], STEP_TIMEOUT)
+            raw, applied = self._delta_across(source, target, lambda: mark("delta_taken"))
             mark("applied")
             took["apply"] = applied.get("took_ms")
             check = source.request({"op": "check"}, STEP_TIMEOUT)
@@ -112,30 +116,53 @@ class ActionModule(ActionBase):
             took["release"] = source.request({"op": "release", "addresses": args["addresses"],
                                               "interfaces": args["source_interfaces"]}, STEP_TIMEOUT).get("took_ms")
             mark("released")
+        # Before the commit: a run that cannot keep its audit trail is undone like any other failure.
+        crossed = source.request({"op": "crossed"}, STEP_TIMEOUT)
         # The target holds the state (and, with a claim, serves): nothing is undone from here on.
         source.request({"op": "commit"}, STEP_TIMEOUT)
         target.request({"op": "commit"}, STEP_TIMEOUT)
         if claimed:
             target.request({"op": "announce", "addresses": args["addresses"], "interfaces": args["target_interfaces"],
                             "count": 2, "interval": 0.1}, STEP_TIMEOUT)
+        delta = json.loads(raw)
+        took["delta"] = delta.get("took_ms")
         for agent in (source, target):
             agent.request({"op": "bye"}, STEP_TIMEOUT)
 
-        delta = json.loads(raw)
-        took["delta"] = delta.get("took_ms")
         if args.get("delta_dest"):
-            self._write(args["delta_dest"], delta["document"])
+            self._write(args["delta_dest"], crossed["document"])
         window_end = marks.get("claimed", marks["checked"])
         return dict(
-            changed=True, prepared=prepared, attempts=attempts, marks=marks,
+            changed=True, prepared=prepared, caught_up=caught_up, attempts=attempts, marks=marks,
             window_ms=round((window_end - marks["freeze_sent"]) * 1000, 1),
             parts_ms=dict((name, round((marks[name] - marks["freeze_sent"]) * 1000, 1)) for name in marks),
             agent_ms=took,
-            delta={"added": delta["added"], "removed": delta["removed"], "refreshed": delta["refreshed"],
-                   "lost_events": delta["lost_events"]},
-            applied=dict((k, applied[k]) for k in ("created", "deleted", "refreshed", "sessions", "removed")),
+            delta=self._counts(delta, applied),
+            # Every session that crossed after the pre-copy (the document delta_dest holds).
+            applied={"sessions": crossed["sessions"], "removed": crossed["removed"]},
             claimed=claimed and {"timings": claimed["timings"], "since_delta_ms": claimed["since_delta_ms"]},
         )
+
+    @staticmethod
+    def _delta_across(source, target, taken=None):
+        """One delta from the source applied on the target: (the delta's answer as its JSON text, the
+        target's answer). The delta is passed on without being parsed: the caller reads it when it
+        has the time."""
+        source.send_raw(b'{"op":"delta"}')
+        raw = source.receive_raw(STEP_TIMEOUT)
+        if not is_ok(raw):
+            raise ChannelError("delta: %s" % json.loads(raw).get("error"))
+        if taken:
+            taken()
+        # The source's answer is the target's request: its "document" is the delta.
+        applied = target.request_raw(b'{"op":"apply",' + raw[1:], STEP_TIMEOUT)
+        return raw, applied
+
+    @staticmethod
+    def _counts(delta, applied):
+        counts = dict((k, delta.get(k)) for k in ("added", "removed", "refreshed", "lost_events"))
+        counts.update(("applied_" + k, applied.get(k)) for k in ("created", "deleted", "refreshed"))
+        return counts
 
     @staticmethod
     def _line(message):

@@ -81,6 +81,9 @@ MARKER_SRC = "198.19.255.253"
 MARKER_DST = "198.19.255.254"
 MARKER_TIMEOUT = 10
 BARRIER_TIMEOUT = 10.0
+# Every marker of this process has its own tuple: two subscriptions here see each other's markers,
+# and one must never take the other's (still queued) for its own.
+_MARKER_NUMBERS = itertools.count(1)
 
 
 class ConntrackEvents(object):
@@ -103,7 +106,6 @@ class ConntrackEvents(object):
         self._table = None  # the request socket of the barrier, opened when first needed
         self._marker = None  # the original tuple of the barrier's marker being waited for
         self._marker_seen = False
-        self._markers = 0
         self.lost = 0  # how many times events were dropped since the subscription began
 
     @property
@@ -150,6 +152,8 @@ class ConntrackEvents(object):
             if not nbytes:
                 break
             self._parse(buf, nbytes, events)
+            if self._marker_seen and self._marker is not None:
+                break  # a barrier waits for its marker only: no need to wait on for a reported event
         return events
 
     def events(self, timeout=None):
@@ -225,15 +229,16 @@ class ConntrackEvents(object):
                 if LOST_EVENT in batch:
                     break  # the marker's own event may have been dropped: send another
             if self._marker_seen:
+                self._marker = None
                 return events
         raise ConntrackError("conntrack event barrier: events kept being lost (the receive buffer is too small)")
 
     def _send_marker(self):
         # Another reader's marker may hold a tuple; the next port is another one.
         for _attempt in range(16):
-            self._markers += 1
+            number = next(_MARKER_NUMBERS)
             orig = FlowTuple(socket.AF_INET, IPPROTO_UDP, MARKER_SRC, MARKER_DST,
-                             1024 + os.getpid() % 64000, 1 + self._markers % 65535)
+                             1024 + os.getpid() % 64000, 1 + number % 65535)
             marker = ConntrackEntry(orig, orig._replace(src=orig.dst, dst=orig.src, sport=orig.dport, dport=orig.sport),
                                     IPS_CONFIRMED, MARKER_TIMEOUT)
             self._marker, self._marker_seen = orig, False

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 import time
 from collections import namedtuple
 
@@ -284,11 +285,13 @@ def read_link(name):
         index = socket.if_nametoindex(name)
     except OSError:
         raise AddressError("there is no network device %s on this host" % name)
-    # getsockname of an AF_PACKET socket bound to the device gives its type and hardware address
-    # without parsing anything; protocol 0 means the socket receives nothing meanwhile
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as probe:
-        probe.bind((name, 0))
-        _name, _proto, _pkttype, hatype, mac = probe.getsockname()
+    # sysfs rather than a probing AF_PACKET socket: closing one waits for an RCU grace period
+    # (several milliseconds), and the claim reads its links inside the freeze window
+    try:
+        hatype = int(_read_first_line("/sys/class/net/%s/type" % name, "0"))
+        mac = bytes.fromhex(_read_first_line("/sys/class/net/%s/address" % name, "").replace(":", ""))
+    except ValueError:
+        hatype, mac = 0, b""
     flags = int(_read_first_line("/sys/class/net/%s/flags" % name, "0"), 16)
     router = _read_first_line("/proc/sys/net/ipv6/conf/%s/forwarding" % name, "0") == "1"
     return Link(name, index, mac, hatype, bool(flags & IFF_NOARP), router)
@@ -335,6 +338,11 @@ def neighbour_advertisement(mac, target, router):
     flags = NA_FLAG_OVERRIDE | (NA_FLAG_ROUTER if router else 0)
     return (struct.pack("!BBHI", ND_NEIGHBOR_ADVERT, 0, 0, flags) + socket.inet_pton(socket.AF_INET6, target)
             + struct.pack("!BB", ND_OPT_TARGET_LINKADDR, 1) + mac)
+
+
+def _close_all(sockets):
+    for sock in sockets:
+        sock.close()
 
 
 class Announcer(object):
@@ -395,9 +403,13 @@ class Announcer(object):
         return time.perf_counter()
 
     def close(self):
-        for sock in self._sockets:
-            sock.close()
-        self._sockets = []
+        # Closing a packet socket waits for an RCU grace period (5-15 ms here): done by a thread,
+        # so that the claim answers as soon as its frames are sent.
+        closing, self._sockets = self._sockets, []
+        if closing:
+            closer = threading.Thread(target=_close_all, args=(closing,), name="announcer-close")
+            closer.daemon = True
+            closer.start()
 
     def __enter__(self):
         return self

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import time
 
 import pytest
 
@@ -113,7 +114,19 @@ class Lab(object):
         return self.remote.call("table", method, *args, **kwargs)
 
     def udp(self, sport, dport):
+        """Send one datagram through the NAT and wait until its entry is confirmed with a fresh
+        lifetime: the send returns before the NAT host has handled the packet, and a barrier
+        covers only the changes made before it."""
         in_ns(self.client, PYTHON, "-c", UDP_SEND, "192.0.2.2", str(sport), "198.51.100.2", str(dport))
+        orig = FlowTuple(A4, 17, "192.0.2.2", "198.51.100.2", sport, dport)
+        probe = ConntrackEntry(orig, orig._replace(src=orig.dst, dst=orig.src, sport=dport, dport=sport), 0, 0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            [entry] = self.table("get", [probe])
+            if entry is not None and entry.timeout > 20:  # a datagram sets its entry's lifetime to 30 s
+                return
+            time.sleep(0.01)
+        raise AssertionError("the datagram from port %d never made a session on the NAT host" % sport)
 
 
 @pytest.fixture

@@ -76,6 +76,7 @@ class Agent(object):
             "freeze": lambda r: side.freeze(r["interfaces"], r["deadline"]),
             "delta": lambda r: side.delta(),
             "check": lambda r: side.check(),
+            "crossed": lambda r: side.crossed(),
             "release": lambda r: side.release(r["addresses"], r["interfaces"], run_addresses),
             "unfreeze": lambda r: side.unfreeze(),
         }

@@ -4,11 +4,13 @@
 """The source's side of a cutover: it knows what changed since the pre-copy without dumping.
 
 From its start the agent reads the conntrack events of the source (a thread keeps the socket
-drained, so the kernel never drops any while the pre-copy is gathered). At the freeze it takes a
-barrier (every event up to now read), and the delta is what the events say changed since the
-pre-copy: sessions new or re-bound, sessions ended, and sessions whose lifetime the target's copy
-would outlive too little (re-read by a batched GET: a timeout refreshed by traffic makes no event).
-Lost events (ENOBUFS) fall back to a full comparison with a dump, and the answer says so.
+drained, so the kernel never drops any while the pre-copy is gathered). A delta takes a barrier
+(every event up to now read) and is what the events say changed since the last delta (the
+pre-copy at first; agent/baseline.py): sessions new or re-bound, sessions ended, and sessions whose
+lifetime the target's copy would outlive too little (re-read by a batched GET: a timeout refreshed
+by traffic makes no event). The driver takes one delta before the freeze, so that the window's own
+carries only the last moments' changes. Lost events (ENOBUFS) fall back to a full comparison with
+a dump, and the answer says so.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,6 +18,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import os
+import select as io_select  # session_model has a select() of its own
 import threading
 import time
 
@@ -28,10 +32,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_events
     ConntrackEvents,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.freeze import Freeze, expiry_for, interface_devices
-from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import REFRESH_HORIZON, refreshed_at_risk
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
     build_document,
-    delta_document,
     document_sessions,
     instance,
     read_document,
@@ -39,6 +41,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     set_mapping_entries,
     snapshot_age,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.baseline import Baseline
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     select,
@@ -58,6 +61,8 @@ class EventLog(object):
         self._lock = threading.Lock()
         self._barrier_wanted = threading.Event()
         self._barrier_done = threading.Event()
+        # The reader sleeps in select() on the socket and this pipe: a barrier wakes it at once.
+        self._wake_r, self._wake_w = os.pipe()
         self._barrier_error = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="conntrack-events")
@@ -77,6 +82,9 @@ class EventLog(object):
         # One reader of the socket at a time: the barrier runs here too, when asked for.
         while not self._stop:
             try:
+                ready = io_select.select([self.events.fileno(), self._wake_r], [], [], 0.5)[0]
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 64)
                 if self._barrier_wanted.is_set():
                     self._barrier_wanted.clear()
                     try:
@@ -85,7 +93,8 @@ class EventLog(object):
                         self._barrier_error = exc
                     self._barrier_done.set()
                     continue
-                self._record(self.events.read(timeout=0.02))
+                if self.events.fileno() in ready:
+                    self._record(self.events.read(timeout=0))
             except Exception:  # pylint: disable=broad-except
                 with self._lock:
                     self.lost = True
@@ -96,6 +105,7 @@ class EventLog(object):
         self._barrier_error = None
         self._barrier_done.clear()
         self._barrier_wanted.set()
+        os.write(self._wake_w, b"b")
         if not self._barrier_done.wait(timeout):
             raise AgentError("the conntrack event barrier did not return within %ss" % timeout)
         if self._barrier_error is not None:
@@ -104,8 +114,11 @@ class EventLog(object):
             return self.sequence
 
     def snapshot(self):
+        """(latest events, whether any were lost since the last snapshot): a loss is answered once,
+        by a full comparison read after this snapshot."""
         with self._lock:
-            return dict(self.latest), self.lost
+            lost, self.lost = self.lost, False
+            return dict(self.latest), lost
 
     def new_since(self, sequence):
         """Sessions created (confirmed) after `sequence`: a freeze that held would allow none."""
@@ -115,8 +128,11 @@ class EventLog(object):
 
     def close(self):
         self._stop = True
+        os.write(self._wake_w, b"s")
         self._thread.join(1.0)
         self.events.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 class SourceSide(object):
@@ -127,12 +143,12 @@ class SourceSide(object):
         self.selectors = selectors or {}
         self.instance_name = instance_name
         self.log = EventLog()
-        self.precopy = None          # session key -> entry, as the pre-copy holds them
+        self.baseline = None         # what the target holds: the pre-copy, advanced by each delta
+        self.baseline_at = 0         # event sequence the baseline accounts for
         self.precopy_base = None     # the pre-copy document without its sessions (rules, metadata)
-        self.precopy_taken = None    # monotonic time the pre-copy was read
         self.frozen = None           # Freeze in force
         self.frozen_until = None     # monotonic time the kernel lifts it
-        self.delta_at = None         # event sequence of the last delta's barrier
+        self.delta_at = None         # event sequence of the last delta taken while frozen
         self.released = None         # the addresses given up (to take back on an undo)
 
     # -- before the window ------------------------------------------------------------------
@@ -144,14 +160,14 @@ class SourceSide(object):
             present = document_sessions(document).present
         except (OSError, ValueError) as exc:
             raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
-        self.precopy = dict((session_key(e), e) for e in present)
         base = dict(instance(document))
         base.pop("mapping-table", None)
         self.precopy_base = {"ietf-nat:nat": {"instances": {"instance": [base]}}}
         # The snapshot says when it was read (this host's clock): lifetimes count down from there.
         age = max(float(age or 0), snapshot_age(document, datetime.datetime.now(datetime.timezone.utc)))
-        self.precopy_taken = time.monotonic() - age
-        return {"sessions": len(self.precopy)}
+        self.baseline = Baseline(present, time.monotonic() - age)
+        self.baseline_at = 0
+        return {"sessions": len(self.baseline)}
 
     # -- the window -------------------------------------------------------------------------
 
@@ -169,24 +185,32 @@ class SourceSide(object):
         return {"expires_at": wanted.expires_at}
 
     def delta(self):
-        """What changed since the pre-copy, as a delta document (its JSON text travels as is)."""
-        if self.precopy is None:
+        """What changed since the last delta (the pre-copy at first), as a delta document (its JSON
+        text travels as is); the baseline then holds it. Before the freeze it lets the target catch
+        up while this host serves; once frozen it is the window's."""
+        if self.baseline is None:
             raise AgentError("no pre-copy loaded: send prepare first")
-        self.delta_at = self.log.barrier()
+        sequence = self.log.barrier()
         latest, lost = self.log.snapshot()
-        elapsed = int(time.monotonic() - self.precopy_taken)
+        now = time.monotonic()
         if lost:
-            document, added, removed, refreshed = self._full_comparison(elapsed)
+            added, removed, refreshed = self._full_comparison(now)
         else:
-            document, added, removed, refreshed = self._from_events(latest, elapsed)
-        return {"document": document, "added": added, "removed": removed, "refreshed": refreshed,
-                "lost_events": lost}
+            added, removed, refreshed = self._from_events(latest, now)
+        self.baseline.advance(added, removed, refreshed, now)
+        self.baseline_at = sequence
+        if self.frozen is not None:
+            self.delta_at = sequence
+        return {"document": self._document(added + refreshed, removed), "added": len(added),
+                "removed": len(removed), "refreshed": len(refreshed), "lost_events": lost, "frozen": bool(self.frozen)}
 
-    def _from_events(self, latest, elapsed):
-        precopy = self.precopy
+    def _from_events(self, latest, now):
+        baseline, since = self.baseline, self.baseline_at
         added, removed, changed = [], [], []
-        for key, (kind, entry, dummy) in latest.items():
-            before = precopy.get(key)
+        for key, (kind, entry, sequence) in latest.items():
+            if sequence <= since:
+                continue  # an earlier delta carried it
+            before = baseline.entries.get(key)
             if kind == DESTROY:
                 if before is not None and before.reply == entry.reply:
                     removed.append(before)
@@ -199,11 +223,10 @@ class SourceSide(object):
             else:
                 changed.append(before)
         added, dummy = split_supported(select(added, self.selectors))
-        # A lifetime refreshed by traffic makes no event: re-read the pre-copy's sessions whose copy
-        # may run out (and those whose state changed), never the whole table.
+        # A lifetime refreshed by traffic makes no event: re-read the sessions whose copy on the
+        # target may run out (and those whose state changed), never the whole table.
         ended = set(session_key(e) for e in removed)
-        candidates = dict((key, e) for key, e in precopy.items()
-                          if key not in ended and e.timeout - elapsed < REFRESH_HORIZON)
+        candidates = dict((key, e) for key, e in baseline.at_risk(now).items() if key not in ended)
         changed_keys = set(session_key(e) for e in changed)
         candidates.update((session_key(e), e) for e in changed)
         refreshed = []
@@ -215,29 +238,33 @@ class SourceSide(object):
                 if current is None or current.reply != before.reply:
                     continue
                 state_moved = session_key(before) in changed_keys and current.tcp_state != before.tcp_state
-                if state_moved or refreshed_at_risk(before, current, elapsed):
+                if state_moved or baseline.refreshed(before, current, now):
                     refreshed.append(current)
-        return self._document(added, removed, refreshed), len(added), len(removed), len(refreshed)
+        return added, removed, refreshed
 
-    def _full_comparison(self, elapsed):
+    def _full_comparison(self, now):
         with Conntrack() as table:
             entries, dummy = split_supported(select(table.dump(translated_only=True), self.selectors))
-        document, added, removed, refreshed = delta_document(
-            entries, list(self.precopy.values()), self.instance_name, self.precopy_base, elapsed=elapsed)
-        return document, added, removed, refreshed
+        return self.baseline.compare(entries, now)
 
-    def _document(self, added, removed, refreshed):
-        document = build_document(added + refreshed, self.instance_name, self.precopy_base, kind="delta")
+    def _document(self, present, removed):
+        document = build_document(present, self.instance_name, self.precopy_base, kind="delta")
         mappings = instance(document)["mapping-table"]["mapping-entry"]
         mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, len(mappings) + 1))
         set_mapping_entries(document, mappings)
         return document
 
+    def crossed(self):
+        """After the window: every session that crossed after the pre-copy, one delta document
+        (what the run's snapshot directory keeps, and what an undo on the target must remove)."""
+        present, removed = self.baseline.crossed_sessions()
+        return {"document": self._document(present, removed), "sessions": len(present), "removed": len(removed)}
+
     def check(self):
         """Frozen without a break since the last delta: the kernel deadline is ahead, and no session
         was created meanwhile (a freeze lifted or removed lets them through)."""
         if self.frozen is None or self.delta_at is None:
-            raise AgentError("check needs a freeze and a delta first")
+            raise AgentError("check needs a freeze and a delta taken while frozen first")
         # No read of the ruleset here (a process per address family with iptables): a freeze lifted
         # or removed shows in the events, as a session created since the delta.
         sequence = self.log.barrier()
