@@ -47,7 +47,7 @@ PROBE_PORT = 5007
 QUIET_SECONDS = 2.0
 # The playbook's tasks that bound the freeze window: new connections wait from the freeze on, until
 # the target holds the addresses.
-FREEZE_TASK = "Cut over (freeze, delta, apply, check, claim, release)"
+FREEZE_TASK = "Cut over (catch up, freeze, delta, apply, check, claim, release)"
 PRECOPY_GATHERED = "Carry the pre-copy snapshot to the target"
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 PROJECT_PLAYBOOK = os.path.join(REPO, "docs", "awx", "project", "migrate_nat.yml")  # the one docs/awx.md gives
-CUTOVER_TASK = "Cut over (freeze, delta, apply, check, claim, release)"
+CUTOVER_TASK = "Cut over (catch up, freeze, delta, apply, check, claim, release)"
 SLICES = 2
 
 
