@@ -41,7 +41,7 @@ EMPTY = Firewall()
 
 def document_of(firewall):
     """The firewall as its document; an empty firewall is an empty document."""
-    return to_document(firewall) if firewall is not None else {}
+    return {} if firewall is None or is_empty(firewall) else to_document(firewall)
 
 
 def wanted_firewall(config, src):
