@@ -63,6 +63,8 @@ TCP = NS + "tcp"
 ICMP = NS + "icmp"
 GRE = NS + "gre"
 REMOVED = NS + "removed"
+# An untranslated session forwarded through the host: the firewall's (yang/nfstate-firewall.yang).
+FORWARDED = "nfstate-firewall:forwarded"
 
 INTERNAL = "internal"
 EXTERNAL = "external"
@@ -105,6 +107,7 @@ _ENTRY_MEMBERS = frozenset((
     "lifetime", INITIATOR, SEEN_REPLY, ASSURED, MARK, ZONE, LABELS, TCP, ICMP, GRE, REMOVED,
     # The ALG augment's members (yang/nfstate-nat-alg.yang): checked by alg_model, not here.
     "nfstate-nat-alg:helper", "nfstate-nat-alg:sequence-adjustment", "nfstate-nat-alg:master",
+    FORWARDED,
 ))
 _PORT_MEMBERS = frozenset(("start-port-number", "end-port-number"))
 _TCP_MEMBERS = frozenset(("state", "original", "reply"))
@@ -236,6 +239,10 @@ def entry_to_mapping(entry, index):
         mapping[ICMP] = {"type": orig.icmp_type, "code": orig.icmp_code or 0}
     elif proto == IPPROTO_GRE:
         mapping[GRE] = {"source-key": orig.sport or 0, "destination-key": orig.dport or 0}
+    if translation(entry) == (None, None):
+        # Only the firewall carries such a session (the selector `forwarded` lets it in); the flag
+        # says it is untranslated on purpose.
+        mapping[FORWARDED] = True
     return mapping
 
 
