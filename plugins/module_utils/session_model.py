@@ -613,7 +613,7 @@ def owned_addresses(entry):
     return owned
 
 
-_SELECTOR_KEYS = frozenset(("addresses", "zone", "mark", "mark_mask"))
+_SELECTOR_KEYS = frozenset(("addresses", "zone", "mark", "mark_mask", "forwarded"))
 
 
 def _networks(prefixes):
@@ -658,12 +658,20 @@ def _address_matcher(prefixes):
     return matches
 
 
-def select(entries, selectors):
+def wants_forwarded(selectors):
+    """Whether the selectors take the firewall's untranslated forwarded sessions too (then the
+    caller reads every entry, not only translated ones, and gives select the host's addresses)."""
+    return bool((selectors or {}).get("forwarded"))
+
+
+def select(entries, selectors, local_addresses=()):
     """The entries that belong to the network function, as the operator's selectors say.
 
-    selectors: {addresses: [prefixes], zone: int, mark: int, mark_mask: int}, each optional.
-    `addresses` matches the addresses the NAT owns in a session (see owned_addresses), so an
-    untranslated entry never matches it. An empty selector keeps every entry.
+    selectors: {addresses: [prefixes], zone: int, mark: int, mark_mask: int, forwarded: bool},
+    each optional. `addresses` matches the addresses the NAT owns in a session (see
+    owned_addresses), so an untranslated entry never matches it. An empty selector keeps every
+    entry. With `forwarded`, an untranslated entry is kept when neither end is one of
+    `local_addresses` (the host's own connections stay) and its zone and mark match.
     """
     selectors = selectors or {}
     if not isinstance(selectors, dict):
@@ -698,7 +706,22 @@ def select(entries, selectors):
             nat_src, nat_dst = translation(entry)
             return ((nat_src is not None and matches(reply.dst))
                     or (nat_dst is not None and matches(orig.dst)))
-        tests.append(owned_match)
+        owned = owned_match
+    else:
+        owned = None
+    forwarded = selectors.get("forwarded")
+    if forwarded is not None and not isinstance(forwarded, bool):
+        raise ModelError("forwarded", "expected a boolean")
+    if forwarded:
+        local = frozenset(local_addresses)
+
+        def keep(entry):
+            if translation(entry) == (None, None):
+                return entry.orig.src not in local and entry.orig.dst not in local and all(test(entry) for test in tests)
+            return all(test(entry) for test in tests) and (owned is None or owned(entry))
+        return [entry for entry in entries if keep(entry)]
+    if owned is not None:
+        tests.append(owned)
     if not tests:
         return list(entries)
     return [entry for entry in entries if all(test(entry) for test in tests)]

@@ -27,6 +27,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_events
     NEW,
     ConntrackEvents,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.forwarded import addresses_for
 from ansible_collections.nfstate.migration.plugins.module_utils.freeze import Freeze, expiry_for, interface_devices
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import REFRESH_HORIZON, refreshed_at_risk
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
@@ -44,14 +45,15 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     select,
     session_key,
     split_supported,
+    wants_forwarded,
 )
 
 
 class EventLog(object):
     """The latest event of every session since the subscription, kept by a reader thread."""
 
-    def __init__(self):
-        self.events = ConntrackEvents(translated_only=True)
+    def __init__(self, translated_only=True):
+        self.events = ConntrackEvents(translated_only=translated_only)
         self.latest = {}        # session key -> (kind, entry, sequence)
         self.sequence = 0
         self.lost = False
@@ -126,7 +128,10 @@ class SourceSide(object):
         self.provider = provider
         self.selectors = selectors or {}
         self.instance_name = instance_name
-        self.log = EventLog()
+        # The firewall's forwarded sessions are untranslated: their events count too, and the
+        # host's addresses (read once, before the window) keep its own connections out.
+        self.log = EventLog(translated_only=not wants_forwarded(self.selectors))
+        self.local = addresses_for(self.selectors)
         self.precopy = None          # session key -> entry, as the pre-copy holds them
         self.precopy_base = None     # the pre-copy document without its sessions (rules, metadata)
         self.precopy_taken = None    # monotonic time the pre-copy was read
@@ -198,7 +203,7 @@ class SourceSide(object):
                 added.append(entry)
             else:
                 changed.append(before)
-        added, dummy = split_supported(select(added, self.selectors))
+        added, dummy = split_supported(select(added, self.selectors, self.local))
         # A lifetime refreshed by traffic makes no event: re-read the pre-copy's sessions whose copy
         # may run out (and those whose state changed), never the whole table.
         ended = set(session_key(e) for e in removed)
@@ -221,7 +226,8 @@ class SourceSide(object):
 
     def _full_comparison(self, elapsed):
         with Conntrack() as table:
-            entries, dummy = split_supported(select(table.dump(translated_only=True), self.selectors))
+            entries, dummy = split_supported(select(table.dump(translated_only=not wants_forwarded(self.selectors)),
+                                                    self.selectors, self.local))
         document, added, removed, refreshed = delta_document(
             entries, list(self.precopy.values()), self.instance_name, self.precopy_base, elapsed=elapsed)
         return document, added, removed, refreshed
