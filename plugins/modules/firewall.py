@@ -59,7 +59,8 @@ requirements:
 options:
   interfaces:
     description:
-      - Maps the interface roles of the model (C(inside), C(outside)) to this host's devices, for
+      - >-
+        Maps the interface roles of the model (C(inside), C(outside)) to this host's devices, for
         example C({inside: eth1, outside: eth0}).
     type: dict
   state:

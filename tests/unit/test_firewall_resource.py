@@ -132,10 +132,11 @@ def test_config_may_be_a_state_document_that_holds_the_nat_too():
 
 
 def test_recent_lists_become_sets_only_for_nftables_and_when_asked():
-    source = ipt.parse_save({"ipv4": "*filter\n:NFSTATE-FORWARD - [0:0]\n-A FORWARD -j NFSTATE-FORWARD\n"
-                                      "-A NFSTATE-FORWARD -p tcp --dport 7201 -m recent --set --name opener -j DROP\n"
-                                      "-A NFSTATE-FORWARD -p tcp --dport 2222 -m recent --rcheck --seconds 60 --name opener -j ACCEPT\n"
-                                      "COMMIT\n"}, "", {}, IFACES).firewall
+    save = ("*filter\n:NFSTATE-FORWARD - [0:0]\n-A FORWARD -j NFSTATE-FORWARD\n"
+            "-A NFSTATE-FORWARD -p tcp --dport 7201 -m recent --set --name opener -j DROP\n"
+            "-A NFSTATE-FORWARD -p tcp --dport 2222 -m recent --rcheck --seconds 60 --name opener -j ACCEPT\n"
+            "COMMIT\n")
+    source = ipt.parse_save({"ipv4": save}, "", {}, IFACES).firewall
     assert source.recent_lists
     provider = MemoryProvider()
     assert resource.for_implementation(provider, source, {"recent_as_sets": False}) == source
@@ -280,3 +281,17 @@ def test_module_needs_an_implementation_offline_and_a_document_to_render(tmp_pat
     assert failed["failed"] is True and "implementation must be given" in failed["msg"]
     failed = run_module(tmp_path, implementation="nftables", state="rendered")
     assert failed["failed"] is True and "config" in failed["msg"]
+
+
+def test_lifetimes_count_from_when_the_state_was_read():
+    import datetime
+    short = FIREWALL._replace(sets=(BLOCKLIST._replace(elements=BLOCKLIST.elements + (SetElement("198.51.100.67", None, 50.0, 0, 0),)),))
+    taken = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=100)
+    doc = resource.document_of(short, taken.isoformat())
+    assert doc["ietf-access-control-list:acls"][resource.TAKEN_AT]
+    yang_model = pytest.importorskip("ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model")
+    assert yang_model.validate(doc) == []
+    wanted = resource.wanted_firewall(doc, None)
+    (element,) = wanted.sets[0].elements      # the one with 50 s left ran out meanwhile
+    assert element.address == "198.51.100.66" and 3399 < element.remaining < 3401
+    assert resource.wanted_firewall(to_document(short), None) == short

@@ -18,7 +18,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
+
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import (
+    NS,
     ROOT,
     Firewall,
     ModelError,
@@ -29,7 +32,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model i
     to_document,
     without_state,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import read_document
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import date_and_time, read_document
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import ProviderError
 from ansible_collections.nfstate.migration.plugins.module_utils.resources.common import ResourceError, diff_text
 from ansible_collections.nfstate.migration.plugins.module_utils.resources.nat_rules import check_interfaces
@@ -37,11 +40,49 @@ from ansible_collections.nfstate.migration.plugins.module_utils.resources.nat_ru
 STATES = ("gathered", "parsed", "rendered", "merged", "overridden", "deleted")
 APPLYING = ("merged", "overridden")
 EMPTY = Firewall()
+TAKEN_AT = NS + "taken-at"
 
 
-def document_of(firewall):
-    """The firewall as its document; an empty firewall is an empty document."""
-    return {} if firewall is None or is_empty(firewall) else to_document(firewall)
+def document_of(firewall, taken_at=None):
+    """The firewall as its document; an empty firewall is an empty document. `taken_at`
+    (date-and-time text) says when its state was read."""
+    if firewall is None or is_empty(firewall):
+        return {}
+    doc = to_document(firewall)
+    if taken_at:
+        doc[ROOT][TAKEN_AT] = taken_at
+    return doc
+
+
+def age_of(taken_at, now=None):
+    """Seconds since `taken_at` (0 when it is not date-and-time text with a zone)."""
+    try:
+        moment = datetime.datetime.fromisoformat(taken_at.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return 0.0
+    if moment.tzinfo is None:
+        return 0.0
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return max(0.0, (now - moment).total_seconds())
+
+
+def aged(firewall, seconds):
+    """The firewall's state `seconds` later: lifetimes shorter (an element whose lifetime ran
+    out is gone), recent hits older."""
+    if seconds <= 0:
+        return firewall
+    sets = []
+    for fwset in firewall.sets:
+        elements = []
+        for element in fwset.elements:
+            if element.remaining is None:
+                elements.append(element)
+            elif element.remaining - seconds > 0:
+                elements.append(element._replace(remaining=round(element.remaining - seconds, 3)))
+        sets.append(fwset._replace(elements=tuple(elements)))
+    recents = tuple(r._replace(entries=tuple(e._replace(ages=tuple(round(a + seconds, 3) for a in e.ages))
+                                             for e in r.entries)) for r in firewall.recent_lists)
+    return firewall._replace(sets=tuple(sets), recent_lists=recents)
 
 
 def wanted_firewall(config, src):
@@ -59,10 +100,14 @@ def wanted_firewall(config, src):
         doc = {ROOT: doc["acls"]}
     if ROOT not in doc:
         return EMPTY
+    body = dict(doc[ROOT]) if isinstance(doc[ROOT], dict) else doc[ROOT]
+    taken_at = body.pop(TAKEN_AT, None) if isinstance(body, dict) else None
     try:
-        return from_document({ROOT: doc[ROOT]})
+        firewall = from_document({ROOT: body})
     except ModelError as exc:
         raise ResourceError("config is not a firewall document: %s" % exc, path=exc.path)
+    # Lifetimes count from the moment the state was read, wherever and whenever it is applied.
+    return aged(firewall, age_of(taken_at)) if taken_at else firewall
 
 
 def members(firewall):
@@ -175,9 +220,10 @@ def run(provider, params, check_mode=False, diff=False, warn=None):
 
         # Removing everything of ours removes what the model cannot express too.
         before = provider.read_firewall(interfaces, skip or (state == "deleted" and wanted is None))
+        read_at = date_and_time()
         _unsupported(before.unsupported, result, warn)
         if state == "gathered":
-            result["gathered"] = document_of(before.firewall)
+            result["gathered"] = document_of(before.firewall, read_at)
             result.update(provider.settings())
             return result
         target = target_firewall(state, before.firewall, wanted)
