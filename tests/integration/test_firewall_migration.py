@@ -42,9 +42,11 @@ LIFETIME_SLACK = 10.0        # seconds: two reads of a lifetime on two hosts, ta
 TRANSLATED = ("tcp4", "udp4", "ping4")
 UNTRANSLATED = ("tcpu4", "udpu4", "pingu4")
 
+# The knock's stages last longer than a migration takes on a busy machine (minutes, when several
+# labs share two cores): the knock must still be under way on the target.
 IPSETS = """create nfs-blocklist hash:ip family inet timeout 3600 counters
-create nfs-knock1 hash:ip family inet timeout 120
-create nfs-knock2 hash:ip family inet timeout 120
+create nfs-knock1 hash:ip family inet timeout 900
+create nfs-knock2 hash:ip family inet timeout 900
 """
 # No rule accepts new connections to the flows' ports: on a target, a packet of a flow whose
 # session did not move is picked up as new and meets the drop policy.
