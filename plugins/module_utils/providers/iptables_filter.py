@@ -236,8 +236,10 @@ class IptablesFilter(object):
             if kind == "ipset":
                 lines.append("# ipset restore")
             elif kind == "restore":
-                name = filter_t.PROGRAMS[(self._backend or "legacy", where)][1]
-                lines.append("# %s --noflush --counters" % (name if self._backend else name.replace("-legacy", "")))
+                # Rendering without a host does not detect the backend: name the family's tool only.
+                name = filter_t.PROGRAMS[(self._backend, where)][1] if self._backend else \
+                    "%s-restore" % ("ip6tables" if where == "ipv6" else "iptables")
+                lines.append("# %s --noflush --counters" % name)
             else:
                 lines.append("# %s/%s (one write per line)" % (RECENT_DIR, where))
             lines.extend(text.splitlines())
