@@ -12,6 +12,9 @@ Each flow runs as processes inside the lab's namespaces and records JSON results
                entry stays NEW for ever; the server counts loss by sequence numbers
     ping4/6    client -> server, ICMP echo: loss
     fwd4/fwd6  server -> 203.0.113.1:8080, the port forward, served at 192.0.2.10:8080 in the client
+    tcpu4/6, udpu4/6, pingu4/6   server -> the client's own address, forwarded untranslated (a
+               firewall's sessions; the server needs a route to the inside network via the service's
+               external address): not among the default kinds
 
 A flow stops by itself after its duration, or on request (its stop file, or SIGTERM to its PID).
 Every merged result says bytes sent and received, what was lost, the largest gap between arrivals
@@ -36,7 +39,10 @@ import sys
 import time
 
 KINDS = ("tcp", "udp", "udpo", "ping", "fwd")
-PORTS = {"tcp": 5001, "udp": 5002, "probe": 5003, "udpo": 5004}
+UNTRANSLATED_KINDS = ("tcpu", "udpu", "pingu")
+# What an untranslated kind is measured as.
+MEASURED_AS = {"tcpu": "tcp", "udpu": "udp", "pingu": "ping"}
+PORTS = {"tcp": 5001, "udp": 5002, "probe": 5003, "udpo": 5004, "tcpu": 5011, "udpu": 5012}
 RECORD = struct.Struct(">Q")
 UDP_SIZE = 64
 PING_SIZE = 56
@@ -549,7 +555,13 @@ def _flow_endpoints(lab, kind, family):
     if kind == "fwd":
         return [("recv", "client", "stream-recv", addr["client"][family], addr["forward_port"]),
                 ("send", "server", "stream-send", addr["external"][family], addr["forward_port"])]
-    raise FlowError("flow kind %r: one of %s" % (kind, ", ".join(KINDS)))
+    if kind in ("tcpu", "udpu"):
+        worker = "stream" if kind == "tcpu" else "udp"
+        return [("recv", "client", worker + "-recv", addr["client"][family], PORTS[kind]),
+                ("send", "server", worker + "-send", addr["client"][family], PORTS[kind])]
+    if kind == "pingu":
+        return [("send", "server", "ping", addr["client"][family], 0)]
+    raise FlowError("flow kind %r: one of %s" % (kind, ", ".join(KINDS + UNTRANSLATED_KINDS)))
 
 
 class FlowSet:
@@ -759,6 +771,7 @@ def merge(name, kind, family, send, recv):
     """One result per flow from its two sides (None for a side that wrote nothing)."""
     send = send or {}
     recv = recv or {}
+    kind = MEASURED_AS.get(kind, kind)
     errors = ["send: %s" % e for e in send.get("errors", [])] + ["recv: %s" % e for e in recv.get("errors", [])]
     if kind != "ping":
         if not send:

@@ -28,6 +28,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils import alg_model
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import is_translated
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import refreshed_at_risk
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
+    FORWARDED,
     REMOVED,
     GcPaused,
     ModelError,
@@ -216,10 +217,19 @@ def instance_sessions(inst):
                 path = entry_path(base, mapping, position)
                 errors.append((path + ("/" + exc.path if exc.path else ""), _bounded(exc.message)))
                 continue
-            if not is_translated(entry):
+            forwarded = mapping.get(FORWARDED)
+            if forwarded not in (None, True, False):
+                errors.append((entry_path(base, mapping, position) + "/" + FORWARDED, "expected a boolean"))
+                continue
+            if not is_translated(entry) and forwarded is not True:
                 errors.append((entry_path(base, mapping, position),
                                "untranslated: the session translates nothing, so it is not the NAT's but a "
-                               "connection of the host itself, and applying it would capture that connection"))
+                               "connection of the host itself, and applying it would capture that connection "
+                               "(a firewall's forwarded session says %s: true)" % FORWARDED))
+                continue
+            if is_translated(entry) and forwarded:
+                errors.append((entry_path(base, mapping, position) + "/" + FORWARDED,
+                               "a translated session is the NAT's, not an untranslated forwarded one"))
                 continue
             key = session_key(entry)
             if key in seen_session[gone]:

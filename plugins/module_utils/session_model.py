@@ -63,6 +63,8 @@ TCP = NS + "tcp"
 ICMP = NS + "icmp"
 GRE = NS + "gre"
 REMOVED = NS + "removed"
+# An untranslated session forwarded through the host: the firewall's (yang/nfstate-firewall.yang).
+FORWARDED = "nfstate-firewall:forwarded"
 
 INTERNAL = "internal"
 EXTERNAL = "external"
@@ -105,6 +107,7 @@ _ENTRY_MEMBERS = frozenset((
     "lifetime", INITIATOR, SEEN_REPLY, ASSURED, MARK, ZONE, LABELS, TCP, ICMP, GRE, REMOVED,
     # The ALG augment's members (yang/nfstate-nat-alg.yang): checked by alg_model, not here.
     "nfstate-nat-alg:helper", "nfstate-nat-alg:sequence-adjustment", "nfstate-nat-alg:master",
+    FORWARDED,
 ))
 _PORT_MEMBERS = frozenset(("start-port-number", "end-port-number"))
 _TCP_MEMBERS = frozenset(("state", "original", "reply"))
@@ -236,6 +239,10 @@ def entry_to_mapping(entry, index):
         mapping[ICMP] = {"type": orig.icmp_type, "code": orig.icmp_code or 0}
     elif proto == IPPROTO_GRE:
         mapping[GRE] = {"source-key": orig.sport or 0, "destination-key": orig.dport or 0}
+    if translation(entry) == (None, None):
+        # Only the firewall carries such a session (the selector `forwarded` lets it in); the flag
+        # says it is untranslated on purpose.
+        mapping[FORWARDED] = True
     return mapping
 
 
@@ -606,7 +613,7 @@ def owned_addresses(entry):
     return owned
 
 
-_SELECTOR_KEYS = frozenset(("addresses", "zone", "mark", "mark_mask"))
+_SELECTOR_KEYS = frozenset(("addresses", "zone", "mark", "mark_mask", "forwarded"))
 
 
 def _networks(prefixes):
@@ -651,12 +658,20 @@ def _address_matcher(prefixes):
     return matches
 
 
-def select(entries, selectors):
+def wants_forwarded(selectors):
+    """Whether the selectors take the firewall's untranslated forwarded sessions too (then the
+    caller reads every entry, not only translated ones, and gives select the host's addresses)."""
+    return bool((selectors or {}).get("forwarded"))
+
+
+def select(entries, selectors, local_addresses=()):
     """The entries that belong to the network function, as the operator's selectors say.
 
-    selectors: {addresses: [prefixes], zone: int, mark: int, mark_mask: int}, each optional.
-    `addresses` matches the addresses the NAT owns in a session (see owned_addresses), so an
-    untranslated entry never matches it. An empty selector keeps every entry.
+    selectors: {addresses: [prefixes], zone: int, mark: int, mark_mask: int, forwarded: bool},
+    each optional. `addresses` matches the addresses the NAT owns in a session (see
+    owned_addresses), so an untranslated entry never matches it. An empty selector keeps every
+    entry. With `forwarded`, an untranslated entry is kept when neither end is one of
+    `local_addresses` (the host's own connections stay) and its zone and mark match.
     """
     selectors = selectors or {}
     if not isinstance(selectors, dict):
@@ -691,7 +706,22 @@ def select(entries, selectors):
             nat_src, nat_dst = translation(entry)
             return ((nat_src is not None and matches(reply.dst))
                     or (nat_dst is not None and matches(orig.dst)))
-        tests.append(owned_match)
+        owned = owned_match
+    else:
+        owned = None
+    forwarded = selectors.get("forwarded")
+    if forwarded is not None and not isinstance(forwarded, bool):
+        raise ModelError("forwarded", "expected a boolean")
+    if forwarded:
+        local = frozenset(local_addresses)
+
+        def keep(entry):
+            if translation(entry) == (None, None):
+                return entry.orig.src not in local and entry.orig.dst not in local and all(test(entry) for test in tests)
+            return all(test(entry) for test in tests) and (owned is None or owned(entry))
+        return [entry for entry in entries if keep(entry)]
+    if owned is not None:
+        tests.append(owned)
     if not tests:
         return list(entries)
     return [entry for entry in entries if all(test(entry) for test in tests)]

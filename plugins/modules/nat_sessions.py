@@ -103,8 +103,8 @@ options:
     default: nat
   selectors:
     description:
-      - Narrow what belongs to the network function. Translated sessions only are ever considered; these
-        narrow them further. A session matches when it matches every selector given.
+      - Narrow what belongs to the network function. Translated sessions only are considered, unless
+        O(selectors.forwarded); these narrow them further. A session matches when it matches every selector given.
     type: dict
     suboptions:
       addresses:
@@ -123,6 +123,15 @@ options:
         description: Mask applied to the session's mark before comparing it with O(selectors.mark).
         type: int
         default: 4294967295
+      forwarded:
+        description:
+          - Also the untranslated sessions forwarded through the host, the stateful firewall's
+            (M(nfstate.migration.firewall)). Neither end of such a session is an address of the host,
+            so its own connections stay out. Their zone and mark selectors apply, not O(selectors.addresses).
+          - They are carried flagged C(nfstate-firewall:forwarded), so that a target whose forward policy
+            is drop lets their packets through as established.
+        type: bool
+        default: false
   best_effort:
     description:
       - Apply what can be applied. Sessions in conflict with the host, or that the kernel refuses, are
@@ -337,6 +346,7 @@ ARGUMENT_SPEC = dict(
         zone=dict(type="int"),
         mark=dict(type="int"),
         mark_mask=dict(type="int", default=0xFFFFFFFF),
+        forwarded=dict(type="bool", default=False),
     )),
     best_effort=dict(type="bool", default=False),
     liberal=dict(type="bool", default=True),

@@ -31,6 +31,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_events
     NEW,
     ConntrackEvents,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.forwarded import addresses_for
 from ansible_collections.nfstate.migration.plugins.module_utils.freeze import Freeze, expiry_for, interface_devices
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
     build_document,
@@ -47,14 +48,15 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     select,
     session_key,
     split_supported,
+    wants_forwarded,
 )
 
 
 class EventLog(object):
     """The latest event of every session since the subscription, kept by a reader thread."""
 
-    def __init__(self):
-        self.events = ConntrackEvents(translated_only=True)
+    def __init__(self, translated_only=True):
+        self.events = ConntrackEvents(translated_only=translated_only)
         self.latest = {}        # session key -> (kind, entry, sequence)
         self.sequence = 0
         self.lost = False
@@ -142,7 +144,10 @@ class SourceSide(object):
         self.provider = provider
         self.selectors = selectors or {}
         self.instance_name = instance_name
-        self.log = EventLog()
+        # The firewall's forwarded sessions are untranslated: their events count too, and the
+        # host's addresses (read once, before the window) keep its own connections out.
+        self.log = EventLog(translated_only=not wants_forwarded(self.selectors))
+        self.local = addresses_for(self.selectors)
         self.baseline = None         # what the target holds: the pre-copy, advanced by each delta
         self.baseline_at = 0         # event sequence the baseline accounts for
         self.precopy_base = None     # the pre-copy document without its sessions (rules, metadata)
@@ -222,7 +227,7 @@ class SourceSide(object):
                 added.append(entry)
             else:
                 changed.append(before)
-        added, dummy = split_supported(select(added, self.selectors))
+        added, dummy = split_supported(select(added, self.selectors, self.local))
         # A lifetime refreshed by traffic makes no event: re-read the sessions whose copy on the
         # target may run out (and those whose state changed), never the whole table.
         ended = set(session_key(e) for e in removed)
@@ -244,7 +249,8 @@ class SourceSide(object):
 
     def _full_comparison(self, now):
         with Conntrack() as table:
-            entries, dummy = split_supported(select(table.dump(translated_only=True), self.selectors))
+            entries, dummy = split_supported(select(table.dump(translated_only=not wants_forwarded(self.selectors)),
+                                                    self.selectors, self.local))
         return self.baseline.compare(entries, now)
 
     def _document(self, present, removed):

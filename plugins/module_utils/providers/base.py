@@ -16,6 +16,8 @@ The interface, which each provider implements for its implementation:
   write_nat_rules(...), remove_nat_rules(...)
   command_lines(payload)          a payload as lines, for `commands` and `rendered`
   read_freeze(now), freeze(wanted, now), unfreeze()
+  parse_firewall / read_firewall / render_firewall / write_firewall / remove_firewall,
+  firewall_command_lines(payload)   the stateful firewall (providers/*_filter.py, mixed in)
 Parsing and rendering live in plugins/module_utils/templates/, as pure functions.
 """
 
@@ -36,6 +38,10 @@ from collections import namedtuple
 #   raw          the implementation's own view, needed to render a change
 RuleState = namedtuple("RuleState", ["rules", "unsupported", "installed", "present", "raw"])
 EMPTY_RULES = RuleState([], [], False, False, None)
+
+# What a host holds of ours for the firewall: the Firewall (firewall_model), [{"item", "reason"}]
+# the model cannot express, whether anything of ours exists, and the implementation's own view.
+FirewallState = namedtuple("FirewallState", ["firewall", "unsupported", "present", "raw"])
 
 # Where programs are looked for when PATH is short (a managed host's sshd often gives /usr/bin only).
 TOOL_PATHS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin")

@@ -19,6 +19,7 @@ import re
 
 from ansible_collections.nfstate.migration.plugins.module_utils.freeze import combine_states
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import FAMILIES, canonical
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.iptables_filter import IptablesFilter
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import (
     Provider,
     ProviderError,
@@ -140,9 +141,10 @@ class IptablesRunner(object):
             raise ProviderError("%s refused: %s\ninput was:\n%s" % (" ".join(argv), (err or out).strip(), text))
 
 
-class Iptables(Provider):
+class Iptables(IptablesFilter, Provider):
     """iptables: our NAT in NFSTATE-PRE/NFSTATE-POST of the nat table, our freeze in
-    NFSTATE-FREEZE of the filter table, IPv4 and IPv6."""
+    NFSTATE-FREEZE of the filter table, IPv4 and IPv6; the firewall (IptablesFilter) in our
+    filter chains and ipsets."""
 
     name = "iptables"
 

@@ -20,6 +20,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.providers.base i
     RuleState,
     program,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.nftables_filter import NftablesFilter
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import freeze_nftables as freeze_t
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nat_t
 
@@ -79,8 +80,9 @@ class NftRunner(object):
             raise
 
 
-class Nftables(Provider):
-    """nftables: our NAT in `inet nfstate_nat`, our freeze in `inet nfstate_freeze`."""
+class Nftables(NftablesFilter, Provider):
+    """nftables: our NAT in `inet nfstate_nat`, our freeze in `inet nfstate_freeze`, the firewall
+    (NftablesFilter) in `inet nfstate_filter`."""
 
     name = "nftables"
 

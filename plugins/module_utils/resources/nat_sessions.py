@@ -30,6 +30,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_xml im
     ConntrackXmlError,
     parse_conntrack_xml,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.forwarded import addresses_for
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import expired
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
     SNAPSHOT,
@@ -48,6 +49,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     select,
     session_key,
     split_supported,
+    wants_forwarded,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_sync import plan, render_command
 
@@ -70,7 +72,8 @@ class SessionApplyError(ResourceError):
 
 def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=None, since=None):
     with Conntrack() as conntrack:
-        entries = _selected(conntrack.dump(translated_only=True), selectors)
+        # With `forwarded` the firewall's untranslated sessions count too.
+        entries = _selected(conntrack.dump(translated_only=not wants_forwarded(selectors)), selectors)
     read_at = datetime.datetime.now(datetime.timezone.utc)
     # A session that cannot be re-created elsewhere is listed with its reason, never emitted.
     entries, unsupported = split_supported(entries)
@@ -171,7 +174,7 @@ def apply_sessions(documents, state, selectors, best_effort=False, liberal=True,
     desired = wanted.present if wanted is not None else None
     with Conntrack() as conntrack:
         existing = conntrack.dump(translated_only=False)
-        selected = _selected([e for e in existing if is_translated(e)], selectors)
+        selected = _selected([e for e in existing if is_translated(e) or wants_forwarded(selectors)], selectors)
         todo = plan(existing, selected, desired, state,
                     removed=wanted.removed if wanted else (), ignored=wanted.expired if wanted else ())
         conflicts = ["%s: %s (held by %s)" % (describe(c.wanted), c.reason, describe(c.existing))
@@ -279,7 +282,7 @@ def _sessions(document, label):
 
 def _selected(entries, selectors):
     try:
-        return select(entries, selectors)
+        return select(entries, selectors, addresses_for(selectors))
     except ModelError as error:
         raise SessionApplyError("selectors: %s" % error)
 
