@@ -354,7 +354,7 @@ def profile_gather_worker(root, workdir):
     import io
     import pstats
     sys.path.insert(0, root)
-    from ansible_collections.nfstate.migration.plugins.module_utils.session_apply import gather_sessions
+    from ansible_collections.nfstate.migration.plugins.module_utils.resources.nat_sessions import gather_sessions
     full = os.path.join(workdir, "precopy.json.gz")
     t0 = time.perf_counter()
     gather_sessions({}, "nat", dest=full)
@@ -405,8 +405,9 @@ def main():
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between new-connection probes")
     parser.add_argument("--probe-timeout", type=float, default=0.5)
     parser.add_argument("--flow-seconds", type=float, default=900, help="upper bound; flows stop after the run")
-    parser.add_argument("--profile-gather", type=int, default=100000,
-                        help="profile the delta gather alone at this many sessions (0: skip)")
+    parser.add_argument("--profile-gather", type=int, default=0,
+                        help="profile the nat_sessions module's own delta gather (gather with since=, not the "
+                             "cutover's events) at this many sessions (0: skip)")
     parser.add_argument("--report", action="store_true", help="print the tables of the last run again")
     parser.add_argument("--profile-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -37,6 +37,6 @@ pytest -p no:cacheprovider -q "$@" tests/unit
 
 echo "== pytest: integration tests (two workers, one file each at a time: their labs stay apart)"
 status=0
-pytest -p no:cacheprovider -ra -n 2 --dist loadfile "$@" tests/integration || status=$?
+pytest -p no:cacheprovider -ra -n 2 --dist loadfile --durations=15 "$@" tests/integration || status=$?
 [ "$status" -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
 exit "$status"
