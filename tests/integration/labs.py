@@ -150,6 +150,18 @@ class Namespaces(object):
             run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
             run("ip", "-n", ns, "link", "set", dev, "up")
 
+    def spawn(self, ns, *argv, **kwargs):
+        """A process started in namespace ns (stdin, stdout and stderr to /dev/null unless given),
+        ended by cleanup()."""
+        for stream in ("stdin", "stdout", "stderr"):
+            kwargs.setdefault(stream, subprocess.DEVNULL)
+        return self.track(subprocess.Popen(["ip", "netns", "exec", ns] + list(argv), **kwargs))
+
+    def track(self, proc):
+        """Ends proc, one of ours started elsewhere, with the namespaces."""
+        self.procs.append(proc)
+        return proc
+
     def start(self, ns, code, *args, **kwargs):
         text = kwargs.pop("text", True)
         proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-c", code] + list(args),
@@ -162,9 +174,15 @@ class Namespaces(object):
         return Remote(self.start(ns, OBJECT_SERVER, COLLECTIONS_ROOT, text=False))
 
     def cleanup(self):
-        for proc in self.procs:
+        # Last started first (an SSH session before its sshd), each by its PID: ip netns exec execs
+        # the program itself. A process that ignores SIGTERM for 3 s is killed.
+        for proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.kill()  # by its PID: ip netns exec execs the interpreter itself
+                proc.terminate()
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             proc.wait(timeout=10)
         for name in reversed(self.names):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
@@ -217,6 +235,42 @@ def nat_topology(spaces, tag):
     in_ns(client, "ip", "route", "add", "default", "via", "192.0.2.1")
     in_ns(nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     return client, nat, server
+
+
+def routed_site(spaces, tag, addresses, nat_sysctls=("net.ipv4.ip_forward=1",)):
+    """client (c0) --(in0) NAT (out0)-- (s0) server, as the module tests build it: the NAT's sysctls
+    set first, then the links; `addresses` gives each end's {4: address[, 6: address]} under client,
+    inside, outside and server (IPv4 /24, IPv6 /64 without duplicate detection). The client routes
+    through the NAT. Returns the (client, nat, server) namespaces, named tag + cli, nat, srv."""
+    client, nat, server = spaces.add(tag + "cli"), spaces.add(tag + "nat"), spaces.add(tag + "srv")
+    in_ns(nat, "sysctl", "-qw", *nat_sysctls)
+    run("ip", "-n", nat, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", client)
+    run("ip", "-n", nat, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", server)
+    ends = ((client, "c0", "client"), (nat, "in0", "inside"), (nat, "out0", "outside"), (server, "s0", "server"))
+    for ns, dev, end in ends:
+        for family, address in sorted(addresses[end].items()):
+            if family == 4:
+                run("ip", "-n", ns, "addr", "add", address + "/24", "dev", dev)
+            else:
+                run("ip", "-n", ns, "addr", "add", address + "/64", "dev", dev, "nodad")
+        run("ip", "-n", ns, "link", "set", dev, "up")
+    run("ip", "-n", client, "route", "add", "default", "via", addresses["inside"][4])
+    if 6 in addresses["inside"]:
+        run("ip", "-n", client, "-6", "route", "add", "default", "via", addresses["inside"][6])
+    return client, nat, server
+
+
+def collection_env(top, **overrides):
+    """The checkout linked as a collection under top/coll, and the environment in which `ansible`
+    run inside a namespace finds it and answers plainly."""
+    coll = os.path.join(top, "coll", "ansible_collections", "nfstate")
+    os.makedirs(coll)
+    os.symlink(REPO, os.path.join(coll, "migration"))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(top, "coll"),
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=os.path.join(top, "ansible-local"))
+    env.update(overrides)
+    return env
 
 
 def add_ipv6(site):
