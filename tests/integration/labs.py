@@ -240,24 +240,30 @@ def nat_topology(spaces, tag):
 def routed_site(spaces, tag, addresses, nat_sysctls=("net.ipv4.ip_forward=1",)):
     """client (c0) --(in0) NAT (out0)-- (s0) server, as the module tests build it: the NAT's sysctls
     set first, then the links; `addresses` gives each end's {4: address[, 6: address]} under client,
-    inside, outside and server (IPv4 /24, IPv6 /64 without duplicate detection). The client routes
-    through the NAT. Returns the (client, nat, server) namespaces, named tag + cli, nat, srv."""
+    inside, outside and server, an address or a list of them (IPv4 /24, IPv6 /64 without duplicate
+    detection). The client routes through the NAT's first inside address of each family. Returns the
+    (client, nat, server) namespaces, named tag + cli, nat, srv."""
     client, nat, server = spaces.add(tag + "cli"), spaces.add(tag + "nat"), spaces.add(tag + "srv")
     in_ns(nat, "sysctl", "-qw", *nat_sysctls)
     run("ip", "-n", nat, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", client)
     run("ip", "-n", nat, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", server)
     ends = ((client, "c0", "client"), (nat, "in0", "inside"), (nat, "out0", "outside"), (server, "s0", "server"))
     for ns, dev, end in ends:
-        for family, address in sorted(addresses[end].items()):
-            if family == 4:
-                run("ip", "-n", ns, "addr", "add", address + "/24", "dev", dev)
-            else:
-                run("ip", "-n", ns, "addr", "add", address + "/64", "dev", dev, "nodad")
+        for family in sorted(addresses[end]):
+            for address in _listed(addresses[end][family]):
+                if family == 4:
+                    run("ip", "-n", ns, "addr", "add", address + "/24", "dev", dev)
+                else:
+                    run("ip", "-n", ns, "addr", "add", address + "/64", "dev", dev, "nodad")
         run("ip", "-n", ns, "link", "set", dev, "up")
-    run("ip", "-n", client, "route", "add", "default", "via", addresses["inside"][4])
+    run("ip", "-n", client, "route", "add", "default", "via", _listed(addresses["inside"][4])[0])
     if 6 in addresses["inside"]:
-        run("ip", "-n", client, "-6", "route", "add", "default", "via", addresses["inside"][6])
+        run("ip", "-n", client, "-6", "route", "add", "default", "via", _listed(addresses["inside"][6])[0])
     return client, nat, server
+
+
+def _listed(addresses):
+    return [addresses] if isinstance(addresses, str) else list(addresses)
 
 
 def collection_env(top, **overrides):
