@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import NatRule
 from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_nftables import (
     RenderError, delete_commands, installed, parse_ruleset, render_commands, rule_exprs,
 )
