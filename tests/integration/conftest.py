@@ -2,9 +2,10 @@
 site, NAT hosts driven by ansible-playbook) and lab/nfstate_lab.py (two NAT hosts with sshd).
 
 Names: the suite runs with `pytest -n 2 --dist loadfile`, and several people may run it on one
-machine. Every name a fixture makes starts with NFSTATE_TEST_PREFIX (default "t"), then the pytest
-worker's number, then a short tag of the test file; namespace names add the worker's PID, so a
-namespace left behind by a killed run never blocks the next one.
+machine. Every name a fixture makes starts with NFSTATE_TEST_PREFIX (default "t") and holds the
+pytest worker's number and a short tag of the test file: namespaces are PREFIX WORKER TAG PID-short
+(the PID, so that a namespace left behind by a killed run never blocks the next one), and
+lab/nfstate_lab.py labs, whose names have 8 characters at most, PREFIX TAG WORKER.
 """
 
 import os
