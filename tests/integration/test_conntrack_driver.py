@@ -1,4 +1,4 @@
-"""The ctnetlink driver against the real kernel, inside network namespaces made here (kernel_lab)."""
+"""The ctnetlink driver against the real kernel, inside network namespaces made here (labs.py, through conftest.py)."""
 
 import errno
 import json
@@ -9,8 +9,7 @@ import socket
 import pytest
 
 import ansible_collections.nfstate.migration.plugins.module_utils.conntrack as conntrack_module
-from kernel_lab import (ECHO_SERVER, HOLDING_CLIENT, NAT_CHAINS, PYTHON, Namespaces, driver, in_ns, load_rules,
-                        nat_site, read_line)
+from labs import ECHO_SERVER, HOLDING_CLIENT, NAT_CHAINS, PYTHON, driver, in_ns, load_rules, read_line
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     IPS_ASSURED,
     IPS_CONFIRMED,
@@ -41,15 +40,11 @@ table inet labels {
 
 
 @pytest.fixture(scope="module")
-def nat_ns():
+def nat_ns(module_netns_lab):
     """One NAT namespace with IPv4 and IPv6 nat chains and a label rule, for synthetic entries."""
-    spaces = Namespaces()
-    try:
-        ns = spaces.add("nat")
-        load_rules(ns, NAT_CHAINS + LABEL_RULE)
-        yield ns
-    finally:
-        spaces.cleanup()
+    ns = module_netns_lab.add("nat")
+    load_rules(ns, NAT_CHAINS + LABEL_RULE)
+    return ns
 
 
 @pytest.fixture
@@ -259,41 +254,38 @@ def sniff(spaces, ns, dev, port, send):
     return tuple(json.loads(read_line(sniffer)))
 
 
-def test_recreated_snat_entry_translates_real_traffic():
-    spaces = Namespaces()
-    try:
-        client1, nat1, server1 = nat_site(spaces, "1", "20000-20099")
-        # The target NAT hands out other ports: a packet it did not know would leave on 300xx.
-        client2, nat2, server2 = nat_site(spaces, "2", "30000-30099")
+def test_recreated_snat_entry_translates_real_traffic(netns_lab, nat_site):
+    spaces = netns_lab
+    client1, nat1, server1 = nat_site("1", "20000-20099")
+    # The target NAT hands out other ports: a packet it did not know would leave on 300xx.
+    client2, nat2, server2 = nat_site("2", "30000-30099")
 
-        server = spaces.start(server1, ECHO_SERVER, "198.51.100.2", "8080")
-        assert read_line(server) == "ready"
-        own = spaces.start(nat1, ECHO_SERVER, "192.0.2.1", "2222")  # a service of the NAT host itself
-        assert read_line(own) == "ready"
-        flow = spaces.start(client1, HOLDING_CLIENT, "198.51.100.2", "8080")
-        sport = int(read_line(flow))
-        host_conn = spaces.start(client1, HOLDING_CLIENT, "192.0.2.1", "2222")
-        read_line(host_conn)
+    server = spaces.start(server1, ECHO_SERVER, "198.51.100.2", "8080")
+    assert read_line(server) == "ready"
+    own = spaces.start(nat1, ECHO_SERVER, "192.0.2.1", "2222")  # a service of the NAT host itself
+    assert read_line(own) == "ready"
+    flow = spaces.start(client1, HOLDING_CLIENT, "198.51.100.2", "8080")
+    sport = int(read_line(flow))
+    host_conn = spaces.start(client1, HOLDING_CLIENT, "192.0.2.1", "2222")
+    read_line(host_conn)
 
-        sessions = driver(nat1, "dump")
-        everything = driver(nat1, "dump", translated_only=False)
-        [entry] = sessions  # the host's own connection (to port 2222) is not a NAT session
-        assert any(e.orig.dport == 2222 and not e.status & IPS_NAT_MASK for e in everything)
-        assert entry.orig == FlowTuple(A4, 6, "192.0.2.2", "198.51.100.2", sport, 8080)
-        assert entry.reply.dst == "198.51.100.1" and 20000 <= entry.reply.dport <= 20099
-        assert entry.tcp_state == 3 and entry.status & IPS_SRC_NAT
+    sessions = driver(nat1, "dump")
+    everything = driver(nat1, "dump", translated_only=False)
+    [entry] = sessions  # the host's own connection (to port 2222) is not a NAT session
+    assert any(e.orig.dport == 2222 and not e.status & IPS_NAT_MASK for e in everything)
+    assert entry.orig == FlowTuple(A4, 6, "192.0.2.2", "198.51.100.2", sport, 8080)
+    assert entry.reply.dst == "198.51.100.1" and 20000 <= entry.reply.dport <= 20099
+    assert entry.tcp_state == 3 and entry.status & IPS_SRC_NAT
 
-        assert driver(nat2, "create", sessions) == []
-        [recreated] = driver(nat2, "dump")
-        assert recreated.reply == entry.reply
-        assert (recreated.tcp_wscale_orig, recreated.tcp_wscale_reply) == (entry.tcp_wscale_orig, entry.tcp_wscale_reply)
+    assert driver(nat2, "create", sessions) == []
+    [recreated] = driver(nat2, "dump")
+    assert recreated.reply == entry.reply
+    assert (recreated.tcp_wscale_orig, recreated.tcp_wscale_reply) == (entry.tcp_wscale_orig, entry.tcp_wscale_reply)
 
-        def send(port):
-            return lambda: in_ns(client2, PYTHON, "-c", RAW_SEGMENT, "192.0.2.2", str(port), "198.51.100.2", "8080")
+    def send(port):
+        return lambda: in_ns(client2, PYTHON, "-c", RAW_SEGMENT, "192.0.2.2", str(port), "198.51.100.2", "8080")
 
-        assert sniff(spaces, server2, "eth0", 8080, send(sport)) == ("198.51.100.1", entry.reply.dport)
-        # Control: a connection the target was not given gets the target's own mapping.
-        other = sniff(spaces, server2, "eth0", 8080, send(sport + 1 if sport < 65535 else sport - 1))
-        assert other[0] == "198.51.100.1" and 30000 <= other[1] <= 30099
-    finally:
-        spaces.cleanup()
+    assert sniff(spaces, server2, "eth0", 8080, send(sport)) == ("198.51.100.1", entry.reply.dport)
+    # Control: a connection the target was not given gets the target's own mapping.
+    other = sniff(spaces, server2, "eth0", 8080, send(sport + 1 if sport < 65535 else sport - 1))
+    assert other[0] == "198.51.100.1" and 30000 <= other[1] <= 30099

@@ -1,6 +1,6 @@
 """Conntrack events and the batched GET against the real kernel, in namespaces made here.
 
-The subscription lives in a child process inside the NAT namespace (kernel_lab.Remote) while
+The subscription lives in a child process inside the NAT namespace (labs.Remote) while
 traffic and injected entries change the table.
 """
 
@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from kernel_lab import (COLLECTIONS_ROOT, ECHO_SERVER, HOLDING_CLIENT, PYTHON, Namespaces, driver, in_ns, nat_site,
-                        read_line)
+from labs import COLLECTIONS_ROOT, ECHO_SERVER, HOLDING_CLIENT, PYTHON, driver, in_ns, read_line
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     IPS_ASSURED,
     IPS_CONFIRMED,
@@ -100,9 +99,11 @@ print(json.dumps(result))
 
 
 class Lab(object):
-    def __init__(self, spaces):
+    """A NAT site with an event subscription and a table object alive in the NAT namespace."""
+
+    def __init__(self, spaces, site):
         self.spaces = spaces
-        self.client, self.nat, self.server = nat_site(spaces, "e", "20000-20099")
+        self.client, self.nat, self.server = site
         self.remote = spaces.remote(self.nat)
         self.remote.make("events", "events")
         self.remote.make("table", "table")
@@ -130,12 +131,8 @@ class Lab(object):
 
 
 @pytest.fixture
-def lab():
-    spaces = Namespaces()
-    try:
-        yield Lab(spaces)
-    finally:
-        spaces.cleanup()
+def lab(netns_lab, nat_site):
+    return Lab(netns_lab, nat_site("e", "20000-20099"))
 
 
 def of(events, orig):

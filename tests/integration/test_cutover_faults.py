@@ -13,7 +13,7 @@ import pytest
 from ansible_collections.nfstate.migration.lab import flows as lab_flows
 from ansible_collections.nfstate.migration.lab.flows import FlowSet, new_connection_ok
 from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
-from test_migrate_nat import ANSIBLE_PLAYBOOK, assert_flows_whole, source_frozen
+from helpers import ANSIBLE_PLAYBOOK, assert_flows_whole, source_frozen
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -89,13 +89,13 @@ CUT = ("add table inet ccut; add chain inet ccut in { type filter hook input pri
        " add rule inet ccut in iifname mgmt0 drop; add rule inet ccut out oifname mgmt0 drop")
 
 
-def test_link_to_target_cut_past_the_freeze_deadline_never_redirects_a_lapsed_freeze(tmp_path):
+def test_link_to_target_cut_past_the_freeze_deadline_never_redirects_a_lapsed_freeze(tmp_path, lab_name):
     """The target's management link breaks right after the source froze and stays down past the
     freeze's deadline (5 s); a new connection starts through the source meanwhile. When the link
     comes back the delta taken before the lapse may no longer be claimed on: the cutover takes it
     again (or rolls back). The new connection must come through whole either way."""
     deadline = 5
-    with Lab("clapse", source_impl="iptables-legacy", target_impl="nftables") as lab:
+    with Lab(lab_name("cl"), source_impl="iptables-legacy", target_impl="nftables") as lab:
         # A narrow link to the target holds the window open long enough to cut it after the freeze.
         throttle = ["tc", "qdisc", "replace", "dev", lab.root_veth("nat-b"), "root", "tbf", "rate", "4kbit",
                     "burst", "1600", "latency", "30s"]
@@ -154,13 +154,13 @@ def mac_of(lab, host, device):
     return lab.run(host, ["cat", "/sys/class/net/%s/address" % device]).stdout.strip()
 
 
-def test_stale_neighbours_keep_reaching_the_source_after_the_redirect(tmp_path):
+def test_stale_neighbours_keep_reaching_the_source_after_the_redirect(tmp_path, lab_name):
     """The client and the server keep a static neighbour entry for the service addresses pointing at
     the source's MAC for a few seconds after the redirect (no announcement moves such an entry), so
     their packets keep reaching the source. The source drains (keeps its sessions while it forwards)
     before its cleanup: every flow stays whole, with its translated address and port."""
     hold = 5.0
-    with Lab("cstale", source_impl="iptables-legacy", target_impl="nftables") as lab:
+    with Lab(lab_name("cs"), source_impl="iptables-legacy", target_impl="nftables") as lab:
         inside, outside = lab.devices["nat-a"]
         stale = [("client", lab.addresses["gateway"][4], inside), ("client", lab.addresses["gateway"][6], inside),
                  ("server", lab.addresses["external"][4], outside), ("server", lab.addresses["external"][6], outside)]

@@ -1,6 +1,6 @@
 """nfstate.migration.nat_freeze against a real kernel NAT, for nftables and both iptables backends.
 
-Lab (namespaces created and removed here, prefix nfsh5-):
+Lab (namespaces created and removed here, by conftest.py's netns_lab and labs.routed_site):
     client 192.0.2.2 --(in0) NAT 192.0.2.1 / 198.51.100.1 (out0)-- server 198.51.100.2
 The NAT source-translates the client to 198.51.100.1; the server has no route back to 192.0.2.0/24,
 so every answer it gives proves the translation. sshd listens on the NAT's inside address and stands
@@ -14,14 +14,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
+from labs import collection_env, routed_site
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 CLIENT_ADDR, NAT_INSIDE, NAT_OUTSIDE, SERVER_ADDR = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
 HELLO_PORT, STREAM_PORT = 8080, 9000
@@ -86,33 +86,17 @@ def sh(*args, check=True, **kwargs):
 
 
 class Lab:
-    def __init__(self, tmp, tag, kind):
-        self.tmp, self.kind = tmp, kind
-        self.cli, self.nat, self.srv = ("nfsh5-%s-%s" % (role, tag) for role in ("cli", "nat", "srv"))
-        self.procs = []
+    def __init__(self, spaces, tmp, kind):
+        self.spaces, self.tmp, self.kind = spaces, tmp, kind
         self.helper = os.path.join(tmp, "helper.py")
         with open(self.helper, "w") as out:
             out.write(HELPER)
-        coll = os.path.join(tmp, "coll", "ansible_collections", "nfstate")
-        os.makedirs(coll)
-        os.symlink(REPO, os.path.join(coll, "migration"))
-        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(tmp, "coll"),
-                        ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                        ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=os.path.join(tmp, "ansible-local"))
+        self.env = collection_env(tmp)
 
     # -- topology
     def build(self):
-        for ns in (self.cli, self.nat, self.srv):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.nat, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", self.cli)
-        sh("ip", "-n", self.nat, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", self.srv)
-        for ns, dev, addr in ((self.cli, "c0", CLIENT_ADDR), (self.nat, "in0", NAT_INSIDE),
-                              (self.nat, "out0", NAT_OUTSIDE), (self.srv, "s0", SERVER_ADDR)):
-            sh("ip", "-n", ns, "addr", "add", addr + "/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", self.cli, "route", "add", "default", "via", NAT_INSIDE)
-        self.in_ns(self.nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.cli, self.nat, self.srv = routed_site(self.spaces, "", {
+            "client": {4: CLIENT_ADDR}, "inside": {4: NAT_INSIDE}, "outside": {4: NAT_OUTSIDE}, "server": {4: SERVER_ADDR}})
         if self.kind["implementation"] == "nftables":
             self.in_ns(self.nat, "nft", "-f", "-", input=(
                 "table ip nfsh5_nat { chain post { type nat hook postrouting priority srcnat; "
@@ -128,25 +112,7 @@ class Lab:
         return sh("ip", "netns", "exec", ns, *args, **kwargs)
 
     def spawn(self, ns, *args, **kwargs):
-        proc = subprocess.Popen(["ip", "netns", "exec", ns] + list(args), stdin=subprocess.DEVNULL,
-                                stdout=kwargs.pop("stdout", subprocess.DEVNULL), stderr=subprocess.DEVNULL, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def teardown(self):
-        for proc in reversed(self.procs):
-            self.stop(proc)
-        for ns in (self.cli, self.nat, self.srv):
-            sh("ip", "netns", "del", ns, check=False)
+        return self.spaces.spawn(ns, *args, **kwargs)
 
     # -- traffic
     def probe(self, timeout=0.7):
@@ -186,15 +152,10 @@ class Lab:
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def lab(request):
-    tmp = tempfile.mkdtemp(prefix="nfsh5-")
-    lab = Lab(tmp, "%d%s" % (os.getpid() % 10000, request.param[-3:]), IMPLEMENTATIONS[request.param])
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.teardown()
-        shutil.rmtree(tmp, ignore_errors=True)
+def lab(request, netns_lab, tmp_path):
+    lab = Lab(netns_lab, str(tmp_path), IMPLEMENTATIONS[request.param])
+    lab.build()
+    return lab
 
 
 class Sshd:
@@ -235,7 +196,7 @@ class Sshd:
         proc = subprocess.Popen(self.ssh("while sleep 0.1; do echo tick; done"), stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.DEVNULL)
         out.close()
-        self.lab.procs.append(proc)
+        self.lab.spaces.track(proc)
         return proc
 
 

@@ -6,18 +6,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from ansible_collections.nfstate.migration.lab.flows import FlowSet, format_results, new_connection_ok
-from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
-from test_nat_sessions_faults import FILL
+from helpers import ANSIBLE_PLAYBOOK, FILL, assert_flows_whole, source_frozen
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
-
-ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 
 
 def migrate(lab, source, target, snapshots, *extra, timeout=600):
@@ -33,29 +29,9 @@ def only_report(snapshots, source="nat-a"):
         return json.load(handle)
 
 
-def assert_flows_whole(results):
-    assert FlowSet.healthy(results), format_results(results)[:4000]
-    for name, result in results.items():
-        assert len(result["peers"]) == 1, (name, result["peers"])
-
-
-# Several people run these tests on one machine: NFSTATE_TEST_LAB gives each a lab name of their own.
-LAB_NAME = os.environ.get("NFSTATE_TEST_LAB", "mg")
-
-
 @pytest.fixture()
-def lab(request):
-    options = getattr(request, "param", {})
-    with Lab(LAB_NAME, **options) as built:
-        yield built
-
-
-def source_frozen(lab):
-    """Whether the source (nat-a) holds a freeze of ours, read in its namespace."""
-    if lab.implementation("nat-a") == "nftables":
-        return "nfstate_freeze" in lab.run("nat-a", ["nft", "list", "tables"]).stdout
-    save = "iptables-legacy-save" if lab.implementation("nat-a") == "iptables-legacy" else "iptables-nft-save"
-    return "NFSTATE-FREEZE" in lab.run("nat-a", [save, "-t", "filter"]).stdout
+def lab(two_host_lab):
+    return two_host_lab
 
 
 def ours_on(lab, host):
@@ -74,8 +50,8 @@ def ours_on(lab, host):
     return found
 
 
-@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables",
-                                      target_devices="lan1,wan1")], indirect=True)
+@pytest.mark.parametrize("two_host_lab", [dict(source_impl="iptables-legacy", target_impl="nftables",
+                                               target_devices="lan1,wan1")], indirect=True)
 def test_iptables_to_nftables_and_back(lab, tmp_path):
     """iptables (legacy) -> nftables on a target whose devices are named differently, then back."""
     assert lab.devices["nat-b"] != lab.devices["nat-a"]
@@ -107,7 +83,7 @@ def test_iptables_to_nftables_and_back(lab, tmp_path):
     assert "Migrated nat-a (iptables) to nat-b (nftables)" in run.stdout
 
 
-@pytest.mark.parametrize("lab", [dict(source_impl="nftables", target_impl="iptables-legacy")], indirect=True)
+@pytest.mark.parametrize("two_host_lab", [dict(source_impl="nftables", target_impl="iptables-legacy")], indirect=True)
 def test_nftables_to_iptables(lab, tmp_path):
     with FlowSet(lab, duration=120) as flows:
         time.sleep(1.0)
@@ -120,7 +96,7 @@ def test_nftables_to_iptables(lab, tmp_path):
     assert new_connection_ok(lab)
 
 
-@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
+@pytest.mark.parametrize("two_host_lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
 def test_port_collision_on_target_rolls_back(lab, tmp_path):
     """A session on the target already holds a translated address and port the source uses: the
     playbook fails naming it, touches nothing, and every flow continues through the source."""
@@ -150,7 +126,7 @@ def test_port_collision_on_target_rolls_back(lab, tmp_path):
     assert new_connection_ok(lab)
 
 
-@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
+@pytest.mark.parametrize("two_host_lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
 def test_controller_killed_after_freeze_source_unfreezes_itself(lab, tmp_path):
     """SIGKILL to the whole playbook inside the cutover window: the relays see ansible-playbook gone
     and close the agents' input, the source's agent lifts the freeze long before the kernel would
@@ -206,7 +182,7 @@ def test_controller_killed_after_freeze_source_unfreezes_itself(lab, tmp_path):
     print("source unfrozen %.1f s after the kill" % unfrozen_after)
 
 
-@pytest.mark.parametrize("lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
+@pytest.mark.parametrize("two_host_lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
 def test_target_table_too_small_fails_before_touching_anything(lab, tmp_path):
     """nat-b's conntrack table is all but full: the preflight refuses, nothing moves, flows go on."""
     with FlowSet(lab, duration=120) as flows:

@@ -1,6 +1,6 @@
 """nfstate.migration.nat_rules against real kernel NAT: iptables-legacy, iptables-nft and nftables.
 
-Lab (namespaces created and removed here, prefix nfsh4-):
+Lab (namespaces created and removed here, by conftest.py's netns_lab and labs.routed_site):
 
     client 192.0.2.2, 2001:db8:1::2 --(in0) NAT (out0)-- server 198.51.100.2, 2001:db8:2::2
                                  192.0.2.1      198.51.100.1
@@ -15,18 +15,16 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import NatRule, rules_of
+from labs import collection_env, routed_site
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 HOST_PYTHON = "/usr/bin/python3"
 
@@ -122,40 +120,21 @@ def sh(*args, **kwargs):
 
 
 class Lab:
-    def __init__(self, tmp, tag):
-        self.tmp = tmp
-        self.cli, self.nat, self.srv = ("nfsh4-%s-%s" % (role, tag) for role in ("cli", "nat", "srv"))
-        self.procs = []
+    def __init__(self, spaces, tmp):
+        self.spaces, self.tmp = spaces, tmp
         self.interfaces = {"inside": "in0", "outside": "out0"}
         self.helper = os.path.join(tmp, "helper.py")
         with open(self.helper, "w") as out:
             out.write(HELPER)
-        coll = os.path.join(tmp, "coll", "ansible_collections", "nfstate")
-        os.makedirs(coll)
-        os.symlink(REPO, os.path.join(coll, "migration"))
-        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(tmp, "coll"),
-                        ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                        ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=os.path.join(tmp, "ansible-local"),
-                        ANSIBLE_STDOUT_CALLBACK="minimal")
+        self.env = collection_env(tmp, ANSIBLE_STDOUT_CALLBACK="minimal")
 
     # -- topology
     def build(self, traffic=True):
-        for ns in (self.cli, self.nat, self.srv):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
         # IPv6 addresses must survive the renaming of the NAT's devices (which takes them down).
-        self.in_ns(self.nat, "sysctl", "-qw", "net.ipv6.conf.all.keep_addr_on_down=1",
-                   "net.ipv6.conf.default.keep_addr_on_down=1", "net.ipv4.ip_forward=1",
-                   "net.ipv6.conf.all.forwarding=1")
-        sh("ip", "-n", self.nat, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", self.cli)
-        sh("ip", "-n", self.nat, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", self.srv)
-        for ns, dev, addrs in ((self.cli, "c0", CLIENT), (self.nat, "in0", NAT_INSIDE),
-                               (self.nat, "out0", NAT_OUTSIDE), (self.srv, "s0", SERVER)):
-            sh("ip", "-n", ns, "addr", "add", addrs[4] + "/24", "dev", dev)
-            sh("ip", "-n", ns, "addr", "add", addrs[6] + "/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", self.cli, "route", "add", "default", "via", NAT_INSIDE[4])
-        sh("ip", "-n", self.cli, "-6", "route", "add", "default", "via", NAT_INSIDE[6])
+        self.cli, self.nat, self.srv = routed_site(
+            self.spaces, "", {"client": CLIENT, "inside": NAT_INSIDE, "outside": NAT_OUTSIDE, "server": SERVER},
+            nat_sysctls=("net.ipv6.conf.all.keep_addr_on_down=1", "net.ipv6.conf.default.keep_addr_on_down=1",
+                         "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"))
         sh("ip", "-n", self.srv, "route", "add", "203.0.113.0/24", "via", NAT_OUTSIDE[4])
         sh("ip", "-n", self.srv, "-6", "route", "add", "2001:db8:3::/64", "via", NAT_OUTSIDE[6])
         if traffic:
@@ -165,9 +144,7 @@ class Lab:
             self.serve(self.cli, ["tcp:%s:%d" % (CLIENT[4], FORWARD_TO)])
 
     def serve(self, ns, specs):
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, HOST_PYTHON, self.helper, "serve"] + specs,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.procs.append(proc)
+        proc = self.spaces.spawn(ns, HOST_PYTHON, self.helper, "serve", *specs, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
 
     def rename_nat_devices(self, inside, outside):
@@ -179,14 +156,6 @@ class Lab:
 
     def in_ns(self, ns, *args, **kwargs):
         return sh("ip", "netns", "exec", ns, *args, **kwargs)
-
-    def teardown(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for ns in (self.cli, self.nat, self.srv):
-            sh("ip", "netns", "del", ns, check=False)
 
     # -- traffic
     def seen(self, ns, mode, dst, dport, src, sport):
@@ -226,14 +195,8 @@ class Lab:
 
 
 @pytest.fixture
-def lab():
-    tmp = tempfile.mkdtemp(prefix="nfsh4-")
-    lab = Lab(tmp, "%d" % (os.getpid() % 100000))
-    try:
-        yield lab
-    finally:
-        lab.teardown()
-        shutil.rmtree(tmp, ignore_errors=True)
+def lab(netns_lab, tmp_path):
+    return Lab(netns_lab, str(tmp_path))
 
 
 def in_range(port, ports):

@@ -1,6 +1,6 @@
 """A NAT written by hand in nftables tables of its own moves to iptables-legacy and translates as before.
 
-Two copies of the lab's NAT (namespaces created and removed here, prefix nfsh9-), one the source
+Two copies of the lab's NAT (namespaces created and removed here, by conftest.py's netns_lab and labs.routed_site), one the source
 with the lab's nftables rules (lab/nfstate_lab.py: `ip nat` and `ip6 nat`), one the target:
 
     client 192.0.2.10, 2001:db8:1::10 --(in0) NAT (out0)-- server 203.0.113.20, 2001:db8:2::20
@@ -16,12 +16,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from ansible_collections.nfstate.migration.lab import nfstate_lab
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import NatRule, canonical, rules_of
+from labs import collection_env, routed_site
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nft")
 
@@ -91,32 +91,18 @@ def sh(*args, **kwargs):
 class Nat:
     """One client - NAT - server chain of namespaces."""
 
-    def __init__(self, tmp, tag):
-        self.tmp = tmp
-        self.cli, self.nat, self.srv = ("nfsh9-%s-%s-%d" % (role, tag, os.getpid()) for role in ("cli", "nat", "srv"))
-        self.procs = []
+    def __init__(self, spaces, tmp, env, tag):
+        self.spaces, self.tmp, self.env, self.tag = spaces, tmp, env, tag
 
     def build(self):
-        for ns in (self.cli, self.nat, self.srv):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        self.run(self.nat, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-        sh("ip", "-n", self.nat, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", self.cli)
-        sh("ip", "-n", self.nat, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", self.srv)
-        for ns, dev, addrs in ((self.cli, "c0", CLIENT), (self.nat, "in0", GATEWAY),
-                               (self.nat, "out0", EXTERNAL), (self.srv, "s0", SERVER)):
-            sh("ip", "-n", ns, "addr", "add", addrs[4] + "/24", "dev", dev)
-            sh("ip", "-n", ns, "addr", "add", addrs[6] + "/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", self.cli, "route", "add", "default", "via", GATEWAY[4])
-        sh("ip", "-n", self.cli, "-6", "route", "add", "default", "via", GATEWAY[6])
+        self.cli, self.nat, self.srv = routed_site(
+            self.spaces, self.tag, {"client": CLIENT, "inside": GATEWAY, "outside": EXTERNAL, "server": SERVER},
+            nat_sysctls=("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"))
         self.listen(self.srv, SERVICE_PORT, SERVER[4], SERVER[6])
         self.listen(self.cli, FORWARD, CLIENT[4], CLIENT[6])
 
     def listen(self, ns, port, *addrs):
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, HOST_PYTHON, self.probe, "listen", str(port)] + list(addrs),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.procs.append(proc)
+        proc = self.spaces.spawn(ns, HOST_PYTHON, self.probe, "listen", str(port), *addrs, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
 
     @property
@@ -129,14 +115,6 @@ class Nat:
 
     def run(self, ns, *args, **kwargs):
         return sh("ip", "netns", "exec", ns, *args, **kwargs)
-
-    def teardown(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for ns in (self.cli, self.nat, self.srv):
-            sh("ip", "netns", "del", ns, check=False)
 
     def seen(self, ns, kind, dst, dport, src, sport):
         """(address, port) the other side saw."""
@@ -159,42 +137,24 @@ class Nat:
 
     def module(self, python=HOST_PYTHON, **args):
         """nfstate.migration.nat_rules in the NAT namespace; its result."""
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(self.tmp, "coll"), ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                   ANSIBLE_LOCAL_TEMP=os.path.join(self.tmp, "ansible-local"), ANSIBLE_STDOUT_CALLBACK="minimal")
         out = self.run(self.nat, ANSIBLE, "localhost", "-m", "nfstate.migration.nat_rules", "-a", json.dumps(args),
-                       "-e", "ansible_python_interpreter=%s" % python, check=False, env=env, cwd=self.tmp)
+                       "-e", "ansible_python_interpreter=%s" % python, check=False, env=self.env, cwd=self.tmp)
         found = re.search(r"^localhost \| (CHANGED|SUCCESS) => (\{.*)", out.stdout, re.M | re.S)
         assert found, out.stdout + out.stderr
         return json.loads(found.group(2))
 
 
 @pytest.fixture
-def tmp():
-    path = tempfile.mkdtemp(prefix="nfsh9-")
-    coll = os.path.join(path, "coll", "ansible_collections", "nfstate")
-    os.makedirs(coll)
-    os.symlink(REPO, os.path.join(coll, "migration"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def nats(tmp):
-    """Builds NATs on demand, nats(tag) -> Nat; removes them all afterwards."""
-    made = []
+def nats(netns_lab, tmp_path):
+    """Builds NATs on demand, nats(tag) -> Nat, in netns_lab (which removes them all afterwards)."""
+    tmp = str(tmp_path)
+    env = collection_env(tmp, ANSIBLE_STDOUT_CALLBACK="minimal")
 
     def build(tag):
-        made.append(Nat(tmp, tag))
-        made[-1].build()
-        return made[-1]
-    try:
-        yield build
-    finally:
-        for nat in made:
-            nat.teardown()
+        nat = Nat(netns_lab, tmp, env, tag)
+        nat.build()
+        return nat
+    return build
 
 
 def lab_rules():
@@ -300,7 +260,7 @@ def _comparable(listing):
 
 
 @pytest.mark.parametrize("fixture", ["nft_ruleset_lab.json", "nft_ruleset_foreign.json"])
-def test_unit_fixtures_are_what_nft_lists(fixture):
+def test_unit_fixtures_are_what_nft_lists(fixture, netns_lab):
     if fixture == "nft_ruleset_lab.json":
         source = lab_rules()
     else:
@@ -308,11 +268,7 @@ def test_unit_fixtures_are_what_nft_lists(fixture):
             source = handle.read()
     with open(os.path.join(FIXTURES, fixture)) as handle:
         stored = json.load(handle)
-    ns = "nfsh9-fx-%d" % os.getpid()
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=source)
-        listed = json.loads(sh("ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset").stdout)
-    finally:
-        sh("ip", "netns", "del", ns, check=False)
+    ns = netns_lab.add("fx")
+    sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=source)
+    listed = json.loads(sh("ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset").stdout)
     assert _comparable(listed) == _comparable(stored)

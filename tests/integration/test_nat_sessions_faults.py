@@ -1,19 +1,18 @@
 """nat_sessions on bad input and kernel refusals: a clear error naming the session, the host unchanged.
 
 The real module (and its action plugin) runs under ansible-playbook inside network namespaces made
-here, against the kernel's own conntrack table. No packet is sent: sessions are put in the tables
-with conntrack(8) or the collection's driver, on documentation addresses only. Each check reads
+here (conftest.py's playbook_hosts), against the kernel's own conntrack table. No packet is sent:
+sessions are put in the tables with conntrack(8) or the collection's driver, on documentation
+addresses only. Each check reads
 the whole table before and after (identity, binding, status, state, mark and zone of every entry,
 the host's own connections included) and asserts that it did not change.
 """
 
-import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 
@@ -36,57 +35,19 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     set_sessions,
     write_document,
 )
+from helpers import FILL
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "nft", "conntrack")), reason="needs ip, nft, conntrack"),
 ]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = "/usr/bin/python3"  # the managed host's interpreter
-ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-PREFIX = "nfsh7-%d-" % os.getpid()
 V4 = socket.AF_INET
 SEEN = IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
 NAT = "203.0.113.1"       # the NAT's outside address
 SERVER = "203.0.113.20"   # a server outside
-MODULE = "nfstate.migration.nat_sessions"
 OURS = {"addresses": [NAT + "/32"]}
-
-# The kernel registers its NAT hooks in a namespace only once a NAT chain exists there.
-NAT_CHAINS = """
-table ip nat {
-    chain pre { type nat hook prerouting priority -100; }
-    chain post { type nat hook postrouting priority 100; }
-}
-"""
-
-# Reads the namespace's whole table with the collection's driver: {identity: what must not change}.
-TABLE = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack
-with Conntrack() as table:
-    entries = table.dump(translated_only=False)
-print(json.dumps(dict((json.dumps([list(e.orig), e.zone]),
-                       [list(e.reply), e.status, e.mark, e.tcp_state]) for e in entries)))
-"""
-
-# Fills the namespace's table up to `leave` free places with untranslated UDP entries.
-FILL = """
-import socket, sys
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack, conntrack_count, conntrack_max
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import ConntrackEntry, FlowTuple, inverse
-count = conntrack_max() - conntrack_count() - int(sys.argv[2])
-def entries():
-    for i in range(count):
-        orig = FlowTuple(socket.AF_INET, 17, "192.0.2.%d" % (100 + i // 60000), "198.51.100.53", 1024 + i % 60000, 53)
-        yield ConntrackEntry(orig, inverse(orig), 14, 3600)
-with Conntrack() as table:
-    refused = table.create(entries())
-print(len(refused), conntrack_count(), conntrack_max())
-"""
 
 
 def snat(src, sport, nat_port, dst=SERVER, dport=5001, timeout=600):
@@ -109,139 +70,9 @@ def identity(entry):
     return json.dumps([list(entry.orig), entry.zone])
 
 
-class Host(object):
-    """A network namespace with a NAT chain, driven by ansible-playbook running inside it."""
-
-    def __init__(self, name, root, workdir):
-        self.name, self.root, self.workdir = name, root, workdir
-        self.plays = 0
-
-    def run(self, *argv, **kwargs):
-        return subprocess.run(["ip", "netns", "exec", self.name] + list(argv), check=True, capture_output=True,
-                              text=True, timeout=60, **kwargs)
-
-    def insert(self, src, sport, dst, dport, nat=None):
-        """One TCP session with conntrack(8): translated to nat (address, port), or the host's own."""
-        argv = ["conntrack", "-I", "-p", "tcp", "-s", src, "-d", dst, "--sport", str(sport), "--dport", str(dport),
-                "-t", "600", "--state", "ESTABLISHED", "-u", "SEEN_REPLY,ASSURED"]
-        if nat:
-            argv += ["--src-nat", "%s:%d" % nat]
-        self.run(*argv)
-
-    def table(self):
-        return json.loads(self.run(PYTHON, os.path.join(self.workdir, "table.py"), self.root).stdout)
-
-    def play(self, *steps):
-        """Run steps in one playbook: ('sessions', args[, task keywords]) or ('table',) or ('count',).
-        Returns each step's result, as the recording callback saw it; a table step gives the table
-        as TABLE reads it, a count step the number of entries."""
-        self.plays += 1
-        base = os.path.join(self.workdir, "%s-%d" % (self.name, self.plays))
-        tasks = []
-        for number, step in enumerate(steps):
-            if step[0] == "sessions":
-                task = {MODULE: step[1], "ignore_errors": True}
-                task.update(step[2] if len(step) > 2 else {})
-            elif step[0] == "table":  # raw: no module to ship, a twentieth of the time
-                task = {"ansible.builtin.raw": "%s %s %s" % (PYTHON, os.path.join(self.workdir, "table.py"), self.root)}
-            else:
-                task = {"ansible.builtin.raw": "cat /proc/sys/net/netfilter/nf_conntrack_count"}
-            task["name"] = "r%d" % number
-            tasks.append(task)
-        with open(base + ".yml", "w") as handle:
-            # JSON is YAML: the documents go in as they are.
-            json.dump([{"hosts": "localhost", "gather_facts": False,
-                        "vars": {"ansible_python_interpreter": PYTHON}, "tasks": tasks}], handle)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.root, ANSIBLE_LOCALHOST_WARNING="False",
-                   ANSIBLE_INVENTORY_UNPARSED_WARNING="False", ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
-                   ANSIBLE_PIPELINING="True", ANSIBLE_CALLBACK_PLUGINS=os.path.join(self.workdir, "callbacks"),
-                   ANSIBLE_CALLBACKS_ENABLED="nfsh7_record", NFSH7_RESULTS=base + ".json")
-        proc = subprocess.run(["ip", "netns", "exec", self.name, ANSIBLE_PLAYBOOK, base + ".yml"], env=env,
-                              capture_output=True, text=True, timeout=180, check=False)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        with open(base + ".json") as handle:
-            recorded = json.load(handle)
-        results = []
-        for number, step in enumerate(steps):
-            result = recorded["r%d" % number]
-            if step[0] == "table":
-                result = json.loads(result["stdout"])
-            elif step[0] == "count":
-                result = int(result["stdout"])
-            results.append(result)
-        return results
-
-
-# Keeps every task's whole result (invocation and diff included), by task name, in a JSON file.
-RECORDER = """
-import json, os
-from ansible.plugins.callback import CallbackBase
-
-class CallbackModule(CallbackBase):
-    CALLBACK_VERSION = 2.0
-    CALLBACK_TYPE = "aggregate"
-    CALLBACK_NAME = "nfsh7_record"
-    CALLBACK_NEEDS_ENABLED = True
-
-    def __init__(self, *args, **kwargs):
-        super(CallbackModule, self).__init__(*args, **kwargs)
-        self.results = {}
-
-    def _keep(self, result, failed):
-        kept = json.loads(json.dumps(result._result, default=str))
-        kept["failed"] = failed
-        self.results[result._task.get_name()] = kept
-
-    def v2_runner_on_ok(self, result):
-        self._keep(result, False)
-
-    def v2_runner_on_failed(self, result, ignore_errors=False):
-        self._keep(result, True)
-
-    def v2_playbook_on_stats(self, stats):
-        with open(os.environ["NFSH7_RESULTS"], "w") as handle:
-            json.dump(self.results, handle)
-"""
-
-
-@contextlib.contextmanager
-def namespaces(prefix, top, files=None):
-    """Makes NAT namespaces on demand (`make(short)` gives a Host); removes every one at the end,
-    also after a failure. `top` receives the collection link, the recorder and the helper scripts."""
-    root = top / "collections"
-    (root / "ansible_collections" / "nfstate").mkdir(parents=True)
-    os.symlink(REPO, str(root / "ansible_collections" / "nfstate" / "migration"))
-    (top / "callbacks").mkdir()
-    (top / "callbacks" / "nfsh7_record.py").write_text(RECORDER)  # the name Host.play enables
-    for name, text in dict({"table.py": TABLE}, **(files or {})).items():
-        (top / name).write_text(text)
-    made = []
-
-    def make(short):
-        name = prefix + short
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        made.append(name)
-        host = Host(name, str(root), str(top))
-        host.run("ip", "link", "set", "lo", "up")
-        host.run("nft", "-f", "-", input=NAT_CHAINS)
-        return host
-
-    try:
-        yield make
-    finally:
-        for name in made:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with namespaces(PREFIX, tmp_path_factory.mktemp("nfsh7")) as make:
-        yield make
-
-
-@pytest.fixture(scope="module")
-def target(lab):
-    return lab("target")
+def target(playbook_hosts):
+    return playbook_hosts("target")
 
 
 @pytest.fixture
@@ -356,8 +187,8 @@ def test_a_malformed_inline_document_stops_on_the_controller(host):
 
 # ---------------------------------------------------------------- 4. a full table
 
-def test_a_document_bigger_than_the_free_room_is_refused_before_anything(lab):
-    full = lab("full")
+def test_a_document_bigger_than_the_free_room_is_refused_before_anything(playbook_hosts):
+    full = playbook_hosts("full")
     filled = full.run(PYTHON, "-c", FILL, full.root, "3").stdout.split()
     refused_fill, count, maximum = (int(x) for x in filled)
     assert refused_fill == 0 and count == maximum - 3
@@ -481,8 +312,8 @@ def test_states_are_idempotent_and_spare_the_hosts_connections(host):
 
 # ---------------------------------------------------------------- 7. a full snapshot, then a delta
 
-def test_full_then_delta_gives_the_target_exactly_the_sources_sessions(lab, target):
-    source = lab("source")
+def test_full_then_delta_gives_the_target_exactly_the_sources_sessions(playbook_hosts, target):
+    source = playbook_hosts("source")
     target.run("conntrack", "-F")
     target.insert("198.18.0.1", 51000, "198.18.0.2", 22)
     for n in range(4):

@@ -1,6 +1,6 @@
 """nfstate.migration.service_addresses moving service addresses between two hosts on one link.
 
-Lab (namespaces created and removed here, prefix nfsh8-):
+Lab (namespaces created and removed here, by conftest.py's netns_lab):
 
     client (eth0) ---+
     A (in0, out0) ---+--- br0 in the switch namespace
@@ -16,18 +16,17 @@ right after the claim, without the client having asked.
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
+from labs import collection_env
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 
 V4, V6, OUT = "192.0.2.254", "2001:db8:1::fe", "198.51.100.254"
@@ -69,24 +68,15 @@ def sh(*args, check=True, **kwargs):
 
 
 class Lab:
-    def __init__(self, tmp, tag):
-        self.tmp = tmp
-        self.ns = {role: "nfsh8-%s-%s" % (tag, role) for role in ("sw", "cli", "a", "b")}
-        self.procs = []
-        coll = os.path.join(tmp, "coll", "ansible_collections", "nfstate")
-        os.makedirs(coll)
-        os.symlink(REPO, os.path.join(coll, "migration"))
+    def __init__(self, spaces, tmp):
+        self.spaces, self.tmp = spaces, tmp
+        self.env = collection_env(tmp)
         self.capture_script = os.path.join(tmp, "capture.py")
         with open(self.capture_script, "w") as out:
             out.write(CAPTURE)
-        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(tmp, "coll"),
-                        ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-                        ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=os.path.join(tmp, "ansible-local"))
 
     def build(self):
-        for ns in self.ns.values():
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self.ns = {role: self.spaces.add(role) for role in ("sw", "cli", "a", "b")}
         sw = self.ns["sw"]
         sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
         sh("ip", "-n", sw, "link", "set", "br0", "up")
@@ -112,18 +102,7 @@ class Lab:
         return sh("ip", "netns", "exec", self.ns[host], *args, **kwargs)
 
     def spawn(self, host, *args, **kwargs):
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns[host]] + list(args), stdin=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def teardown(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for ns in self.ns.values():
-            sh("ip", "netns", "del", ns, check=False)
+        return self.spaces.spawn(self.ns[host], *args, **kwargs)
 
     # -- the module
     def module(self, host, check=False, expect_failure=False, **args):
@@ -153,7 +132,7 @@ class Lab:
         return (entries[0].get("lladdr"), entries[0]["state"][0]) if entries else None
 
     def start_capture(self):
-        path = os.path.join(self.tmp, "capture-%d.jsonl" % len(self.procs))
+        path = os.path.join(self.tmp, "capture-%d.jsonl" % len(self.spaces.procs))
         proc = self.spawn("cli", "/usr/bin/python3", self.capture_script, "eth0", path, stdout=subprocess.DEVNULL)
         wait_for(lambda: os.path.exists(path) and open(path).readline() == "ready\n", "the capture to start")
         return proc, path
@@ -179,15 +158,10 @@ def wait_for(condition, what, seconds=10):
 
 
 @pytest.fixture
-def lab():
-    tmp = tempfile.mkdtemp(prefix="nfsh8-")
-    lab = Lab(tmp, "%d" % (os.getpid() % 100000))
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.teardown()
-        shutil.rmtree(tmp, ignore_errors=True)
+def lab(netns_lab, tmp_path):
+    lab = Lab(netns_lab, str(tmp_path))
+    lab.build()
+    return lab
 
 
 def addresses_on(host):

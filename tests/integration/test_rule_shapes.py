@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -25,6 +24,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.providers.iptabl
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import canonical, rules_of, to_policy
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as ipt
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nftr
+from labs import routed_site
 
 TOOLS = ("nft", "iptables-legacy-restore", "iptables-nft-restore", "ip6tables-legacy-restore", "ip6tables-nft-restore")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in TOOLS),
@@ -52,21 +52,9 @@ def fixture_text(name):
 
 
 @pytest.fixture
-def netns():
-    """netns(tag) -> a new namespace's name; all of them are removed afterwards."""
-    made = []
-
-    def make(tag):
-        name = "r-shp-%s-%d" % (tag, os.getpid())
-        sh("ip", "netns", "add", name)
-        made.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        return name
-    try:
-        yield make
-    finally:
-        for name in made:
-            sh("ip", "netns", "del", name, check=False)
+def netns(netns_lab):
+    """netns(tag) -> a new namespace's name (conftest.py's netns_lab removes them all afterwards)."""
+    return netns_lab.add
 
 
 def in_ns(ns, *args, **kwargs):
@@ -279,37 +267,20 @@ else:
 
 
 @pytest.fixture
-def chain(netns):
+def chain(netns_lab, tmp_path):
     """client - NAT - server, with a UDP service on the server and a TCP "proxy" on the NAT."""
-    tmp = tempfile.mkdtemp(prefix="r-shp-")
-    probe = os.path.join(tmp, "probe.py")
+    probe = os.path.join(str(tmp_path), "probe.py")
     with open(probe, "w") as out:
         out.write(PROBE)
-    cli, nat, srv = netns("cli"), netns("nat"), netns("srv")
-    sh("ip", "-n", nat, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", cli)
-    sh("ip", "-n", nat, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", srv)
-    for ns, dev, addrs in ((cli, "c0", [CLIENT]), (nat, "in0", [GATEWAY]), (nat, "out0", [EXTERNAL, "198.51.100.1"]),
-                           (srv, "s0", list(SERVERS.values()))):
-        for addr in addrs:
-            sh("ip", "-n", ns, "addr", "add", addr + "/24", "dev", dev)
-        sh("ip", "-n", ns, "link", "set", dev, "up")
-    in_ns(nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    sh("ip", "-n", cli, "route", "add", "default", "via", GATEWAY)
+    cli, nat, srv = routed_site(netns_lab, "", {"client": {4: CLIENT}, "inside": {4: GATEWAY},
+                                                "outside": {4: [EXTERNAL, "198.51.100.1"]},
+                                                "server": {4: list(SERVERS.values())}})
     # The server answers untranslated packets too, through the NAT.
     sh("ip", "-n", srv, "route", "add", "192.0.2.0/24", "via", "198.51.100.1")
-    procs = []
     for ns, port, proto in ((srv, SERVICE_PORT, "udp"), (nat, PROXY_PORT, "tcp")):
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, HOST_PYTHON, probe, "serve", str(port), proto],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        procs.append(proc)
+        proc = netns_lab.spawn(ns, HOST_PYTHON, probe, "serve", str(port), proto, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
-    try:
-        yield {"cli": cli, "nat": nat, "probe": probe}
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    return {"cli": cli, "nat": nat, "probe": probe}
 
 
 def observe(chain, sport):

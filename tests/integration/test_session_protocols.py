@@ -18,7 +18,7 @@ import struct
 
 import pytest
 
-from kernel_lab import PYTHON, Namespaces, driver, in_ns, load_rules, read_line
+from labs import PYTHON, add_ipv6, driver, in_ns, load_rules, nat_topology, read_line
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import IPS_FIXED_TIMEOUT
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import new_document, set_mapping_entries
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
@@ -128,18 +128,12 @@ table ip6 nat {
 
 
 def site(spaces, tag):
-    client, nat, server = spaces.add(tag + "c"), spaces.add(tag + "n"), spaces.add(tag + "s")
-    spaces.link(client, "eth0", "192.0.2.2/24", nat, "in0", "192.0.2.1/24")
-    spaces.link(nat, "out0", "198.51.100.1/24", server, "eth0", "198.51.100.2/24")
+    """labs.nat_topology in IPv4 and IPv6, with a second outside address per family for the target's
+    own translation, and no checksum verification (see PACKETS)."""
+    client, nat, server = nat_topology(spaces, tag)
+    add_ipv6((client, nat, server))
     in_ns(nat, "ip", "addr", "add", "198.51.100.3/24", "dev", "out0")
-    for ns, dev, addresses in ((client, "eth0", ["2001:db8:1::2/64"]), (nat, "in0", ["2001:db8:1::1/64"]),
-                               (nat, "out0", ["2001:db8:2::1/64", "2001:db8:2::3/64"]), (server, "eth0", ["2001:db8:2::2/64"])):
-        for address in addresses:
-            in_ns(ns, "ip", "addr", "add", address, "dev", dev, "nodad")
-    in_ns(client, "ip", "route", "add", "default", "via", "192.0.2.1")
-    in_ns(client, "ip", "-6", "route", "add", "default", "via", "2001:db8:1::1")
-    in_ns(nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    in_ns(nat, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    in_ns(nat, "ip", "addr", "add", "2001:db8:2::3/64", "dev", "out0", "nodad")
     in_ns(nat, "sysctl", "-qw", "net.netfilter.nf_conntrack_checksum=0")
     return client, nat, server
 
@@ -175,17 +169,13 @@ def comparable(mappings):
 
 
 @pytest.fixture
-def sites():
-    spaces = Namespaces()
-    try:
-        source = site(spaces, "ps")
-        target = site(spaces, "pt")
-        for rule in SOURCE_RULES:
-            in_ns(source[1], *rule)
-        load_rules(target[1], TARGET_RULES)
-        yield spaces, source, target
-    finally:
-        spaces.cleanup()
+def sites(netns_lab):
+    source = site(netns_lab, "ps")
+    target = site(netns_lab, "pt")
+    for rule in SOURCE_RULES:
+        in_ns(source[1], *rule)
+    load_rules(target[1], TARGET_RULES)
+    return netns_lab, source, target
 
 
 def test_every_protocol_moves_between_iptables_legacy_and_nftables_and_keeps_its_translation(sites):

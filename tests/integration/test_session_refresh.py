@@ -1,7 +1,7 @@
 """A live UDP flow outlives its pre-copied lifetime: the delta carries it refreshed, the target extends it.
 
-The real module runs under ansible-playbook inside network namespaces made here (the lab of
-test_nat_sessions_faults, with this file's own namespace names). The source's flow is kept alive by
+The real module runs under ansible-playbook inside network namespaces made here (conftest.py's
+playbook_hosts, as test_nat_sessions_faults uses them, with this file's own namespace names). The source's flow is kept alive by
 real packets: a socket inside the source namespace sends them from the flow's inside address, so the
 kernel refreshes the session as it does for forwarded traffic. They leave through a veth pair whose
 both ends are in that namespace, on documentation addresses only.
@@ -9,16 +9,20 @@ both ends are in that namespace, on documentation addresses only.
 
 import json
 import os
+import shutil
 
 import pytest
 
-# pytestmark: the same needs (root, ip, nft, conntrack) as the lab it borrows.
-import test_nat_sessions_faults as faults
-from test_nat_sessions_faults import NAT, OURS, PYTHON, SERVER
+from labs import PYTHON
 
-pytestmark = faults.pytestmark
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "nft", "conntrack")), reason="needs ip, nft, conntrack"),
+]
 
-PREFIX = "nfsh10-%d-" % os.getpid()
+NAT = "203.0.113.1"       # the NAT's outside address
+SERVER = "203.0.113.20"   # a server outside
+OURS = {"addresses": [NAT + "/32"]}
 
 # {identity as TABLE writes it: remaining timeout}, read with the collection's driver.
 TIMEOUTS = """
@@ -56,15 +60,8 @@ def identity(src, sport, dst, dport, proto):
     return json.dumps([[2, proto, src, dst, sport, dport, None, None], 0])
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """A source and a target namespace with NAT chains; removed at the end, also after a failure."""
-    with faults.namespaces(PREFIX, tmp_path, {"timeouts.py": TIMEOUTS}) as make:
-        yield make
-
-
 def timeouts(host):
-    return json.loads(host.run(PYTHON, os.path.join(host.workdir, "timeouts.py"), host.root).stdout)
+    return json.loads(host.run(PYTHON, "-c", TIMEOUTS, host.root).stdout)
 
 
 def insert(host, proto, session, timeout, *extra):
@@ -73,8 +70,8 @@ def insert(host, proto, session, timeout, *extra):
              "--src-nat", "%s:%d" % (NAT, nat_port), "-t", str(timeout), "-u", "SEEN_REPLY,ASSURED", *extra)
 
 
-def test_a_refreshed_udp_flow_is_carried_by_the_delta_and_extended_on_the_target(lab):
-    source, target = lab("source"), lab("target")
+def test_a_refreshed_udp_flow_is_carried_by_the_delta_and_extended_on_the_target(playbook_hosts):
+    source, target = playbook_hosts("source"), playbook_hosts("target")
     source.run("nft", "-f", "-", input=SOURCE_RULE)
     # The flow's inside address, on one end of a veth pair that stays inside the namespace.
     source.run("ip", "link", "add", "in0", "type", "veth", "peer", "name", "in1")

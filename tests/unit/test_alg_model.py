@@ -12,7 +12,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_expect
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_helper import HelperState, SeqAdjust
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import instance, new_document, set_sessions
 from ansible_collections.nfstate.migration.plugins.plugin_utils.yang_model import validate
-from ansible_collections.nfstate.migration.tests.unit.test_session_model import sample_entries
+from ansible_collections.nfstate.migration.tests.unit.builders import samples_of_every_protocol
 
 A4, A6 = socket.AF_INET, socket.AF_INET6
 FTP_MASTER = FlowTuple(A4, 6, "192.0.2.2", "198.51.100.9", 44610, 21)
@@ -169,7 +169,7 @@ def test_what_cannot_move_is_named_per_helper():
 
 def alg_document():
     doc = set_sessions(new_document("edge-nat", taken_at="2026-12-01T08:00:00Z", source_host="nat-a",
-                                    implementation="iptables", kind="full"), sample_entries())
+                                    implementation="iptables", kind="full"), samples_of_every_protocol())
     inst = instance(doc)
     entries = inst["mapping-table"]["mapping-entry"]
     entries[0].update(am.helper_members(HelperState("ftp", SeqAdjust(2750089217, 0, 3), SeqAdjust(0, 0, 0))))

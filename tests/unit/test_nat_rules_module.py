@@ -3,9 +3,6 @@ a separate Python process reading its arguments from a file and answering in JSO
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,26 +10,16 @@ from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_ip
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import NS, canonical, rules_of
 from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_nftables import parse_ruleset
 
-from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_iptables import EXPECTED_V4, EXPECTED_V6, SAVE_V4, SAVE_V6
-from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_nftables import EXPECTED as EXPECTED_NFT
-from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_nftables import LISTING
+from ansible_collections.nfstate.migration.tests.unit.builders import (
+    EXPECTED_NFT, EXPECTED_V4, EXPECTED_V6, LISTING, SAVE_V4, SAVE_V6, run_nat_rules_module,
+)
 
 IFACES = {"inside": "veth-in", "outside": "veth-out"}
-MODULE = "ansible_collections.nfstate.migration.plugins.modules.nat_rules"
-
-
-def run_module(tmp_path, **args):
-    path = tmp_path / "args.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), LANG="C")
-    proc = subprocess.run([sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
-    return json.loads(proc.stdout)
 
 
 def test_parsed_iptables_both_families(tmp_path):
-    result = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
-                        running_config=SAVE_V4 + SAVE_V6)
+    result = run_nat_rules_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
+                                  running_config=SAVE_V4 + SAVE_V6)
     assert "failed" not in result, result
     assert rules_of(result["parsed"]) == canonical(EXPECTED_V4 + EXPECTED_V6)
     assert result["changed"] is False and result["unsupported"] == []
@@ -40,20 +27,20 @@ def test_parsed_iptables_both_families(tmp_path):
 
 def test_parsed_nftables_from_text_and_from_dict(tmp_path):
     for running_config in (json.dumps(LISTING), LISTING):
-        result = run_module(tmp_path, implementation="nftables", state="parsed", interfaces=IFACES,
-                            running_config=running_config)
+        result = run_nat_rules_module(tmp_path, implementation="nftables", state="parsed", interfaces=IFACES,
+                                      running_config=running_config)
         assert rules_of(result["parsed"]) == EXPECTED_NFT
 
 
 def test_parsed_unsupported_rule_fails_listing_it_unless_skipped(tmp_path):
     line = "-A NFSTATE-PRE -i veth-out -p tcp -m tcp --dport 22 -m statistic --mode nth --every 2 --packet 0 -j REDIRECT"
     text = SAVE_V4.replace("COMMIT", line + "\nCOMMIT")
-    failed = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES, running_config=text)
+    failed = run_nat_rules_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES, running_config=text)
     assert failed["failed"] is True
     assert line in failed["msg"] and "match -m statistic" in failed["msg"]
     assert failed["unsupported"] == [{"rule": line, "reason": "match -m statistic"}]
-    skipped = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
-                         running_config=text, skip_unsupported=True)
+    skipped = run_nat_rules_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
+                                   running_config=text, skip_unsupported=True)
     assert "failed" not in skipped
     assert rules_of(skipped["parsed"]) == EXPECTED_V4
     assert skipped["unsupported"] == [{"rule": line, "reason": "match -m statistic"}]
@@ -74,13 +61,13 @@ def restore_inputs(lines):
 
 def test_rendered_for_both_implementations_from_a_gzip_document(tmp_path):
     doc = {"ietf-nat:nat": {"instances": {"instance": [{"id": 1, "name": "nat", "policy": None}]}}}
-    doc["ietf-nat:nat"]["instances"]["instance"][0]["policy"] = run_module(
+    doc["ietf-nat:nat"]["instances"]["instance"][0]["policy"] = run_nat_rules_module(
         tmp_path, implementation="nftables", state="parsed", interfaces=IFACES, running_config=LISTING)["parsed"]
     src = tmp_path / "doc.json.gz"
     with gzip.open(str(src), "wt") as handle:
         json.dump(doc, handle)
 
-    ipt = run_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES, src=str(src))
+    ipt = run_nat_rules_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES, src=str(src))
     payloads = restore_inputs(ipt["rendered"])
     assert sorted(payloads) == ["ip6tables-restore", "iptables-restore"]
     v4 = [rule for rule in EXPECTED_NFT if rule.family == "ipv4"]
@@ -88,7 +75,7 @@ def test_rendered_for_both_implementations_from_a_gzip_document(tmp_path):
     assert parse_save(payloads["iptables-restore"], "ipv4", IFACES).rules == v4
     assert parse_save(payloads["ip6tables-restore"], "ipv6", IFACES).rules == v6
 
-    nft = run_module(tmp_path, implementation="nftables", state="rendered", interfaces=IFACES, config=doc)
+    nft = run_nat_rules_module(tmp_path, implementation="nftables", state="rendered", interfaces=IFACES, config=doc)
     listing = {"nftables": [
         {"table": {"family": "inet", "name": "nfstate_nat"}},
         {"chain": {"family": "inet", "table": "nfstate_nat", "name": "prerouting", "type": "nat", "hook": "prerouting"}},
@@ -98,10 +85,10 @@ def test_rendered_for_both_implementations_from_a_gzip_document(tmp_path):
 
 
 def test_bad_document_names_the_member(tmp_path):
-    policy = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
-                        running_config=SAVE_V4)["parsed"]
+    policy = run_nat_rules_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
+                                  running_config=SAVE_V4)["parsed"]
     del policy[1][NS + "address-family"]
-    result = run_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES, config=policy)
+    result = run_nat_rules_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES, config=policy)
     assert result["failed"] is True
     assert result["path"] == "policy[1]/" + NS + "address-family"
 
@@ -111,13 +98,13 @@ def test_bad_document_names_the_member(tmp_path):
     ({"inside": "veth-x", "outside": "veth-x"}, "two roles"),
 ])
 def test_bad_interfaces(tmp_path, interfaces, words):
-    result = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=interfaces,
-                        running_config=SAVE_V4)
+    result = run_nat_rules_module(tmp_path, implementation="iptables", state="parsed", interfaces=interfaces,
+                                  running_config=SAVE_V4)
     assert result["failed"] is True and words in result["msg"]
 
 
 def test_rendering_a_role_without_a_device_fails(tmp_path):
-    result = run_module(tmp_path, implementation="nftables", state="rendered", interfaces={"inside": "veth-in"},
-                        config=run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
-                                          running_config=SAVE_V4)["parsed"])
+    result = run_nat_rules_module(tmp_path, implementation="nftables", state="rendered", interfaces={"inside": "veth-in"},
+                                  config=run_nat_rules_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
+                                                              running_config=SAVE_V4)["parsed"])
     assert result["failed"] is True and "outside role has no device" in result["msg"]

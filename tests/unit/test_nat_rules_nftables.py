@@ -5,84 +5,14 @@ import json
 
 import pytest
 
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import NatRule
 from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_nftables import (
     RenderError, delete_commands, installed, parse_ruleset, render_commands, rule_exprs,
 )
 
+from ansible_collections.nfstate.migration.tests.unit.builders import EXPECTED_NFT as EXPECTED
+from ansible_collections.nfstate.migration.tests.unit.builders import LISTING, match, meta, payload, rule
+
 IFACES = {"inside": "veth-in", "outside": "veth-out"}
-
-
-def match(left, right):
-    return {"match": {"op": "==", "left": left, "right": right}}
-
-
-def meta(key):
-    return {"meta": {"key": key}}
-
-
-def payload(proto, field):
-    return {"payload": {"protocol": proto, "field": field}}
-
-
-def rule(chain, *exprs):
-    return {"rule": {"family": "inet", "table": "nfstate_nat", "chain": chain, "handle": 9, "expr": list(exprs)}}
-
-
-# `nft -j list table inet nfstate_nat` (nftables 1.0.6) after loading rules by hand: note that nft
-# drops the `meta nfproto` and `meta l4proto` matches that an address or port match implies,
-# and lists a range that is a whole prefix as that prefix.
-LISTING = {"nftables": [
-    {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
-    {"table": {"family": "inet", "name": "nfstate_nat", "handle": 1}},
-    {"chain": {"family": "inet", "table": "nfstate_nat", "name": "prerouting", "handle": 1, "type": "nat",
-               "hook": "prerouting", "prio": -100, "policy": "accept"}},
-    {"chain": {"family": "inet", "table": "nfstate_nat", "name": "postrouting", "handle": 2, "type": "nat",
-               "hook": "postrouting", "prio": 100, "policy": "accept"}},
-    rule("prerouting", match(meta("iifname"), "veth-out"), match(payload("ip", "daddr"), "203.0.113.1"),
-         match(payload("tcp", "dport"), {"range": [8080, 8090]}),
-         {"dnat": {"family": "ip", "addr": {"prefix": {"addr": "192.0.2.10", "len": 31}},
-                   "port": {"range": [80, 90]}}}),
-    rule("prerouting", match(meta("nfproto"), "ipv6"), match(meta("iifname"), "veth-out"),
-         match(payload("tcp", "dport"), 22), {"dnat": {"family": "ip6", "addr": "2001:db8::10", "port": 80}}),
-    rule("prerouting", match(meta("nfproto"), "ipv4"),
-         match(payload("tcp", "dport"), {"set": [53, {"range": [1000, 2000]}]}),
-         {"dnat": {"family": "ip", "addr": "192.0.2.10"}}),
-    rule("postrouting", match(meta("oifname"), "veth-out"),
-         match(payload("ip", "saddr"), {"prefix": {"addr": "192.0.2.0", "len": 24}}),
-         match(payload("tcp", "dport"), 80),
-         {"snat": {"family": "ip", "addr": {"range": ["203.0.113.10", "203.0.113.12"]},
-                   "port": {"range": [1024, 2000]}}}),
-    rule("postrouting", match(payload("ip", "saddr"), "192.0.2.5"),
-         match(payload("ip", "daddr"), {"prefix": {"addr": "198.51.100.0", "len": 24}}),
-         match(payload("udp", "dport"), {"set": [53, {"range": [1000, 2000]}]}),
-         {"masquerade": {"port": {"range": [3000, 4000]}}}),
-    rule("postrouting", match(meta("nfproto"), "ipv4"), match(meta("oifname"), "veth-out"), {"masquerade": None}),
-    rule("postrouting", match(meta("nfproto"), "ipv4"), match(meta("l4proto"), "gre"),
-         {"snat": {"family": "ip", "addr": "203.0.113.1"}}),
-    rule("postrouting", match(payload("ip6", "saddr"), {"prefix": {"addr": "2001:db8:1::", "len": 64}}),
-         match(meta("l4proto"), "tcp"),
-         {"snat": {"family": "ip6", "addr": {"range": ["2001:db8::10", "2001:db8::12"]},
-                   "port": {"range": [1024, 2000]}}}),
-    rule("postrouting", match(meta("nfproto"), "ipv6"), match(payload("sctp", "dport"), 5),
-         {"snat": {"family": "ip6", "addr": "2001:db8::10"}}),
-]}
-
-EXPECTED = [
-    NatRule("dnat", "ipv4", "outside", None, None, "203.0.113.1/32", 6, ((8080, 8090),),
-            ("192.0.2.10", "192.0.2.11"), (80, 90)),
-    NatRule("dnat", "ipv4", None, None, None, None, 6, ((53, 53), (1000, 2000)), ("192.0.2.10", "192.0.2.10")),
-    NatRule("dnat", "ipv6", "outside", None, None, None, 6, ((22, 22),), ("2001:db8::10", "2001:db8::10"), (80, 80)),
-    NatRule("snat", "ipv4", None, "outside", "192.0.2.0/24", None, 6, ((80, 80),),
-            ("203.0.113.10", "203.0.113.12"), (1024, 2000)),
-    NatRule("masquerade", "ipv4", None, None, "192.0.2.5/32", "198.51.100.0/24", 17,
-            ((53, 53), (1000, 2000)), None, (3000, 4000)),
-    NatRule("masquerade", "ipv4", None, "outside"),
-    NatRule("snat", "ipv4", proto=47, to_addresses=("203.0.113.1", "203.0.113.1")),
-    NatRule("snat", "ipv6", None, None, "2001:db8:1::/64", None, 6, (), ("2001:db8::10", "2001:db8::12"),
-            (1024, 2000)),
-    NatRule("snat", "ipv6", proto=132, dports=((5, 5),), to_addresses=("2001:db8::10", "2001:db8::10")),
-]
 
 
 def test_parse_listing():

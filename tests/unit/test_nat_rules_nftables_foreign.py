@@ -23,7 +23,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model 
 from ansible_collections.nfstate.migration.plugins.module_utils.templates.nat_nftables import (
     installed, parse_ruleset,
 )
-from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_module import run_module
+from ansible_collections.nfstate.migration.tests.unit.builders import run_nat_rules_module
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 IFACES = {"inside": "in0", "outside": "out0"}
@@ -179,12 +179,12 @@ def test_ip_protocol_is_the_protocol_of_an_ipv4_rule():
 
 
 def test_parsed_state_reads_the_ruleset_with_the_option(tmp_path):
-    result = run_module(tmp_path, implementation="nftables", state="parsed", interfaces=IFACES,
-                        running_config=LAB, include_builtin_chains=True)
+    result = run_nat_rules_module(tmp_path, implementation="nftables", state="parsed", interfaces=IFACES,
+                                  running_config=LAB, include_builtin_chains=True)
     assert "failed" not in result, result
     assert rules_of(result["parsed"]) == LAB_RULES and not result.get("warnings")
-    failed = run_module(tmp_path, implementation="nftables", state="parsed", interfaces=IFACES,
-                        running_config=FOREIGN, include_builtin_chains=True)
+    failed = run_nat_rules_module(tmp_path, implementation="nftables", state="parsed", interfaces=IFACES,
+                                  running_config=FOREIGN, include_builtin_chains=True)
     assert failed["failed"] is True and "a lookup in the set @trusted" in failed["msg"]
     assert len(failed["unsupported"]) == 3
 

@@ -17,6 +17,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model 
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as ipt
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nftr
+from ansible_collections.nfstate.migration.tests.unit.builders import run_nat_rules_module
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 IFACES = {"inside": "in0", "outside": "out0"}
@@ -441,18 +442,17 @@ def test_nftables_exemption_before_a_later_nat_chain_is_listed():
 
 
 def test_the_module_parses_and_renders_the_shapes(tmp_path):
-    from ansible_collections.nfstate.migration.tests.unit.test_nat_rules_module import run_module
-    parsed = run_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
-                        running_config=IPT_TEXT, include_builtin_chains=True)
+    parsed = run_nat_rules_module(tmp_path, implementation="iptables", state="parsed", interfaces=IFACES,
+                                  running_config=IPT_TEXT, include_builtin_chains=True)
     assert "failed" not in parsed, parsed
     assert rules_of(parsed["parsed"]) == canonical(IPT_RULES) and parsed["unsupported"] == []
-    rendered = run_module(tmp_path, implementation="nftables", state="rendered", interfaces=IFACES,
-                          config=parsed["parsed"])
+    rendered = run_nat_rules_module(tmp_path, implementation="nftables", state="rendered", interfaces=IFACES,
+                                    config=parsed["parsed"])
     assert "failed" not in rendered, rendered
     assert nftr.parse_ruleset(listing_of(rendered["rendered"]), IFACES).rules == canonical(IPT_RULES)
     # What iptables cannot write fails the rendering, naming the reason.
-    refused = run_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES,
-                         config=to_policy(NFT_ONLY[1:2]))
+    refused = run_nat_rules_module(tmp_path, implementation="iptables", state="rendered", interfaces=IFACES,
+                                   config=to_policy(NFT_ONLY[1:2]))
     assert refused["failed"] is True and "one protocol per rule" in refused["msg"]
 
 

@@ -2,7 +2,6 @@
 
 import copy
 import os
-import socket
 import time
 
 import pytest
@@ -35,88 +34,17 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     unsupported_reason,
 )
 
-V4, V6 = socket.AF_INET, socket.AF_INET6
-SEEN = IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
+from ansible_collections.nfstate.migration.tests.unit.builders import (
+    SAMPLE_IDS,
+    SAMPLES,
+    SEEN,
+    V4,
+    bare,
+    samples_of_every_protocol,
+    tcp,
+)
+
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "conntrack.xml")
-
-
-def tcp(family, src, dst, sport, dport, rsrc, rdst, rsport, rdport, status, **extra):
-    fields = dict(timeout=431999, mark=0, zone=0, labels=None, tcp_state=3,
-                  tcp_wscale_orig=7, tcp_wscale_reply=9, tcp_flags_orig=0x23, tcp_flags_reply=0x03)
-    fields.update(extra)
-    return ConntrackEntry(FlowTuple(family, 6, src, dst, sport, dport),
-                          FlowTuple(family, 6, rsrc, rdst, rsport, rdport), status, **fields)
-
-
-def udp(family, src, dst, sport, dport, rsrc, rdst, rsport, rdport, status, **extra):
-    return ConntrackEntry(FlowTuple(family, 17, src, dst, sport, dport),
-                          FlowTuple(family, 17, rsrc, rdst, rsport, rdport), status,
-                          extra.pop("timeout", 120), **extra)
-
-
-def icmp(family, src, dst, ident, rsrc, rdst, rident, status, **extra):
-    proto, request, reply = (1, 8, 0) if family == V4 else (58, 128, 129)
-    return ConntrackEntry(FlowTuple(family, proto, src, dst, ident, 0, request, 0),
-                          FlowTuple(family, proto, rsrc, rdst, rident, 0, reply, 0), status,
-                          extra.pop("timeout", 30), **extra)
-
-
-def bare(family, proto, src, dst, rsrc, rdst, status, keys=(0, 0), **extra):
-    """A GRE (with its keys) or generic-tracker session: translated by address alone."""
-    return ConntrackEntry(FlowTuple(family, proto, src, dst, keys[0], keys[1]),
-                          FlowTuple(family, proto, rsrc, rdst, keys[1], keys[0]), status,
-                          extra.pop("timeout", 600), **extra)
-
-
-# One of each kind of session a NAT holds: (name, entry, expected initiator).
-SAMPLES = [
-    ("tcp snat v4", tcp(V4, "192.0.2.2", "203.0.113.9", 41000, 443,
-                        "203.0.113.9", "198.51.100.1", 443, 25001, SEEN | IPS_SRC_NAT, mark=7, zone=5), "internal"),
-    ("tcp masquerade v6", tcp(V6, "2001:db8:1::2", "2001:db8:2::2", 50000, 80,
-                              "2001:db8:2::2", "2001:db8:2::1", 80, 20001, SEEN | IPS_SRC_NAT), "internal"),
-    ("tcp port forward v4", tcp(V4, "198.51.100.2", "198.51.100.1", 38972, 8080,
-                                "192.0.2.2", "198.51.100.2", 80, 38972, SEEN | IPS_DST_NAT), "external"),
-    ("udp snat v4 unreplied", udp(V4, "192.0.2.2", "198.51.100.2", 55163, 53,
-                                  "198.51.100.2", "198.51.100.1", 53, 25365, IPS_CONFIRMED | IPS_SRC_NAT,
-                                  mark=42, labels=bytes(range(16))), "internal"),
-    ("udp port forward v6", udp(V6, "2001:db8:2::2", "2001:db8:2::1", 55478, 5353,
-                                "2001:db8:1::2", "2001:db8:2::2", 53, 55478,
-                                IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_DST_NAT), "external"),
-    ("udp twice nat v4", udp(V4, "198.51.100.2", "198.51.100.1", 40000, 5353,
-                             "192.0.2.2", "192.0.2.1", 53, 61000,
-                             SEEN | IPS_SRC_NAT | IPS_DST_NAT), "external"),
-    ("icmp snat v4 with id remap", icmp(V4, "192.0.2.8", "203.0.113.9", 777,
-                                        "203.0.113.9", "198.51.100.1", 2049,
-                                        IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_SRC_NAT, zone=5), "internal"),
-    ("icmpv6 snat", icmp(V6, "2001:db8:1::2", "2001:db8:2::2", 9131,
-                         "2001:db8:2::2", "2001:db8:2::1", 9131, IPS_CONFIRMED | IPS_SRC_NAT), "internal"),
-    ("icmp dnat v4", icmp(V4, "198.51.100.2", "198.51.100.1", 12,
-                          "192.0.2.2", "198.51.100.2", 12, IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_DST_NAT), "external"),
-    ("tcp without window tracking", tcp(V4, "192.0.2.3", "203.0.113.9", 41001, 443,
-                                        "203.0.113.9", "198.51.100.1", 443, 25002, SEEN | IPS_SRC_NAT,
-                                        tcp_state=7, tcp_wscale_orig=None, tcp_wscale_reply=None,
-                                        tcp_flags_orig=None, tcp_flags_reply=None), "internal"),
-    ("udplite snat v4", ConntrackEntry(FlowTuple(V4, 136, "192.0.2.2", "198.51.100.2", 4000, 5000),
-                                       FlowTuple(V4, 136, "198.51.100.2", "198.51.100.1", 5000, 20100),
-                                       IPS_CONFIRMED | IPS_SRC_NAT, 30), "internal"),
-    ("gre pptp snat v4", bare(V4, 47, "192.0.2.2", "198.51.100.2", "198.51.100.2", "198.51.100.1",
-                              SEEN | IPS_SRC_NAT, keys=(0, 0x1234), timeout=180), "internal"),
-    ("gre dnat v4", bare(V4, 47, "198.51.100.2", "198.51.100.1", "192.0.2.2", "198.51.100.2",
-                         IPS_CONFIRMED | IPS_DST_NAT, timeout=30, mark=3), "external"),
-    ("esp snat v4", bare(V4, 50, "192.0.2.2", "198.51.100.2", "198.51.100.2", "198.51.100.1",
-                         SEEN | IPS_SRC_NAT), "internal"),
-    ("esp snat v6", bare(V6, 50, "2001:db8:1::2", "2001:db8:2::2", "2001:db8:2::2", "2001:db8:2::1",
-                         SEEN | IPS_SRC_NAT, zone=4), "internal"),
-    ("ah dnat v4", bare(V4, 51, "198.51.100.2", "198.51.100.1", "192.0.2.2", "198.51.100.2",
-                        IPS_CONFIRMED | IPS_DST_NAT), "external"),
-    ("protocol 253 twice nat v4", bare(V4, 253, "198.51.100.2", "198.51.100.1", "192.0.2.2", "192.0.2.1",
-                                       SEEN | IPS_SRC_NAT | IPS_DST_NAT), "external"),
-]
-SAMPLE_IDS = [sample[0] for sample in SAMPLES]
-
-
-def sample_entries():
-    return [sample[1] for sample in SAMPLES]
 
 
 @pytest.mark.parametrize("name,entry,side", SAMPLES, ids=SAMPLE_IDS)
@@ -365,7 +293,7 @@ UNSUPPORTED = [
 @pytest.mark.parametrize("name,entry,reason", UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED])
 def test_sessions_that_cannot_be_recreated_are_listed_never_emitted(name, entry, reason):
     assert reason in unsupported_reason(entry)
-    carried = sample_entries()
+    carried = samples_of_every_protocol()
     listed = []
     mappings = entries_to_mappings(carried[:3] + [entry] + carried[3:], unsupported=listed)
     # Left out, the others numbered 1..n without a gap, and named with the reason.
@@ -401,7 +329,7 @@ def _names(entries):
 
 
 def test_select_by_owned_addresses():
-    entries = sample_entries()
+    entries = samples_of_every_protocol()
     own_v4 = select(entries, {"addresses": ["198.51.100.1"]})
     assert _names(own_v4) == sorted([
         "ah dnat v4", "esp snat v4", "gre dnat v4", "gre pptp snat v4", "icmp dnat v4", "icmp snat v4 with id remap",
@@ -420,7 +348,7 @@ def test_untranslated_entries_never_match_addresses():
 
 
 def test_select_by_zone_and_mark():
-    entries = sample_entries()
+    entries = samples_of_every_protocol()
     assert _names(select(entries, {"zone": 5})) == ["icmp snat v4 with id remap", "tcp snat v4"]
     assert _names(select(entries, {"mark": 42})) == ["udp snat v4 unreplied"]
     assert _names(select(entries, {"mark": 0x102, "mark_mask": 0x2})) == ["gre dnat v4", "tcp snat v4",
@@ -438,7 +366,7 @@ def test_select_by_zone_and_mark():
 ])
 def test_bad_selectors(selectors, path):
     with pytest.raises(ModelError) as raised:
-        select(sample_entries(), selectors)
+        select(samples_of_every_protocol(), selectors)
     assert raised.value.path == path
 
 
