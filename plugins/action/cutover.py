@@ -25,6 +25,7 @@ import os
 import time
 
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_relay import AgentClient, ChannelError
@@ -45,7 +46,7 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("source_socket", "target_socket", "precopy_source", "precopy_target", "interfaces",
                              "deadline", "addresses", "source_interfaces", "target_interfaces", "claim",
-                             "delta_dest", "retries", "keep_target_rules", "precopy_age"))
+                             "delta_dest", "retries", "keep_target_rules", "precopy_age", "alg_state"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -72,7 +73,7 @@ class ActionModule(ActionBase):
             marks[name] = time.time()
 
         source.send_raw(self._line({"op": "prepare", "precopy": args["precopy_source"],
-                                    "age": float(args.get("precopy_age", 0))}))
+                                    "age": float(args.get("precopy_age", 0)), "alg": boolean(args.get("alg_state", True))}))
         target.send_raw(self._line({"op": "prepare", "precopy": args["precopy_target"],
                                     "keep_rules": bool(args.get("keep_target_rules"))}))
         prepared = {"source": source.answer(STEP_TIMEOUT)["sessions"], "target": target.answer(STEP_TIMEOUT)["sessions"]}
@@ -132,8 +133,10 @@ class ActionModule(ActionBase):
             parts_ms=dict((name, round((marks[name] - marks["freeze_sent"]) * 1000, 1)) for name in marks),
             agent_ms=took,
             delta={"added": delta["added"], "removed": delta["removed"], "refreshed": delta["refreshed"],
-                   "lost_events": delta["lost_events"]},
-            applied=dict((k, applied[k]) for k in ("created", "deleted", "refreshed", "sessions", "removed")),
+                   "lost_events": delta["lost_events"], "expectations": delta.get("expectations", 0),
+                   "expectations_ms": delta.get("expectations_ms"), "alg_not_carried": delta.get("alg_not_carried", [])},
+            applied=dict((k, applied.get(k, 0)) for k in ("created", "deleted", "refreshed", "sessions", "removed",
+                                                           "expectations", "expectations_created")),
             claimed=claimed and {"timings": claimed["timings"], "since_delta_ms": claimed["since_delta_ms"]},
         )
 

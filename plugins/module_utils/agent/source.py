@@ -19,6 +19,7 @@ import datetime
 import threading
 import time
 
+from ansible_collections.nfstate.migration.plugins.module_utils import alg_model, alg_state
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import IPS_CONFIRMED
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_events import (
@@ -119,6 +120,11 @@ class EventLog(object):
         self.events.close()
 
 
+def _sequence(state):
+    """The sequence adjustment of an ALG state (None when it has none)."""
+    return None if state is None else (state.seq_adj_orig, state.seq_adj_reply)
+
+
 class SourceSide(object):
     """Requests the driver sends the source's agent."""
 
@@ -134,11 +140,13 @@ class SourceSide(object):
         self.frozen_until = None     # monotonic time the kernel lifts it
         self.delta_at = None         # event sequence of the last delta's barrier
         self.released = None         # the addresses given up (to take back on an undo)
+        self.alg = True              # carry the ALG state (helpers, sequence adjustment, expectations)
 
     # -- before the window ------------------------------------------------------------------
 
-    def prepare(self, precopy, age=0.0):
+    def prepare(self, precopy, age=0.0, alg=True):
         """Load the pre-copy this agent's events are compared with (read before the window)."""
+        self.alg = bool(alg)
         try:
             document = read_document(precopy)
             present = document_sessions(document).present
@@ -175,14 +183,20 @@ class SourceSide(object):
         self.delta_at = self.log.barrier()
         latest, lost = self.log.snapshot()
         elapsed = int(time.monotonic() - self.precopy_taken)
+        started = time.monotonic()
+        # The expectation table is small (minutes-lived, a few per ALG session): read whole each time.
+        expectations = alg_state.dump_expectations() if self.alg else []
+        expectations_ms = round((time.monotonic() - started) * 1000, 2)
+        not_carried = []
         if lost:
-            document, added, removed, refreshed = self._full_comparison(elapsed)
+            document, added, removed, refreshed = self._full_comparison(elapsed, expectations, not_carried)
         else:
-            document, added, removed, refreshed = self._from_events(latest, elapsed)
+            document, added, removed, refreshed = self._from_events(latest, elapsed, expectations, not_carried)
         return {"document": document, "added": added, "removed": removed, "refreshed": refreshed,
-                "lost_events": lost}
+                "lost_events": lost, "expectations": alg_state.carried(document), "expectations_ms": expectations_ms,
+                "alg_not_carried": not_carried}
 
-    def _from_events(self, latest, elapsed):
+    def _from_events(self, latest, elapsed, expectations=(), not_carried=None):
         precopy = self.precopy
         added, removed, changed = [], [], []
         for key, (kind, entry, dummy) in latest.items():
@@ -217,17 +231,54 @@ class SourceSide(object):
                 state_moved = session_key(before) in changed_keys and current.tcp_state != before.tcp_state
                 if state_moved or refreshed_at_risk(before, current, elapsed):
                     refreshed.append(current)
-        return self._document(added, removed, refreshed), len(added), len(removed), len(refreshed)
+        if self.alg:
+            self._alg_sessions(added, removed, refreshed, expectations)
+        document = self._document(added, removed, refreshed, expectations, not_carried)
+        return document, len(added), len(removed), len(refreshed)
 
-    def _full_comparison(self, elapsed):
+    def _alg_sessions(self, added, removed, refreshed, expectations):
+        """Re-read the ALG sessions (an event may lack their helper state): a master whose sequence
+        adjustment moved since the pre-copy is re-created on the target (the kernel takes it only on
+        creation), and the masters of the expectations travel so that those can name them."""
+        wanted = set(alg_model.master_key(exp.master) for exp in expectations)
+        ended = set(session_key(e) for e in removed)
+        fresh = set(session_key(e) for e in added)
+        carried = fresh | set(session_key(e) for e in refreshed)
+        held = [e for key, e in self.precopy.items()
+                if key not in ended and key not in fresh and (e.alg is not None or alg_model.master_key(e.orig) in wanted)]
+        new = [e for e in added if e.alg is not None]
+        if not held and not new:
+            return
+        with Conntrack() as table:
+            currents = table.get(held + new)
+        for position, (before, current) in enumerate(zip(held + new, currents)):
+            if current is None or current.reply != before.reply:
+                continue
+            if position >= len(held):  # new since the pre-copy: its state as the kernel holds it now
+                added[added.index(before)] = current
+                continue
+            if _sequence(before.alg) != _sequence(current.alg):
+                removed.append(before)
+                added.append(current)
+                refreshed[:] = [e for e in refreshed if session_key(e) != session_key(before)]
+            elif alg_model.master_key(current.orig) in wanted and session_key(current) not in carried:
+                refreshed.append(current)
+
+    def _full_comparison(self, elapsed, expectations=(), not_carried=None):
         with Conntrack() as table:
             entries, dummy = split_supported(select(table.dump(translated_only=True), self.selectors))
+        if not self.alg:
+            entries = alg_state.gathered(entries, False)[0]
         document, added, removed, refreshed = delta_document(
-            entries, list(self.precopy.values()), self.instance_name, self.precopy_base, elapsed=elapsed)
+            entries, list(self.precopy.values()), self.instance_name, self.precopy_base, elapsed=elapsed,
+            expectations=expectations, not_carried=not_carried)
         return document, added, removed, refreshed
 
-    def _document(self, added, removed, refreshed):
-        document = build_document(added + refreshed, self.instance_name, self.precopy_base, kind="delta")
+    def _document(self, added, removed, refreshed, expectations=(), not_carried=None):
+        if not self.alg:
+            added, refreshed = alg_state.gathered(added, False)[0], alg_state.gathered(refreshed, False)[0]
+        document = build_document(added + refreshed, self.instance_name, self.precopy_base, kind="delta",
+                                  expectations=expectations, not_carried=not_carried)
         mappings = instance(document)["mapping-table"]["mapping-entry"]
         mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, len(mappings) + 1))
         set_mapping_entries(document, mappings)
