@@ -129,13 +129,13 @@ _NLMSG_LEN = struct.Struct("=I")
 
 def parse_helper_attrs(buf, offset, length):
     """conntrack_helper.parse_helper_attrs (imported here: that module builds on this one's tuples)."""
-    from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_helper
+    from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_helper  # pylint: disable=import-outside-toplevel
     return conntrack_helper.parse_helper_attrs(buf, offset, length)
 
 
 def pack_helper_attrs(state):
     """conntrack_helper.pack_helper_attrs, imported as parse_helper_attrs is."""
-    from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_helper
+    from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_helper  # pylint: disable=import-outside-toplevel
     return conntrack_helper.pack_helper_attrs(state)
 
 
