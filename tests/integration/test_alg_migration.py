@@ -135,7 +135,10 @@ class Ftp(object):
         self.procs = []
         server = self._spawn("server", SERVER_CODE, lab.addresses["server"][4], self.tmp)
         assert self._line(server, 10).strip() == "READY"
-        self.client = self._spawn("client", CLIENT_CODE, lab.addresses["server"][4], str(TIMEOUT))
+        self.client = self.new_client()
+
+    def new_client(self):
+        return self._spawn("client", CLIENT_CODE, self.lab.addresses["server"][4], str(TIMEOUT))
 
     def _spawn(self, role, code, *args):
         # stderr into a file: a pipe nobody reads could fill and stall the peer.
@@ -151,11 +154,12 @@ class Ftp(object):
             raise AssertionError("no answer within %s s" % timeout)
         return proc.stdout.readline()
 
-    def __call__(self, op, **args):
+    def __call__(self, op, client=None, **args):
+        client = client or self.client
         args["op"] = op
-        self.client.stdin.write(json.dumps(args) + "\n")
-        self.client.stdin.flush()
-        return json.loads(self._line(self.client, 3 * TIMEOUT + 5) or "{}")
+        client.stdin.write(json.dumps(args) + "\n")
+        client.stdin.flush()
+        return json.loads(self._line(client, 3 * TIMEOUT + 5) or "{}")
 
     def whole(self):
         return {"sha": hashlib.sha256(self.payload).hexdigest(), "size": PAYLOAD_SIZE}
@@ -250,6 +254,13 @@ def test_ftp_session_moves_there_and_back_passive_then_active(lab, ftp, tmp_path
     assert there["expectations"]["pre-copy"] == 1 and there["expectations"]["delta"] == 1, there["expectations"]
     data = ftp("fetch-pending")
     assert data == ftp.whole(), (data, ftp_sessions(lab, "nat-b"))
+    print("expectation table read in the delta: %s ms" % there["cutover"]["delta"]["expectations_ms"])
+    # The target got the helper rules too, rendered for nftables: a new session gets its helper.
+    assert 'type "ftp" protocol tcp' in lab.run("nat-b", ["nft", "list", "table", "inet", "nfstate_alg"]).stdout
+    newcomer = ftp.new_client()
+    assert "error" not in ftp("login", client=newcomer)
+    assert ftp("retr", client=newcomer, passive=True) == ftp.whole()
+    newcomer.stdin.close()  # it logs out by ending
 
     # The helper of the re-created master reads the session on nftables: an active transfer, its
     # PORT rewritten to the NAT's address, which leaves a sequence adjustment on the master.
