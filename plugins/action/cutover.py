@@ -41,6 +41,10 @@ def is_ok(raw):
     return b'"ok":true,"mono":' in raw[-128:]
 
 
+# What the target's answer to a delta counts, for the playbook and the report.
+APPLIED_COUNTS = ("created", "deleted", "refreshed", "sessions", "removed", "expectations", "expectations_created")
+
+
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
@@ -135,8 +139,7 @@ class ActionModule(ActionBase):
             delta={"added": delta["added"], "removed": delta["removed"], "refreshed": delta["refreshed"],
                    "lost_events": delta["lost_events"], "expectations": delta.get("expectations", 0),
                    "expectations_ms": delta.get("expectations_ms"), "alg_not_carried": delta.get("alg_not_carried", [])},
-            applied=dict((k, applied.get(k, 0)) for k in ("created", "deleted", "refreshed", "sessions", "removed",
-                                                           "expectations", "expectations_created")),
+            applied=dict((k, applied.get(k, 0)) for k in APPLIED_COUNTS),
             claimed=claimed and {"timings": claimed["timings"], "since_delta_ms": claimed["since_delta_ms"]},
         )
 

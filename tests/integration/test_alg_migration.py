@@ -208,7 +208,7 @@ def migrate(lab, source, target, snapshots, *extra):
     argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_source=%s" % source,
             "-e", "nfstate_target=%s" % target, "-e", "nfstate_snapshot_dir=%s" % snapshots] + list(extra)
     started = time.monotonic()
-    run = subprocess.run(argv, env=lab.env, capture_output=True, text=True, check=False, timeout=300)
+    run = subprocess.run(argv, env=lab.env, capture_output=True, text=True, check=False, timeout=900)
     assert run.returncode == 0, run.stdout[-5000:]
     assert lab.service_holder() == target
     print("%s -> %s: %.1f s" % (source, target, time.monotonic() - started))

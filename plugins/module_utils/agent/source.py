@@ -134,6 +134,7 @@ class SourceSide(object):
         self.instance_name = instance_name
         self.log = EventLog()
         self.precopy = None          # session key -> entry, as the pre-copy holds them
+        self.precopy_alg = []        # keys of its ALG sessions (helper, sequence adjustment, master)
         self.precopy_base = None     # the pre-copy document without its sessions (rules, metadata)
         self.precopy_taken = None    # monotonic time the pre-copy was read
         self.frozen = None           # Freeze in force
@@ -153,6 +154,8 @@ class SourceSide(object):
         except (OSError, ValueError) as exc:
             raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
         self.precopy = dict((session_key(e), e) for e in present)
+        # The ALG sessions, found once: a delta re-reads them without walking the whole pre-copy.
+        self.precopy_alg = [key for key, e in self.precopy.items() if e.alg is not None]
         base = dict(instance(document))
         base.pop("mapping-table", None)
         self.precopy_base = {"ietf-nat:nat": {"instances": {"instance": [base]}}}
@@ -244,8 +247,7 @@ class SourceSide(object):
         ended = set(session_key(e) for e in removed)
         fresh = set(session_key(e) for e in added)
         carried = fresh | set(session_key(e) for e in refreshed)
-        held = [e for key, e in self.precopy.items()
-                if key not in ended and key not in fresh and (e.alg is not None or alg_model.master_key(e.orig) in wanted)]
+        held = [self.precopy[key] for key in self.precopy_alg if key not in ended and key not in fresh]
         new = [e for e in added if e.alg is not None]
         if not held and not new:
             return

@@ -141,6 +141,9 @@ class TargetSide(object):
             current = self.provider.read_nat_rules({})
             if current.present:
                 self.provider.remove_nat_rules(current)
+            algs = self.provider.read_alg_rules()
+            if algs.present:
+                self.provider.remove_alg_rules(algs)
 
     def close(self):
         pass
