@@ -16,7 +16,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry 
     ConntrackEntry,
     FlowTuple,
 )
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_expect import Expectation, exact_mask
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_expect import Expectation, exact_mask, pack_tuple
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_helper import (
     CTA_HELP,
     CTA_SEQ_ADJ_ORIG,
@@ -108,13 +108,16 @@ def _dumped_message(entry, extra=b""):
 
 
 def ct_tuple(atype, tup):
-    from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_expect import pack_tuple
     return pack_tuple(atype, tup)
 
 
+def bare(entry):
+    """An entry as _dumped_message writes it: no TCP protoinfo, no mark attribute."""
+    return entry._replace(tcp_state=None, tcp_wscale_orig=None, tcp_wscale_reply=None,
+                          tcp_flags_orig=None, tcp_flags_reply=None, mark=0)
+
+
 def test_dump_reads_the_alg_state_of_the_few_entries_that_have_it():
-    bare = lambda e: e._replace(tcp_state=None, tcp_wscale_orig=None, tcp_wscale_reply=None,  # noqa: E731
-                                tcp_flags_orig=None, tcp_flags_reply=None, mark=0)
     messages = [_dumped_message(PLAIN), _dumped_message(CONTROL, pack_helper_attrs(CONTROL.alg)),
                 _dumped_message(DATA, pack_helper_attrs(DATA.alg)), _dumped_message(PLAIN)]
     table = ct.Conntrack.__new__(ct.Conntrack)
