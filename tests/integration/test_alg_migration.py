@@ -222,12 +222,14 @@ def report(snapshots, source):
 
 
 def precopy_master(snapshots, source):
-    """The FTP control session's mapping entry in the pre-copy kept on the controller."""
+    """The mapping entry of the FTP control session whose PORT the NAT rewrote, in the pre-copy
+    kept on the controller (the newcomer's session, passive only, has no such adjustment)."""
     runs = sorted(os.listdir(snapshots))
     with gzip.open(os.path.join(snapshots, runs[-1], source, "precopy.json.gz")) as handle:
         document = json.load(handle)
     entries = document["ietf-nat:nat"]["instances"]["instance"][0]["mapping-table"]["mapping-entry"]
-    masters = [e for e in entries if e.get(alg_model.HELPER) == "ftp"]
+    masters = [e for e in entries if e.get(alg_model.HELPER) == "ftp"
+               and e.get(alg_model.SEQUENCE_ADJUSTMENT, {}).get("original", {}).get("offset-after")]
     assert len(masters) == 1, entries
     return masters[0]
 
@@ -268,8 +270,8 @@ def test_ftp_session_moves_there_and_back_passive_then_active(lab, ftp, tmp_path
 
     back = migrate(lab, "nat-b", "nat-a", tmp_path / "back")
     assert back["expectations"]["delta"] == 0
-    adjust = precopy_master(tmp_path / "back", "nat-b")[alg_model.SEQUENCE_ADJUSTMENT]["original"]
-    assert adjust["offset-after"] != 0, adjust  # the rewritten PORT is longer or shorter
+    # The rewritten PORT (203,0,113,1 for 192,0,2,10) changed the payload's length: it moved along.
+    precopy_master(tmp_path / "back", "nat-b")
     # Without the sequence adjustment the server would read "OP" (issue 9); with it, NOOP.
     reply = ftp("cmd", line="NOOP")
     assert reply.get("reply", "").startswith("200"), (reply, ftp_sessions(lab, "nat-a"))
