@@ -29,6 +29,7 @@ import os
 import time
 
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_relay import AgentClient, ChannelError
@@ -44,12 +45,16 @@ def is_ok(raw):
     return b'"ok":true,"mono":' in raw[-128:]
 
 
+# What the target's answer to a delta counts, for the playbook and the report.
+APPLIED_COUNTS = ("created", "deleted", "refreshed", "sessions", "removed", "expectations", "expectations_created")
+
+
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("source_socket", "target_socket", "precopy_source", "precopy_target", "interfaces",
                              "deadline", "addresses", "source_interfaces", "target_interfaces", "claim",
-                             "delta_dest", "retries", "keep_target_rules", "precopy_age", "pre_deltas"))
+                             "delta_dest", "retries", "keep_target_rules", "precopy_age", "pre_deltas", "alg_state"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -76,7 +81,7 @@ class ActionModule(ActionBase):
             marks[name] = time.time()
 
         source.send_raw(self._line({"op": "prepare", "precopy": args["precopy_source"],
-                                    "age": float(args.get("precopy_age", 0))}))
+                                    "age": float(args.get("precopy_age", 0)), "alg": boolean(args.get("alg_state", True))}))
         target.send_raw(self._line({"op": "prepare", "precopy": args["precopy_target"],
                                     "keep_rules": bool(args.get("keep_target_rules"))}))
         prepared = {"source": source.answer(STEP_TIMEOUT)["sessions"], "target": target.answer(STEP_TIMEOUT)["sessions"]}
@@ -139,7 +144,8 @@ class ActionModule(ActionBase):
             agent_ms=took,
             delta=self._counts(delta, applied),
             # Every session that crossed after the pre-copy (the document delta_dest holds).
-            applied={"sessions": crossed["sessions"], "removed": crossed["removed"]},
+            applied={"sessions": crossed["sessions"], "removed": crossed["removed"],
+                     "expectations": crossed.get("expectations", 0)},
             claimed=claimed and {"timings": claimed["timings"], "since_delta_ms": claimed["since_delta_ms"]},
         )
 
@@ -160,8 +166,9 @@ class ActionModule(ActionBase):
 
     @staticmethod
     def _counts(delta, applied):
-        counts = dict((k, delta.get(k)) for k in ("added", "removed", "refreshed", "lost_events"))
-        counts.update(("applied_" + k, applied.get(k)) for k in ("created", "deleted", "refreshed"))
+        counts = dict((k, delta.get(k)) for k in ("added", "removed", "refreshed", "lost_events", "expectations_ms"))
+        counts.update(expectations=delta.get("expectations", 0), alg_not_carried=delta.get("alg_not_carried", []))
+        counts.update(("applied_" + k, applied.get(k, 0)) for k in APPLIED_COUNTS)
         return counts
 
     @staticmethod

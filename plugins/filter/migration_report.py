@@ -76,6 +76,10 @@ def migration_report_lines(report):
     for key, label in (("delta_removed", "ended during the migration"),):
         if key in report:
             lines.append("%-10s %d sessions %s" % ("", report[key], label))
+    expectations = report.get("expectations")
+    if expectations and any(expectations.values()):
+        lines.append("ALG expectations: %s" % ", ".join(
+            "%d in the %s" % (count, name) for name, count in sorted(expectations.items())))
     if report.get("unsupported_sessions"):
         lines.append("not carried: %d session(s) that cannot be re-created elsewhere, e.g. %s" % (
             len(report["unsupported_sessions"]), report["unsupported_sessions"][0]))

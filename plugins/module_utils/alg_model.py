@@ -406,8 +406,12 @@ def expectations_container(expectations, master_index_of):
     return {EXPECTATIONS: {"expectation": items}} if items else {}, refused
 
 
-def _master_key(tup):
+def master_key(tup):
+    """A master's original tuple as the key of master_index_of (ICMP members left out)."""
     return FlowTuple(tup.family, tup.proto, tup.src, tup.dst, tup.sport, tup.dport)
+
+
+_master_key = master_key
 
 
 def master_index_of(pairs):

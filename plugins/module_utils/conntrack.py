@@ -120,6 +120,23 @@ PROC_CONNTRACK = "/proc/sys/net/netfilter/"
 _ICMP_PROTOS = (IPPROTO_ICMP, IPPROTO_ICMPV6)
 _ADDR_CODE = {socket.AF_INET: "4s", socket.AF_INET6: "16s"}
 _NEW = tuple.__new__  # builds a namedtuple from a ready tuple without its Python-level __new__
+# The attributes of an ALG's session (conntrack_helper): a message that has any goes through the
+# slow parser as well. Rare, and told by the layout, so the common entry pays nothing for them.
+# (CTA_HELP, CTA_TUPLE_MASTER, CTA_SEQ_ADJ_ORIG, CTA_SEQ_ADJ_REPLY, as in conntrack_helper)
+_ALG_ATTRS = frozenset((5, 14, 15, 16))
+_NLMSG_LEN = struct.Struct("=I")
+
+
+def parse_helper_attrs(buf, offset, length):
+    """conntrack_helper.parse_helper_attrs (imported here: that module builds on this one's tuples)."""
+    from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_helper  # pylint: disable=import-outside-toplevel
+    return conntrack_helper.parse_helper_attrs(buf, offset, length)
+
+
+def pack_helper_attrs(state):
+    """conntrack_helper.pack_helper_attrs, imported as parse_helper_attrs is."""
+    from ansible_collections.nfstate.migration.plugins.module_utils import conntrack_helper  # pylint: disable=import-outside-toplevel
+    return conntrack_helper.pack_helper_attrs(state)
 
 
 class ConntrackError(Exception):
@@ -357,6 +374,18 @@ class _TextAddresses(dict):
         return text
 
 
+def _with_attrs(message, attrs):
+    """A packed message with more attributes at its end (nlmsg_len grown to match)."""
+    if not attrs:
+        return message
+    return _NLMSG_LEN.pack(len(message) + len(attrs)) + message[4:] + attrs
+
+
+def _is_child(entry):
+    alg = entry.alg
+    return alg is not None and alg.master is not None
+
+
 class _MessageBuilder(object):
     """Turns entries into CT_NEW / CT_DELETE messages, compiling a template per kind of entry."""
 
@@ -407,6 +436,7 @@ class _MessageBuilder(object):
                     nat_src = NAT_ADDR if reply.dst != orig.src else NAT_NONE
                     nat_dst = NAT_ADDR if reply.src != orig.dst else NAT_NONE
                 key = (family, proto, nat_src, nat_dst, labels is not None, protoinfo)
+                alg = entry.alg
                 template = templates.get(key) or self._template(key, create_template)
                 if protoinfo:
                     state = entry.tcp_state
@@ -425,6 +455,8 @@ class _MessageBuilder(object):
                     addr[reply.dst] if nat_src else None, nsport,
                     addr[reply.src] if nat_dst else None, ndport,
                 ) + template.consts))
+                if alg is not None:
+                    message = _with_attrs(message, pack_helper_attrs(alg))
             except (KeyError, OSError, TypeError, ValueError, AttributeError, struct.error):
                 failures.append((entry, errno.EINVAL))
                 continue
@@ -568,7 +600,7 @@ class DumpLayout(object):
     AND check that, far cheaper than unpacking some sixty header fields.
     """
 
-    __slots__ = ("length", "mask", "expected", "values", "pick", "family", "proto", "usable")
+    __slots__ = ("length", "mask", "expected", "values", "pick", "family", "proto", "usable", "alg")
 
     def __init__(self, buf, offset, length):
         checks = [(4, 2), (16, 1)]  # message type, nfgenmsg family
@@ -615,7 +647,11 @@ class DumpLayout(object):
             if atype == CTA_PROTOINFO_TCP:
                 walk(rel, rel + size, tcp)
 
+        alg = []
+
         def top(atype, rel, size):
+            if atype in _ALG_ATTRS:
+                alg.append(atype)
             if atype == CTA_TUPLE_ORIG:
                 walk(rel, rel + size, tuple_visit(D_OSRC))
             elif atype == CTA_TUPLE_REPLY:
@@ -641,6 +677,8 @@ class DumpLayout(object):
         # An entry needs both tuples' addresses and a protocol to be worth returning.
         self.usable = (self.family in _ADDR_CODE and self.proto is not None
                        and all(f in fields for f in (D_OSRC, D_ODST, D_RSRC, D_RDST)))
+        # Every top-level attribute header is part of the shape: equal layouts, equal ALG attributes.
+        self.alg = bool(alg)
 
     def shape(self, buf, offset):
         return int.from_bytes(buf[offset:offset + self.length], "little") & self.mask
@@ -660,10 +698,11 @@ def _entry(layout, buf, offset, addresses):
         return None
     values = layout.pick(layout.values.unpack_from(buf, offset) + _DUMP_DEFAULTS)
     family, proto = layout.family, layout.proto
+    alg = parse_helper_attrs(buf, offset, layout.length) if layout.alg else None
     return _NEW(ConntrackEntry, (
         _NEW(FlowTuple, (family, proto, addresses[values[D_OSRC]], addresses[values[D_ODST]]) + values[D_OSPORT:D_RSRC]),
         _NEW(FlowTuple, (family, proto, addresses[values[D_RSRC]], addresses[values[D_RDST]]) + values[D_RSPORT:D_ENTRY]),
-    ) + values[D_ENTRY:])
+    ) + values[D_ENTRY:] + (alg,))
 
 
 _MAX_LAYOUTS = 256
@@ -775,7 +814,8 @@ class Conntrack(object):
                         append(new(entry_type, (
                             new(flow, (fam, proto, text[osrc], text[odst], osp, odp, oit, oic)),
                             new(flow, (fam, proto, text[rsrc], text[rdst], rsp, rdp, rit, ric)),
-                            status, timeout, mark, zone, labels, state, wso, wsr, flo, flr)))
+                            status, timeout, mark, zone, labels, state, wso, wsr, flo, flr,
+                            parse_helper_attrs(buf, offset, length) if layout.alg else None)))
                 offset += (length + 3) & ~3
             view.release()
         return entries
@@ -822,8 +862,14 @@ class Conntrack(object):
         timeouts only when a packet creates it, so one made through ctnetlink has them at 0 and is
         deleted by its first packet. Marked so, it lives out the lifetime it was given (traffic
         does not extend it; update() does) and translates the flow's packets meanwhile.
+
+        An entry's ALG state (entry.alg) goes with its creation: helper, sequence adjustment, and
+        master (such entries are created after the others, their masters first).
         """
         entries = entries if isinstance(entries, list) else list(entries)
+        if any(map(_is_child, entries)):
+            # An ALG's data connection names its master, which the kernel must hold already.
+            entries = sorted(entries, key=_is_child)
         failures, order = [], []
         messages = self._builder.create_messages(entries, liberal, failures, order)
         failures = self._transact(entries, messages, failures, order, "create")

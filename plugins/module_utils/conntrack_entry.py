@@ -69,14 +69,17 @@ FlowTuple = namedtuple(
 
 # One conntrack entry as the kernel reports it. `reply` is the translated reply tuple.
 # tcp_* fields are None for non-TCP entries; labels is None or 16 bytes; timeout in seconds.
+# alg: None, or the conntrack_helper.HelperState of an ALG's session (its helper, sequence
+# adjustment, master); a session's identity and binding never depend on it.
 ConntrackEntry = namedtuple(
     "ConntrackEntry",
     [
         "orig", "reply", "status", "timeout",
         "mark", "zone", "labels",
         "tcp_state", "tcp_wscale_orig", "tcp_wscale_reply", "tcp_flags_orig", "tcp_flags_reply",
+        "alg",
     ],
-    defaults=(0, 0, None, None, None, None, None, None),
+    defaults=(0, 0, None, None, None, None, None, None, None),
 )
 
 

@@ -25,7 +25,8 @@ import tempfile
 from collections import namedtuple
 
 from ansible_collections.nfstate.migration.plugins.module_utils import alg_model, bounded_json
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import is_translated
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import describe, is_translated
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_helper import has_helper_state
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import refreshed_at_risk
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     FORWARDED,
@@ -36,6 +37,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     entry_to_mapping,
     mapping_to_entry,
     session_key,
+    unsupported_reason,
 )
 
 NAT = "ietf-nat:nat"
@@ -162,7 +164,9 @@ def entry_path(base, mapping, position):
     return "%s/mapping-table/mapping-entry[%d]" % (base, position)
 
 
-Sessions = namedtuple("Sessions", ["present", "removed"])
+# expectations: the instance's ALG expectations (conntrack_expect.Expectation), their masters
+# resolved to the original tuples of the document's sessions.
+Sessions = namedtuple("Sessions", ["present", "removed", "expectations"], defaults=((),))
 
 
 def document_sessions(doc):
@@ -197,6 +201,8 @@ def instance_sessions(inst):
     # The entries' indexes, for an ALG data connection's reference to its master.
     indexes = dict((m["index"], True) for m in mappings
                    if isinstance(m, dict) and isinstance(m.get("index"), int) and not isinstance(m.get("index"), bool))
+    masters = {}      # mapping-entry index -> original tuple, of the present sessions
+    alg_pending = []  # (position in present, mapping, path) of sessions with ALG members
     with GcPaused():
         for position, mapping in enumerate(mappings, 1):
             index = mapping.get("index") if isinstance(mapping, dict) else None
@@ -238,20 +244,58 @@ def instance_sessions(inst):
                                % seen_session[gone][key]))
                 continue
             seen_session[gone][key] = index
+            if not gone:
+                masters[index] = entry.orig
+                if _has_alg_members(mapping):
+                    alg_pending.append((len(present), mapping, entry_path(base, mapping, position)))
             (removed if gone else present).append(entry)
+    for where, mapping, path in alg_pending if not errors else ():
+        # Checked already (_check_alg_members); now with the masters' tuples.
+        try:
+            present[where] = present[where]._replace(alg=alg_model.helper_state(mapping, masters))
+        except alg_model.AlgModelError as exc:  # a master flagged removed
+            errors.append((path + "/" + exc.path, _bounded(str(exc).split(": ", 1)[-1])))
+    expectations = _instance_expectations(inst, masters, base, errors)
     if errors:
         raise DocumentError(errors)
-    return Sessions(present, removed)
+    return Sessions(present, removed, expectations)
+
+
+def _instance_expectations(inst, masters, base, errors):
+    """The kernel Expectations of the instance's ALG expectation list; problems go to errors."""
+    container = inst.get(alg_model.EXPECTATIONS)
+    if container is None:
+        return []
+    where = base + "/" + alg_model.EXPECTATIONS
+    items = container.get("expectation", []) if isinstance(container, dict) else None
+    if not isinstance(items, list):
+        errors.append((where, "expected a container with an expectation list"))
+        return []
+    found = []
+    for position, item in enumerate(items, 1):
+        index = item.get("index") if isinstance(item, dict) else None
+        path = '%s/expectation[index="%s"]' % (where, index) if index is not None else "%s/expectation[%d]" % (where, position)
+        try:
+            if not isinstance(item, dict):
+                raise alg_model.AlgModelError("", "expected an object")
+            found.append(alg_model.expectation_of_item(item, masters))
+        except alg_model.AlgModelError as exc:
+            errors.append((path + ("/" + exc.path if exc.path else ""), _bounded(str(exc).split(": ", 1)[-1] if exc.path else str(exc))))
+    return found
 
 
 MESSAGE_LENGTH = 300
 _ALG_PREFIX = alg_model.NS
 
 
+def _has_alg_members(mapping):
+    return any(name.startswith(_ALG_PREFIX) for name in mapping)
+
+
 def _check_alg_members(mapping, indexes):
     """The ALG augment's members of an entry (helper, sequence adjustment, master), strictly, as the
     other members are: the master must be an entry of the document."""
-    if not any(name.startswith(_ALG_PREFIX) for name in mapping):
+    if not _has_alg_members(mapping):
         return
     try:
         alg_model.helper_state(mapping, indexes)
@@ -371,8 +415,13 @@ def write_document(doc, path, indent=None):
 
 # ---------------------------------------------------------------- building snapshots
 
-def build_document(entries, instance_name, base=None, kind="full"):
-    """A snapshot document of `entries`; into a copy of `base` (e.g. the rules) when given."""
+def build_document(entries, instance_name, base=None, kind="full", expectations=None, not_carried=None):
+    """A snapshot document of `entries`; into a copy of `base` (e.g. the rules) when given.
+
+    expectations: the ALG expectations (conntrack_expect.Expectation) to carry with their masters,
+    which must be among `entries`. What of the ALG state cannot be carried is appended to the list
+    not_carried (when given) as "<what>: <why>".
+    """
     snapshot = dict(taken_at=date_and_time(), source_host=socket.gethostname(), kind=kind)
     if base is None:
         document = new_document(instance_name, **snapshot)
@@ -380,23 +429,72 @@ def build_document(entries, instance_name, base=None, kind="full"):
         document = copy.deepcopy(base)
         meta = instance(document).setdefault(SNAPSHOT, {})
         meta.update(new_document(instance_name, **snapshot)["ietf-nat:nat"]["instances"]["instance"][0][SNAPSHOT])
-    set_mapping_entries(document, entries_to_mappings(entries))
+        instance(document).pop(alg_model.EXPECTATIONS, None)
+    if expectations or any(entry.alg is not None for entry in entries):
+        # Indexes must match positions: keep out here what entries_to_mappings would.
+        entries = [entry for entry in entries if unsupported_reason(entry) is None]
+        mappings = entries_to_mappings(entries)
+        refused = add_alg_state(instance(document), mappings, entries, expectations or ())
+        if not_carried is not None:
+            not_carried.extend(refused)
+        set_mapping_entries(document, mappings)
+    else:
+        set_mapping_entries(document, entries_to_mappings(entries))
     return document
 
 
-def delta_document(entries, previous, instance_name, base=None, elapsed=0):
+def masters_to_carry(expectations, entries, carried):
+    """The sessions of `entries` that are masters of `expectations` and not in `carried` yet: a
+    delta carries them so that its expectations can name them."""
+    if not expectations:
+        return []
+    wanted = set(alg_model.master_key(exp.master) for exp in expectations)
+    have = set(alg_model.master_key(e.orig) for e in carried)
+    return [e for e in entries if alg_model.master_key(e.orig) in wanted - have]
+
+
+def add_alg_state(inst, mappings, entries, expectations):
+    """Write the ALG state into mapping entries (mappings[i] is entries[i]'s) and the instance.
+
+    Returns ["<what>: <why>"] of what cannot be carried: a data connection whose master is not in
+    the snapshot (it moves as a plain session), an expectation without its master, or one the
+    model cannot say. Never dropped silently.
+    """
+    index_of = alg_model.master_index_of((mapping["index"], entry.orig) for mapping, entry in zip(mappings, entries))
+    refused = []
+    for mapping, entry in zip(mappings, entries):
+        state = entry.alg
+        if state is None or not has_helper_state(state):
+            continue
+        master_index = index_of.get(alg_model.master_key(state.master)) if state.master is not None else None
+        if state.master is not None and master_index is None:
+            refused.append("%s: its master (the ALG's control session) is not in the snapshot: it moves as a plain "
+                           "session" % describe(entry))
+            state = state._replace(master=None)
+        mapping.update(alg_model.helper_members(state, master_index))
+    container, not_moved = alg_model.expectations_container(expectations, index_of)
+    inst.update(container)
+    refused.extend("%s: %s" % (item["expectation"], item["reason"]) for item in not_moved)
+    return refused
+
+
+def delta_document(entries, previous, instance_name, base=None, elapsed=0, expectations=(), not_carried=None):
     """What changed since `previous` (a full snapshot's sessions, taken `elapsed` seconds before
     `entries` were read): new or re-bound sessions, refreshed ones at risk (see refreshed_at_risk),
     and the ended or re-bound ones flagged removed. Any other session whose binding is the same is
     left out: its timeout and TCP state move on by themselves on the target.
+    expectations: the ALG expectation table at the time of `entries`; it crosses whole (an
+    expectation lives minutes and nothing refreshes it), with its masters as refreshed sessions.
     Returns (document, added, removed, refreshed)."""
     before = dict((session_key(e), e) for e in previous)
     now = dict((session_key(e), e) for e in entries)
     added = [e for key, e in now.items() if key not in before or before[key].reply != e.reply]
     refreshed = [e for key, e in now.items()
                  if key in before and before[key].reply == e.reply and refreshed_at_risk(before[key], e, elapsed)]
+    refreshed += masters_to_carry(expectations, entries, added + refreshed)
     removed = [e for key, e in before.items() if key not in now or now[key].reply != e.reply]
-    document = build_document(added + refreshed, instance_name, base, kind="delta")
+    document = build_document(added + refreshed, instance_name, base, kind="delta", expectations=expectations,
+                              not_carried=not_carried)
     first = len(added) + len(refreshed) + 1
     mappings = instance(document)["mapping-table"]["mapping-entry"]
     mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, first))

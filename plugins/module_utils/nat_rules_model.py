@@ -15,6 +15,8 @@ __metaclass__ = type
 import ipaddress
 from collections import namedtuple
 
+from ansible_collections.nfstate.migration.plugins.module_utils import alg_model
+
 NS = "nfstate-nat-rules:"
 
 # no-snat and no-dnat are exemptions: the packets they match are left untranslated by them and
@@ -713,6 +715,8 @@ def from_policy(policies, path="policy"):
     seen_orders = {}
     for i, policy in enumerate(policies):
         where = "%s[%d]" % (path, i)
+        if is_alg_policy(policy):
+            continue  # ALG configuration: algs_of() reads it
         rule = policy_to_rule(policy, where)
         pid = policy["id"]
         order = policy.get(NS + "rule-order", pid)
@@ -748,3 +752,29 @@ def rules_of(config):
     """Rules of a document or policy list, in the canonical order."""
     policies, path = policies_of(config)
     return canonical(from_policy(policies, path))
+
+
+# The members of a policy that holds ALG configuration only (RFC 8512 `algs`, `all-algs-enable`):
+# the translation rules are other policies, so either side can hold each without the other.
+_ALG_POLICY_KEYS = frozenset(("id", "algs", "all-algs-enable"))
+
+
+def is_alg_policy(policy):
+    return isinstance(policy, dict) and "algs" in policy and _ALG_POLICY_KEYS.issuperset(policy)
+
+
+def algs_of(config):
+    """(AlgRules, refused) of the ALG policies of a document or policy list (see alg_model)."""
+    policies, dummy = policies_of(config)
+    rules, refused = [], []
+    for policy in policies if isinstance(policies, list) else ():
+        if is_alg_policy(policy):
+            found, bad = alg_model.algs_to_rules(policy.get("algs"), policy.get("all-algs-enable"))
+            rules.extend(rule for rule in found if rule.name not in set(r.name for r in rules))
+            refused.extend(bad)
+    return rules, refused
+
+
+def alg_policy(rules, policy_id):
+    """The policy entry holding these AlgRules (RFC 8512 `algs`)."""
+    return {"id": policy_id, "algs": alg_model.rules_to_algs(rules)}

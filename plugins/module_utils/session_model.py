@@ -455,6 +455,7 @@ def _gre_keys(mapping):
 
 _new_tuple = tuple.__new__
 _NO_TCP = (None, None, None, None, None)
+_NO_ALG = (None,)  # ConntrackEntry.alg: nat_document attaches the ALG members' state
 
 
 def mapping_to_entry(mapping):
@@ -591,7 +592,7 @@ def mapping_to_entry(mapping):
         if r_src != o_dst or r_sport != o_dport:
             status |= IPS_DST_NAT
         tcp = _tcp_info(mapping) if proto == IPPROTO_TCP else _NO_TCP
-    return _new_tuple(ConntrackEntry, (orig, reply, status, timeout, mark, zone, labels) + tcp)
+    return _new_tuple(ConntrackEntry, (orig, reply, status, timeout, mark, zone, labels) + tcp + _NO_ALG)
 
 
 # ---------------------------------------------------------------- identity and selection

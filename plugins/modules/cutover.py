@@ -80,6 +80,12 @@ options:
     description: How many times a lapsed freeze is taken again with a new delta.
     type: int
     default: 2
+  alg_state:
+    description:
+      - Carry the ALG state in the delta (the masters' helper and sequence adjustment, the expectation table).
+        V(false) moves the sessions alone, as a model without ALG state would (a control run).
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: none
@@ -130,15 +136,19 @@ marks:
   type: dict
   sample: {"freeze_sent": 1764590000.12, "claimed": 1764590000.16}
 delta:
-  description: What the delta held (added, removed, refreshed), and whether events were lost (then the source compared its whole table).
+  description:
+    - What the delta held (added, removed, refreshed), and whether events were lost (then the source compared its whole table).
+    - C(expectations) the ALG expectations it carried, C(expectations_ms) what reading the source's expectation table took,
+      C(alg_not_carried) the ALG state it could not carry, with the reason.
   returned: success
   type: dict
-  sample: {"added": 12, "removed": 3, "refreshed": 2, "lost_events": false}
+  sample: {"added": 12, "removed": 3, "refreshed": 2, "lost_events": false, "expectations": 1, "expectations_ms": 0.4,
+           "alg_not_carried": []}
 applied:
   description: What the target did with the delta.
   returned: success
   type: dict
-  sample: {"created": 12, "deleted": 3, "refreshed": 2, "sessions": 14, "removed": 3}
+  sample: {"created": 12, "deleted": 3, "refreshed": 2, "sessions": 14, "removed": 3, "expectations": 1, "expectations_created": 0}
 attempts:
   description: Each freeze and delta taken, with whether the source held the freeze until the check.
   returned: success

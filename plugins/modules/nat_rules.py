@@ -38,6 +38,12 @@ description:
     V(deleted) removes the document's rules, or everything of ours when no document is given.
   - The result of a change is read back from the host; C(changed) compares that with what was
     there before, so a second identical run reports no change.
+  - The application-level gateways (ALGs, the kernel's connection-tracking helpers for FTP, TFTP, SIP, ...)
+    travel as one policy of their own holding RFC 8512 C(algs) only, beside the rules. With
+    O(implementation=iptables) they are the raw-table chain C(NFSTATE-ALG) (C(-j CT --helper)), entered
+    from C(PREROUTING); with O(implementation=nftables) the table C(inet nfstate_alg) (C(ct helper)
+    objects and C(ct helper set) rules). An ALG is known by its name (V(merged) and V(replaced) add or
+    replace by name, V(overridden) makes them exactly the document's, V(deleted) removes ours).
 author:
   - nfstate.migration contributors (!UNKNOWN)
 extends_documentation_fragment:
@@ -273,6 +279,11 @@ iptables_backend:
   returned: when the implementation is iptables and a host was read
   type: str
   sample: legacy
+alg_rules:
+  description: The ALG rules the host holds after the task (see the description).
+  returned: state is merged, replaced, overridden or deleted
+  type: int
+  sample: 1
 unsupported:
   description:
     - Rules in our chains or table, in the chains read with O(include_builtin_chains), or in

@@ -92,6 +92,16 @@ options:
         600 seconds. In practice a live UDP or ICMP flow; a TCP connection with days to live never is, so
         the delta grows with what changed, not with the table. These are counted in RV(delta_refreshed).
     type: path
+  alg:
+    description:
+      - With V(gathered), carry the state of the application-level gateways (connection-tracking helpers such
+        as FTP, TFTP, SIP) with the sessions, the augment C(nfstate-nat-alg) (see docs/model.md). A master session
+        gets its helper and sequence adjustment, an open data connection its master, and the instance the
+        host's expectation table, each expectation tied to its master. Applying re-creates them in the kernel's
+        order, masters then expectations.
+      - V(false) leaves that state out, and the sessions move alone.
+    type: bool
+    default: true
   running_config:
     description:
       - With V(parsed), the output of C(conntrack -L -o xml).
@@ -247,10 +257,35 @@ unsupported_sessions:
   description:
     - Sessions of the host that cannot be re-created elsewhere, each with the reason (SCTP and DCCP, whose tracker
       state the model does not carry; GRE sessions that depend on the PPTP helper). They are not in the document.
+    - Also what of the ALG state stays behind, per session (SIP dialogue state, H.323 and PPTP call state, which
+      the kernel's helpers keep to themselves), and the expectations that cannot be carried, with the reason.
   returned: state is gathered
   type: list
   elements: str
   sample: ["sctp 192.0.2.10:5000 -> 203.0.113.20:5000 snat 203.0.113.1:20003: SCTP keeps tracker state the model does not carry"]
+expectations:
+  description:
+    - With V(gathered), the ALG expectations the document carries. With V(merged), V(replaced) or V(overridden),
+      those the documents ask for (the last document's, their lifetimes counted down).
+  returned: state is not parsed, rendered nor deleted
+  type: int
+  sample: 1
+expectations_created:
+  description: Expectations created (after their masters); those the host held already are left as they are.
+  returned: state is merged, replaced or overridden
+  type: int
+  sample: 1
+expectations_missing:
+  description: Expectations the host does not hold after the task (in check mode, those it would create).
+  returned: state is merged, replaced or overridden
+  type: int
+  sample: 0
+failed_expectations:
+  description: Expectations the kernel refused, with its reason (for example no master, or a master without its helper).
+  returned: state is merged, replaced or overridden
+  type: list
+  elements: str
+  sample: ["ftp expectation tcp 192.0.2.10:0 -> 203.0.113.20:50000 of 192.0.2.10:40000 -> 203.0.113.20:21: Operation not supported"]
 skipped:
   description: Entries of O(running_config) that could not be read as sessions (the XML has no ICMP identifiers).
   returned: state is parsed
@@ -350,6 +385,7 @@ ARGUMENT_SPEC = dict(
     )),
     best_effort=dict(type="bool", default=False),
     liberal=dict(type="bool", default=True),
+    alg=dict(type="bool", default=True),
 )
 
 

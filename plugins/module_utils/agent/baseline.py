@@ -32,6 +32,8 @@ class Baseline(object):
         self._sorted = sorted((at, key) for key, at in self.expiry.items())
         self._sorted_at = [at for at, dummy in self._sorted]
         self.recent = set()
+        # The ALG sessions (helper, sequence adjustment, master): a delta re-reads them by key.
+        self.alg_keys = set(key for key, e in self.entries.items() if e.alg is not None)
         self.crossed = {}  # session key -> (entry, removed?) of every delta, the latest
 
     def __len__(self):
@@ -52,6 +54,10 @@ class Baseline(object):
             if key in self.entries and self.expiry[key] < limit:
                 found[key] = self.entries[key]
         return found
+
+    def alg_entries(self):
+        """(key, entry) of the ALG sessions the target holds."""
+        return [(key, self.entries[key]) for key in self.alg_keys if key in self.entries]
 
     def refreshed(self, before, current, now):
         """Whether a session with an unchanged binding must cross again (see refreshed_at_risk)."""
@@ -77,12 +83,17 @@ class Baseline(object):
             self.entries.pop(key, None)
             self.expiry.pop(key, None)
             self.recent.discard(key)
+            self.alg_keys.discard(key)
             self.crossed[key] = (entry, True)
         for entry in added + refreshed:
             key = session_key(entry)
             self.entries[key] = entry
             self.expiry[key] = now + entry.timeout
             self.recent.add(key)
+            if entry.alg is not None:
+                self.alg_keys.add(key)
+            else:
+                self.alg_keys.discard(key)
             self.crossed[key] = (entry, False)
 
     def crossed_sessions(self):

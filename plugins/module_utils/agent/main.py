@@ -57,7 +57,7 @@ class Agent(object):
             return answer(role=self.role, pid=os.getpid())
         if op == "prepare":
             if self.role == "source":
-                return answer(**side.prepare(request["precopy"], request.get("age", 0.0)))
+                return answer(**side.prepare(request["precopy"], request.get("age", 0.0), request.get("alg", True)))
             return answer(**side.prepare(request["precopy"], request.get("keep_rules", False)))
         if op == "commit":
             self.committed = True

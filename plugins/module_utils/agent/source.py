@@ -23,6 +23,7 @@ import select as io_select  # session_model has a select() of its own
 import threading
 import time
 
+from ansible_collections.nfstate.migration.plugins.module_utils import alg_model, alg_state
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import IPS_CONFIRMED
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_events import (
@@ -137,6 +138,11 @@ class EventLog(object):
         os.close(self._wake_w)
 
 
+def _sequence(state):
+    """The sequence adjustment of an ALG state (None when it has none)."""
+    return None if state is None else (state.seq_adj_orig, state.seq_adj_reply)
+
+
 class SourceSide(object):
     """Requests the driver sends the source's agent."""
 
@@ -150,16 +156,19 @@ class SourceSide(object):
         self.local = addresses_for(self.selectors)
         self.baseline = None         # what the target holds: the pre-copy, advanced by each delta
         self.baseline_at = 0         # event sequence the baseline accounts for
+        self.expectations = []       # the last delta's expectation table (the target's is made exactly it)
         self.precopy_base = None     # the pre-copy document without its sessions (rules, metadata)
         self.frozen = None           # Freeze in force
         self.frozen_until = None     # monotonic time the kernel lifts it
         self.delta_at = None         # event sequence of the last delta taken while frozen
         self.released = None         # the addresses given up (to take back on an undo)
+        self.alg = True              # carry the ALG state (helpers, sequence adjustment, expectations)
 
     # -- before the window ------------------------------------------------------------------
 
-    def prepare(self, precopy, age=0.0):
+    def prepare(self, precopy, age=0.0, alg=True):
         """Load the pre-copy this agent's events are compared with (read before the window)."""
+        self.alg = bool(alg)
         try:
             document = read_document(precopy)
             present = document_sessions(document).present
@@ -198,16 +207,26 @@ class SourceSide(object):
         sequence = self.log.barrier()
         latest, lost = self.log.snapshot()
         now = time.monotonic()
+        started = now
+        # The expectation table is small (minutes-lived, a few per ALG session): read whole each time.
+        expectations = alg_state.dump_expectations() if self.alg else []
+        expectations_ms = round((time.monotonic() - started) * 1000, 2)
         if lost:
             added, removed, refreshed = self._full_comparison(now)
         else:
             added, removed, refreshed = self._from_events(latest, now)
+        if self.alg:
+            self._alg_sessions(added, removed, refreshed, expectations)
         self.baseline.advance(added, removed, refreshed, now)
         self.baseline_at = sequence
+        self.expectations = expectations
         if self.frozen is not None:
             self.delta_at = sequence
-        return {"document": self._document(added + refreshed, removed), "added": len(added),
-                "removed": len(removed), "refreshed": len(refreshed), "lost_events": lost, "frozen": bool(self.frozen)}
+        not_carried = []
+        document = self._document(added + refreshed, removed, expectations, not_carried)
+        return {"document": document, "added": len(added), "removed": len(removed), "refreshed": len(refreshed),
+                "lost_events": lost, "frozen": bool(self.frozen), "expectations": alg_state.carried(document),
+                "expectations_ms": expectations_ms, "alg_not_carried": not_carried}
 
     def _from_events(self, latest, now):
         baseline, since = self.baseline, self.baseline_at
@@ -251,10 +270,42 @@ class SourceSide(object):
         with Conntrack() as table:
             entries, dummy = split_supported(select(table.dump(translated_only=not wants_forwarded(self.selectors)),
                                                     self.selectors, self.local))
+        if not self.alg:
+            entries = alg_state.gathered(entries, False)[0]
         return self.baseline.compare(entries, now)
 
-    def _document(self, present, removed):
-        document = build_document(present, self.instance_name, self.precopy_base, kind="delta")
+    def _alg_sessions(self, added, removed, refreshed, expectations):
+        """Re-read the ALG sessions (an event may lack their helper state): a master whose sequence
+        adjustment moved since the target's copy is re-created there (the kernel takes it only on
+        creation), and the masters of the expectations travel so that those can name them."""
+        wanted = set(alg_model.master_key(exp.master) for exp in expectations)
+        ended = set(session_key(e) for e in removed)
+        fresh = set(session_key(e) for e in added)
+        carried = fresh | set(session_key(e) for e in refreshed)
+        held = [e for key, e in self.baseline.alg_entries() if key not in ended and key not in fresh]
+        new = [e for e in added if e.alg is not None]
+        if not held and not new:
+            return
+        with Conntrack() as table:
+            currents = table.get(held + new)
+        for position, (before, current) in enumerate(zip(held + new, currents)):
+            if current is None or current.reply != before.reply:
+                continue
+            if position >= len(held):  # new since the last delta: its state as the kernel holds it now
+                added[added.index(before)] = current
+                continue
+            if _sequence(before.alg) != _sequence(current.alg):
+                removed.append(before)
+                added.append(current)
+                refreshed[:] = [e for e in refreshed if session_key(e) != session_key(before)]
+            elif alg_model.master_key(current.orig) in wanted and session_key(current) not in carried:
+                refreshed.append(current)
+
+    def _document(self, present, removed, expectations=(), not_carried=None):
+        if not self.alg:
+            present = alg_state.gathered(present, False)[0]
+        document = build_document(present, self.instance_name, self.precopy_base, kind="delta",
+                                  expectations=expectations, not_carried=not_carried)
         mappings = instance(document)["mapping-table"]["mapping-entry"]
         mappings.extend(removed_mapping(e, i) for i, e in enumerate(removed, len(mappings) + 1))
         set_mapping_entries(document, mappings)
@@ -264,7 +315,9 @@ class SourceSide(object):
         """After the window: every session that crossed after the pre-copy, one delta document
         (what the run's snapshot directory keeps, and what an undo on the target must remove)."""
         present, removed = self.baseline.crossed_sessions()
-        return {"document": self._document(present, removed), "sessions": len(present), "removed": len(removed)}
+        document = self._document(present, removed, self.expectations)
+        return {"document": document, "sessions": len(present), "removed": len(removed),
+                "expectations": alg_state.carried(document)}
 
     def check(self):
         """Frozen without a break since the last delta: the kernel deadline is ahead, and no session

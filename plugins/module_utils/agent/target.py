@@ -17,6 +17,7 @@ __metaclass__ = type
 import errno
 import time
 
+from ansible_collections.nfstate.migration.plugins.module_utils import alg_state
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack, strerror
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import describe
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
@@ -91,9 +92,17 @@ class TargetSide(object):
         for entry in create:
             held[session_key(entry)] = entry
         self.created.extend(create)
+        # After the masters, their expectations: the delta carries the source's whole table, so the
+        # target's expectations of the masters it holds become exactly those.
+        expected = {}
+        masters = [e.orig for e in held.values() if e.alg is not None and e.alg.helper]
+        if sessions.expectations or masters:
+            expected = alg_state.apply_expectations(sessions.expectations, held_masters=masters)
         self.applied_at = time.monotonic()
-        return {"created": len(create), "deleted": len(delete), "refreshed": len(refresh),
-                "sessions": len(sessions.present), "removed": len(sessions.removed)}
+        result = {"created": len(create), "deleted": len(delete), "refreshed": len(refresh),
+                  "sessions": len(sessions.present), "removed": len(sessions.removed)}
+        result.update(expected)
+        return result
 
     @staticmethod
     def _refusal(verb, failures):
@@ -132,6 +141,9 @@ class TargetSide(object):
             current = self.provider.read_nat_rules({})
             if current.present:
                 self.provider.remove_nat_rules(current)
+            algs = self.provider.read_alg_rules()
+            if algs.present:
+                self.provider.remove_alg_rules(algs)
 
     def close(self):
         pass

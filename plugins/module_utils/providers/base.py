@@ -18,6 +18,8 @@ The interface, which each provider implements for its implementation:
   read_freeze(now), freeze(wanted, now), unfreeze()
   parse_firewall / read_firewall / render_firewall / write_firewall / remove_firewall,
   firewall_command_lines(payload)   the stateful firewall (providers/*_filter.py, mixed in)
+  read_alg_rules(), write_alg_rules(rules, current), remove_alg_rules(current)
+                                  ALG rules (helpers for new sessions) -> AlgRuleState
 Parsing and rendering live in plugins/module_utils/templates/, as pure functions.
 """
 
@@ -42,6 +44,10 @@ EMPTY_RULES = RuleState([], [], False, False, None)
 # What a host holds of ours for the firewall: the Firewall (firewall_model), [{"item", "reason"}]
 # the model cannot express, whether anything of ours exists, and the implementation's own view.
 FirewallState = namedtuple("FirewallState", ["firewall", "unsupported", "present", "raw"])
+# What a host holds of our ALG rules (alg_model.AlgRule): helpers assigned to new sessions.
+#   rules, unsupported, present as in RuleState; installed: our chain (and jump) or table in place
+AlgRuleState = namedtuple("AlgRuleState", ["rules", "unsupported", "installed", "present", "raw"])
+EMPTY_ALG_RULES = AlgRuleState([], [], False, False, None)
 
 # Where programs are looked for when PATH is short (a managed host's sshd often gives /usr/bin only).
 TOOL_PATHS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin")
@@ -106,3 +112,13 @@ class Provider(object):
     def required_programs(self):
         """The programs this provider runs on the host."""
         return []
+
+    def read_alg_rules(self):
+        """Our ALG rules on the host (an implementation without them holds none)."""
+        return EMPTY_ALG_RULES
+
+    def write_alg_rules(self, rules, current, check=False):
+        raise ProviderError("%s cannot assign connection-tracking helpers (ALGs)" % self.name)
+
+    def remove_alg_rules(self, current, check=False):
+        return None

@@ -21,12 +21,14 @@ from ansible_collections.nfstate.migration.plugins.module_utils.freeze import co
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model import FAMILIES, canonical
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.iptables_filter import IptablesFilter
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import (
+    AlgRuleState,
     Provider,
     ProviderError,
     RuleState,
     has_program,
     program,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.templates import alg_iptables as alg_t
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import freeze_iptables as freeze_t
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_iptables as nat_t
 
@@ -243,6 +245,34 @@ class Iptables(IptablesFilter, Provider):
             lines.append("# %s --noflush" % restore)
             lines.extend(text.splitlines())
         return lines
+
+    # -- ALG rules (raw table) -----------------------------------------------------------------
+
+    def read_alg_rules(self):
+        tables = dict((family, alg_t.parse_save(self.runner.save(family, alg_t.TABLE))) for family in FAMILIES)
+        rules = []
+        for family in FAMILIES:  # written the same into both families
+            rules.extend(rule for rule in tables[family].rules if rule not in rules)
+        unsupported = [item for family in FAMILIES for item in tables[family].unsupported]
+        installed = all(table.chain and table.jumps == 1 for table in tables.values())
+        present = any(table.chain or table.jumps for table in tables.values())
+        return AlgRuleState(rules, unsupported, installed, present, tables)
+
+    def write_alg_rules(self, rules, current, check=False):
+        payload = dict((family, alg_t.restore_payload(rules, current.raw[family] if current.raw else None))
+                       for family in FAMILIES
+                       if not current.raw or current.raw[family].rules != rules or current.raw[family].jumps != 1)
+        self._restore(payload, check)
+        return payload
+
+    def remove_alg_rules(self, current, check=False):
+        payload = {}
+        for family in FAMILIES:
+            text = alg_t.remove_payload(current.raw[family]) if current.raw else None
+            if text:
+                payload[family] = text
+        self._restore(payload, check)
+        return payload or None
 
     # -- freeze ---------------------------------------------------------------------------------
 

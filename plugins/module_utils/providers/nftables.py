@@ -15,12 +15,14 @@ __metaclass__ = type
 import json
 
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import (
+    AlgRuleState,
     Provider,
     ProviderError,
     RuleState,
     program,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.nftables_filter import NftablesFilter
+from ansible_collections.nfstate.migration.plugins.module_utils.templates import alg_nftables as alg_t
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import freeze_nftables as freeze_t
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import nat_nftables as nat_t
 
@@ -149,6 +151,23 @@ class Nftables(NftablesFilter, Provider):
             return []
         return [json.dumps(command, sort_keys=True) for command in payload.get("nftables", [])
                 if "metainfo" not in command]
+
+    # -- ALG rules (`ct helper` objects in table inet nfstate_alg) -----------------------------
+
+    def read_alg_rules(self):
+        table = alg_t.parse_ruleset(self.runner.list_or_empty(alg_t.list_command()))
+        return AlgRuleState(table.rules, table.unsupported, table.exists and table.chain, table.exists, table)
+
+    def write_alg_rules(self, rules, current, check=False):
+        commands = alg_t.render_commands(rules)
+        self.runner.run(commands, dry_run=check)
+        return commands
+
+    def remove_alg_rules(self, current, check=False):
+        commands = alg_t.delete_commands(current.raw) if current.raw is not None else None
+        if commands is not None:
+            self.runner.run(commands, dry_run=check)
+        return commands
 
     # -- freeze ---------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_rules_model 
     HOOK_OF_KIND,
     ROLES,
     ModelError,
+    alg_policy,
+    algs_of,
     canonical,
     rules_of,
     to_policy,
@@ -86,6 +88,65 @@ def target_rules(state, before, wanted):
     return canonical(result)
 
 
+def wanted_algs(config, src):
+    """The ALG rules of `config` or of the document at `src` ([] when it has none); None if neither."""
+    if config is None and src is None:
+        return None
+    try:
+        rules, refused = algs_of(config if config is not None else read_document(src))
+    except ModelError as exc:
+        raise ResourceError("config is not a NAT rules document: %s" % exc, path=exc.path)
+    except (IOError, OSError, ValueError) as exc:
+        raise ResourceError("cannot read the document %s: %s" % (src, exc))
+    if refused:
+        raise ResourceError("ALGs this host has no helper for: %s" % "; ".join(
+            "%s (%s)" % (item["alg"], item["reason"]) for item in refused))
+    return rules
+
+
+def target_algs(state, before, wanted):
+    """The ALG rules the host must hold (None: nothing of ours). An ALG is known by its name."""
+    if state == "deleted":
+        return None if wanted is None else [rule for rule in before if rule not in wanted]
+    if state == "overridden":
+        return list(wanted)
+    names = set(rule.name for rule in wanted)
+    kept = [rule for rule in before if rule.name not in names]
+    return kept + list(wanted)
+
+
+def _alg_step(provider, state, wanted, check_mode):
+    """(before, after, payload) of our ALG rules for one task; the kernel helper names are the same
+    in every implementation, so a document's ALGs load anywhere."""
+    before = provider.read_alg_rules()
+    if state in ("gathered", "parsed", "rendered"):
+        return before, before, None
+    target = target_algs(state, before.rules, wanted or [])
+    payload = None
+    if target is None or (not target and state != "overridden"):
+        if target is None and before.present:
+            payload = provider.remove_alg_rules(before, check=check_mode)
+        after = before._replace(rules=[], installed=False, present=False) if target is None else before
+    elif target != before.rules or not before.installed or before.unsupported:
+        if target:
+            payload = provider.write_alg_rules(target, before, check=check_mode)
+        elif before.present:
+            payload = provider.remove_alg_rules(before, check=check_mode)
+        after = before._replace(rules=list(target), unsupported=[], installed=bool(target), present=bool(target))
+        if payload and not check_mode:
+            after = provider.read_alg_rules()
+    else:
+        after = before
+    return before, after, payload
+
+
+def _with_algs(policies, alg_rules):
+    """A policy list with the ALG policy after the rules' (when there are ALG rules)."""
+    if not alg_rules:
+        return policies
+    return policies + [alg_policy(alg_rules, max([p["id"] for p in policies] + [0]) + 1)]
+
+
 def _unsupported(listing, skip, result, warn):
     result["unsupported"] = listing
     if not listing:
@@ -118,8 +179,9 @@ def run(provider, params, check_mode=False, diff=False, warn=None):
 
         before = provider.read_nat_rules(interfaces, include_foreign)
         if state == "gathered":
-            _unsupported(before.unsupported, params.get("skip_unsupported"), result, warn)
-            result["gathered"] = to_policy(before.rules)
+            algs = provider.read_alg_rules()
+            _unsupported(before.unsupported + algs.unsupported, params.get("skip_unsupported"), result, warn)
+            result["gathered"] = _with_algs(to_policy(before.rules), algs.rules)
             result.update(provider.settings())
             return result
         target = target_rules(state, before.rules, wanted)
@@ -137,19 +199,26 @@ def run(provider, params, check_mode=False, diff=False, warn=None):
             if before.rules != target or before.unsupported or not before.installed:
                 payload = provider.write_nat_rules(target, interfaces, before, check=check_mode)
             predicted = RuleState(target, [], True, True, None)
+        # The helper rules go with the NAT rules: the target's sessions need them before they exist.
+        algs_before, algs_after, alg_payload = _alg_step(
+            provider, state, wanted_algs(params.get("config"), params.get("src")), check_mode)
     except ProviderError as exc:
         raise ResourceError(str(exc), **result)
-    except ValueError as exc:  # a template's RenderError: a rule this host cannot be given
+    except ValueError as exc:  # a template's RenderError: a rule or ALG this host cannot be given
         raise ResourceError(str(exc), **result)
 
     after = predicted if check_mode or not payload else provider.read_nat_rules(interfaces)
-    commands = provider.command_lines(payload)
+    commands = provider.command_lines(payload) + provider.command_lines(alg_payload)
     if not check_mode and payload and after.rules != predicted.rules:
         raise ResourceError("the host does not hold the rules that were applied",
                             before=to_policy(before.rules), after=to_policy(after.rules), commands=commands, **result)
     result["changed"] = (before.rules, before.unsupported, before.installed, before.present) != (
-        after.rules, after.unsupported, after.installed, after.present)
-    result.update(before=to_policy(before.rules), after=to_policy(after.rules), commands=commands)
+        after.rules, after.unsupported, after.installed, after.present) or (
+        algs_before.rules, algs_before.installed, algs_before.present) != (
+        algs_after.rules, algs_after.installed, algs_after.present)
+    result.update(before=_with_algs(to_policy(before.rules), algs_before.rules),
+                  after=_with_algs(to_policy(after.rules), algs_after.rules), commands=commands,
+                  alg_rules=len(algs_after.rules))
     if diff:
         result["diff"] = diff_text("NAT rules", result["before"], result["after"])
     result.update(provider.settings())

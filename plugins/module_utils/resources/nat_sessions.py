@@ -15,6 +15,7 @@ import datetime
 import errno
 import os
 
+from ansible_collections.nfstate.migration.plugins.module_utils import alg_state
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import (
     Conntrack,
     conntrack_count,
@@ -70,23 +71,26 @@ class SessionApplyError(ResourceError):
 
 # ---------------------------------------------------------------- reading the host
 
-def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=None, since=None):
+def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=None, since=None, alg=True):
     with Conntrack() as conntrack:
         # With `forwarded` the firewall's untranslated sessions count too.
         entries = _selected(conntrack.dump(translated_only=not wants_forwarded(selectors)), selectors)
     read_at = datetime.datetime.now(datetime.timezone.utc)
     # A session that cannot be re-created elsewhere is listed with its reason, never emitted.
     entries, unsupported = split_supported(entries)
+    entries, expectations = alg_state.gathered(entries, alg, unsupported)
     result = dict(changed=False, sessions=len(entries), unsupported_sessions=unsupported)
     if since is None:
-        document = build_document(entries, instance_name, base)
+        document = build_document(entries, instance_name, base, expectations=expectations, not_carried=unsupported)
     else:
         previous = _read(since)
         if instance(previous).get(SNAPSHOT, {}).get("kind") == "delta":
             raise SessionApplyError("%s is a delta snapshot; give the full snapshot a delta is taken against" % since)
         document, added, removed, refreshed = delta_document(
-            entries, _sessions(previous, since).present, instance_name, base, elapsed=snapshot_age(previous, read_at))
+            entries, _sessions(previous, since).present, instance_name, base, elapsed=snapshot_age(previous, read_at),
+            expectations=expectations, not_carried=unsupported)
         result.update(delta_added=added, delta_removed=removed, delta_refreshed=refreshed)
+    result["expectations"] = alg_state.carried(document)
     if dest is None:
         result["gathered"] = document
         return result
@@ -126,6 +130,7 @@ class _Wanted(object):
         self.by_key = {}
         self.removed = []
         self.expired = set()
+        self.expectations = []  # the last snapshot's: each carries the whole expectation table
 
     @property
     def present(self):
@@ -139,6 +144,7 @@ def _wanted(documents, now=None):
     for position, (document, label) in enumerate(documents):
         sessions = _sessions(document, label)
         elapsed = snapshot_age(document, now)
+        wanted.expectations = alg_state.counted_down(sessions.expectations, elapsed)
         for entry in sessions.removed:
             key = session_key(entry)
             current = wanted.by_key.get(key)
@@ -202,6 +208,12 @@ def apply_sessions(documents, state, selectors, best_effort=False, liberal=True,
             result["failed_sessions"] = failed
             for key, action in (("created", "create "), ("deleted", "delete "), ("refreshed", "refresh ")):
                 result[key] -= len([f for f in failed if f.startswith(action)])
+    if wanted is not None and state != "deleted":
+        # The kernel's order: helper rules (nat_rules, before this), masters with their helper (above),
+        # then the expectations, which need their masters.
+        expected = alg_state.apply_expectations(wanted.expectations, check_mode)
+        result.update(expected)
+        result["changed"] = result["changed"] or bool(expected["expectations_created"])
     gone = set(session_key(e) for e in todo.delete if e not in failed_entries)
     held = [e for e in selected if session_key(e) not in gone]
     result["after"] = summary(held + [e for e in todo.create if e not in failed_entries])
@@ -328,7 +340,7 @@ def run(params, check_mode=False, diff=False):
         return parse_sessions(params["running_config"], params["instance_name"])
     if state == "gathered":
         return gather_sessions(selectors, params["instance_name"], params.get("dest"), check_mode,
-                               base=params.get("base"), since=params.get("since"))
+                               base=params.get("base"), since=params.get("since"), alg=params.get("alg", True))
     documents = documents_of(params)
     if state == "rendered":
         return render_sessions(documents)
