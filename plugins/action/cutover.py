@@ -33,6 +33,22 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_relay impo
 # then the claim, travel over two channels).
 CLAIM_MARGIN_MS = 2000
 STEP_TIMEOUT = 120
+# A test hook, inert unless the controller's environment sets it (bench/fault_matrix.py, docs/faults.md):
+# NFSTATE_CUTOVER_HOLD=STEP:PATH makes the cutover create PATH once STEP (a mark: frozen, applied, claimed,
+# released, ...) is reached, and wait until PATH is removed (HOLD_LIMIT s at most), so that a fault lands there.
+HOLD_ENV = "NFSTATE_CUTOVER_HOLD"
+HOLD_LIMIT = 300
+
+
+def hold_at(step, environ=None):
+    """Wait at `step` while the hold file named by NFSTATE_CUTOVER_HOLD exists; nothing without it."""
+    name, dummy, path = (environ if environ is not None else os.environ).get(HOLD_ENV, "").partition(":")
+    if name != step or not path:
+        return
+    open(path, "w").close()
+    limit = time.monotonic() + HOLD_LIMIT
+    while os.path.exists(path) and time.monotonic() < limit:
+        time.sleep(0.02)
 
 
 def is_ok(raw):
@@ -70,6 +86,7 @@ class ActionModule(ActionBase):
 
         def mark(name):
             marks[name] = time.time()
+            hold_at(name)
 
         source.send_raw(self._line({"op": "prepare", "precopy": args["precopy_source"],
                                     "age": float(args.get("precopy_age", 0))}))
