@@ -27,6 +27,17 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import ModelError, session_key
 
+# How many entries this namespace's table holds: a cheap sign that someone removed sessions.
+COUNT_PATH = "/proc/sys/net/netfilter/nf_conntrack_count"
+
+
+def table_count(path=COUNT_PATH):
+    try:
+        with open(path) as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
 
 class TargetSide(object):
     """Requests the driver sends the target's agent."""
@@ -38,6 +49,7 @@ class TargetSide(object):
         self.applied_at = None    # monotonic time the last delta was applied
         self.claimed = None       # (addresses, interfaces) claimed
         self.keep_rules = False
+        self.rules = None         # our NAT rules as verified before the window
 
     def prepare(self, precopy, keep_rules=False):
         try:
@@ -46,7 +58,25 @@ class TargetSide(object):
             raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
         self.held = dict((session_key(e), e) for e in present)
         self.keep_rules = bool(keep_rules)
+        self.rules = self.provider.read_nat_rules({}).rules
         return {"sessions": len(self.held)}
+
+    def _check_rules(self):
+        """Someone may have removed our NAT rules since the pre-copy was verified: a target without
+        them would claim the addresses and translate nothing."""
+        current = self.provider.read_nat_rules({}).rules
+        if current != self.rules:
+            raise AgentError("the NAT rules on this host are not those verified before the window (%d rule(s) "
+                             "now, %d then): nothing was applied" % (len(current), len(self.rules)))
+
+    def _missing(self, table):
+        """The held sessions no longer in the table (removed by someone else), found by a dump only
+        when the table holds fewer entries than we hold."""
+        count = table_count()
+        if count is None or count >= len(self.held):
+            return []
+        present = set(session_key(e) for e in table.dump())
+        return [e for key, e in self.held.items() if key not in present]
 
     def apply(self, document):
         """Apply a delta document (already parsed JSON); all or nothing."""
@@ -56,6 +86,7 @@ class TargetSide(object):
             sessions = document_sessions(document)
         except (DocumentError, ModelError) as exc:
             raise AgentError("the delta is not a valid state document, nothing was applied: %s" % exc)
+        self._check_rules()
         held = self.held
         create, delete, refresh = [], [], []
         for gone in sessions.removed:
@@ -73,6 +104,10 @@ class TargetSide(object):
                 delete.append(current)
             create.append(wanted)
         with Conntrack() as table:
+            # Held sessions someone removed are created again from our copy (the delta has only what changed).
+            planned = set(session_key(e) for e in create + refresh + delete)
+            recreated = [e for e in self._missing(table) if session_key(e) not in planned]
+            create.extend(recreated)
             updated = table.update(refresh)
             refused = [(e, code) for e, code in updated if code != errno.ENOENT]
             refused += [(e, code) for e, code in table.delete(delete) if code != errno.ENOENT]
@@ -93,7 +128,7 @@ class TargetSide(object):
         self.created.extend(create)
         self.applied_at = time.monotonic()
         return {"created": len(create), "deleted": len(delete), "refreshed": len(refresh),
-                "sessions": len(sessions.present), "removed": len(sessions.removed)}
+                "sessions": len(sessions.present), "removed": len(sessions.removed), "recreated": len(recreated)}
 
     @staticmethod
     def _refusal(verb, failures):

@@ -1,0 +1,128 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the target's agent does when someone else removed its NAT rules or sessions inside the
+window (the fault matrix found both), and the cutover's test hook, which does nothing unless set.
+The kernel is faked: its table is a dict."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from ansible_collections.nfstate.migration.plugins.action import cutover
+from ansible_collections.nfstate.migration.plugins.module_utils.agent import target as target_mod
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import write_document
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
+from ansible_collections.nfstate.migration.tests.unit.builders import many_tcp_sessions, snapshot_document
+
+
+class Rules:
+    def __init__(self, rules):
+        self.rules = rules
+
+
+class FakeProvider:
+    def __init__(self, rules):
+        self.current = list(rules)
+
+    def read_nat_rules(self, interfaces):
+        return Rules(list(self.current))
+
+
+class FakeTable:
+    """A conntrack table: session key -> entry."""
+
+    def __init__(self, entries):
+        self.entries = dict((session_key(e), e) for e in entries)
+        self.dumps = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def dump(self):
+        self.dumps += 1
+        return list(self.entries.values())
+
+    def update(self, entries):
+        return [(e, 0 if session_key(e) in self.entries else 2) for e in entries]
+
+    def delete(self, entries):
+        for e in entries:
+            self.entries.pop(session_key(e), None)
+        return []
+
+    def create(self, entries):
+        for e in entries:
+            self.entries[session_key(e)] = e
+        return []
+
+
+@pytest.fixture()
+def side(tmp_path, monkeypatch):
+    held = many_tcp_sessions(5)
+    path = str(tmp_path / "precopy.json")
+    write_document(snapshot_document(held), path)
+    table = FakeTable(held)
+    monkeypatch.setattr(target_mod, "Conntrack", lambda: table)
+    monkeypatch.setattr(target_mod, "table_count", lambda: len(table.entries))
+    provider = FakeProvider(["snat 1", "dnat 2"])
+    target = target_mod.TargetSide(provider)
+    target.prepare(path)
+    return target, provider, table, held
+
+
+def empty_delta():
+    return snapshot_document([])
+
+
+def test_an_undisturbed_target_applies_without_a_dump(side):
+    target, dummy, table, dummy = side
+    assert target.apply(empty_delta())["recreated"] == 0
+    assert table.dumps == 0
+
+
+def test_rules_removed_by_someone_else_refuse_the_delta_so_nothing_is_claimed(side):
+    target, provider, table, dummy = side
+    provider.current = []
+    with pytest.raises(AgentError, match="not those verified before the window"):
+        target.apply(empty_delta())
+    with pytest.raises(AgentError, match="claim before any delta"):
+        target.claim([], {}, 10000, run_addresses=None)
+
+
+def test_sessions_removed_by_someone_else_are_created_again_from_the_held_copies(side):
+    target, dummy, table, held = side
+    for entry in held[:3]:
+        table.entries.pop(session_key(entry))
+    result = target.apply(empty_delta())
+    assert result["recreated"] == 3
+    assert set(table.entries) == set(session_key(e) for e in held)
+
+
+def test_the_hold_hook_does_nothing_unless_its_step_is_named(tmp_path):
+    path = str(tmp_path / "hold")
+    started = time.monotonic()
+    cutover.hold_at("frozen", environ={})
+    cutover.hold_at("frozen", environ={cutover.HOLD_ENV: "claimed:%s" % path})
+    assert time.monotonic() - started < 0.5 and not os.path.exists(path)
+
+
+def test_the_hold_hook_waits_at_its_step_until_the_file_is_removed(tmp_path):
+    path = str(tmp_path / "hold")
+    waiter = threading.Thread(target=cutover.hold_at, args=("frozen", {cutover.HOLD_ENV: "frozen:%s" % path}))
+    waiter.start()
+    limit = time.monotonic() + 5
+    while not os.path.exists(path) and time.monotonic() < limit:
+        time.sleep(0.01)
+    assert os.path.exists(path)
+    time.sleep(0.2)
+    assert waiter.is_alive()
+    os.unlink(path)
+    waiter.join(2)
+    assert not waiter.is_alive()
