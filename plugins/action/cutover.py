@@ -129,6 +129,15 @@ class ActionModule(ActionBase):
             took["release"] = source.request({"op": "release", "addresses": args["addresses"],
                                               "interfaces": args["source_interfaces"]}, STEP_TIMEOUT).get("took_ms")
             mark("released")
+        delta = json.loads(raw)
+        took["delta"] = delta.get("took_ms")
+        if args.get("delta_dest"):
+            # Kept before the commit: a snapshot directory that cannot take it (full, say) fails the
+            # cutover while the agents can still undo, rather than a migration without its audit trail.
+            try:
+                self._write(args["delta_dest"], delta["document"])
+            except OSError as exc:
+                raise ChannelError("cannot keep the delta in the snapshot directory: %s" % exc)
         # The target holds the state (and, with a claim, serves): nothing is undone from here on.
         source.request({"op": "commit"}, STEP_TIMEOUT)
         target.request({"op": "commit"}, STEP_TIMEOUT)
@@ -138,10 +147,6 @@ class ActionModule(ActionBase):
         for agent in (source, target):
             agent.request({"op": "bye"}, STEP_TIMEOUT)
 
-        delta = json.loads(raw)
-        took["delta"] = delta.get("took_ms")
-        if args.get("delta_dest"):
-            self._write(args["delta_dest"], delta["document"])
         window_end = marks.get("claimed", marks["checked"])
         return dict(
             changed=True, prepared=prepared, attempts=attempts, marks=marks,

@@ -5,11 +5,14 @@
 window (the fault matrix found both), and the cutover's test hook, which does nothing unless set.
 The kernel is faked: its table is a dict."""
 
+import json
 import os
 import threading
 import time
+from unittest.mock import MagicMock
 
 import pytest
+from ansible.playbook.task import Task
 
 from ansible_collections.nfstate.migration.plugins.action import cutover
 from ansible_collections.nfstate.migration.plugins.module_utils.agent import target as target_mod
@@ -126,3 +129,62 @@ def test_the_hold_hook_waits_at_its_step_until_the_file_is_removed(tmp_path):
     os.unlink(path)
     waiter.join(2)
     assert not waiter.is_alive()
+
+
+class FakeAgent:
+    """An agent's channel that answers each op as scripted and records what was asked."""
+
+    def __init__(self, role):
+        self.role = role
+        self.ops = []
+
+    def send_raw(self, line):
+        self.ops.append(json.loads(line)["op"])
+
+    def answer(self, timeout):
+        return {"ok": True, "sessions": 0}
+
+    def receive_raw(self, timeout):
+        document = snapshot_document([])
+        return json.dumps({"ok": True, "document": document, "added": 0, "removed": 0, "refreshed": 0,
+                           "lost_events": 0, "took_ms": 1.0}, separators=(",", ":")).encode()
+
+    def request_raw(self, raw, timeout):
+        self.ops.append("apply")
+        return {"created": 0, "deleted": 0, "refreshed": 0, "sessions": 0, "removed": 0}
+
+    def request(self, message, timeout):
+        self.ops.append(message["op"])
+        if message["op"] == "check":
+            return {"frozen": True, "remaining_ms": 60000, "created_since_delta": 0}
+        if message["op"] == "claim":
+            return {"timings": {}, "since_delta_ms": 1}
+        return {}
+
+
+def cutover_action():
+    task = MagicMock(Task)
+    task.args = {}
+    return cutover.ActionModule(task, MagicMock(), MagicMock(), loader=None, templar=None, shared_loader_obj=None)
+
+
+def test_a_delta_that_cannot_be_kept_fails_the_cutover_before_anything_is_committed(tmp_path, monkeypatch):
+    monkeypatch.setattr(cutover, "is_ok", lambda raw: True)
+    source, target = FakeAgent("source"), FakeAgent("target")
+    blocked = tmp_path / "full"
+    blocked.write_text("a file where the snapshot directory should be")
+    args = {"precopy_source": "p", "precopy_target": "p", "interfaces": {}, "deadline": 120, "addresses": [],
+            "source_interfaces": {}, "target_interfaces": {}, "delta_dest": str(blocked / "delta.json.gz")}
+    with pytest.raises(cutover.ChannelError, match="cannot keep the delta"):
+        cutover_action()._cutover(source, target, args)
+    assert "release" in source.ops and "commit" not in source.ops + target.ops
+
+
+def test_the_delta_is_kept_before_the_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr(cutover, "is_ok", lambda raw: True)
+    source, target = FakeAgent("source"), FakeAgent("target")
+    dest = tmp_path / "run" / "delta.json.gz"
+    args = {"precopy_source": "p", "precopy_target": "p", "interfaces": {}, "deadline": 120, "addresses": [],
+            "source_interfaces": {}, "target_interfaces": {}, "delta_dest": str(dest)}
+    result = cutover_action()._cutover(source, target, args)
+    assert dest.exists() and source.ops[-2:] == ["commit", "bye"] and result["claimed"] is not None
