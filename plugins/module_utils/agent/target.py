@@ -106,8 +106,7 @@ class TargetSide(object):
         with Conntrack() as table:
             # Held sessions someone removed are created again from our copy (the delta has only what changed).
             planned = set(session_key(e) for e in create + refresh + delete)
-            recreated = [e for e in self._missing(table) if session_key(e) not in planned]
-            create.extend(recreated)
+            missing = [e for e in self._missing(table) if session_key(e) not in planned]
             updated = table.update(refresh)
             refused = [(e, code) for e, code in updated if code != errno.ENOENT]
             refused += [(e, code) for e, code in table.delete(delete) if code != errno.ENOENT]
@@ -121,11 +120,17 @@ class TargetSide(object):
                 done = [e for e in create if e not in set(f[0] for f in failures)]
                 table.delete(done)
                 raise AgentError(self._refusal("create", failures) + " (those created were deleted again)")
+            # Best effort, after the delta: a copy whose tuple a newer session holds has ended anyway.
+            taken = set(id(e) for e, dummy in table.create(missing))
+            recreated = [e for e in missing if id(e) not in taken]
         for entry in delete:
             held.pop(session_key(entry), None)
-        for entry in create:
+        for entry in missing:
+            if id(entry) in taken:
+                held.pop(session_key(entry), None)
+        for entry in create + recreated:
             held[session_key(entry)] = entry
-        self.created.extend(create)
+        self.created.extend(create + recreated)
         self.applied_at = time.monotonic()
         return {"created": len(create), "deleted": len(delete), "refreshed": len(refresh),
                 "sessions": len(sessions.present), "removed": len(sessions.removed), "recreated": len(recreated)}
