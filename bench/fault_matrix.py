@@ -43,7 +43,8 @@ def run_all(plan, args, workdir):
             cell_dir = os.path.join(workdir, "%02d-%s-%s" % (index, phase, fault))
             try:
                 return faults.run_cell(Lab(name, source_impl=args.source_impl, target_impl=args.target_impl),
-                                       phase, fault, cell_dir, cut_seconds=args.cut_seconds)
+                                       phase, fault, cell_dir, cut_seconds=args.cut_seconds,
+                                       families=tuple(int(f) for f in args.families.split(",")))
             except Exception as exc:  # pylint: disable=broad-except  (one cell's failure is a row, not the end)
                 return {"phase": phase, "fault": fault, "error": "%s: %s" % (type(exc).__name__, exc)}
         finally:
@@ -61,6 +62,8 @@ def main():
     parser.add_argument("--faults", default=",".join(faults.FAULTS))
     parser.add_argument("--jobs", type=int, default=1, help="cells at a time, each in its own lab")
     parser.add_argument("--cut-seconds", type=float, default=20.0, help="how long a management link stays cut")
+    parser.add_argument("--families", default="4",
+                        help="address families of the lab's flows (4,6 doubles the flows' CPU on a small machine)")
     parser.add_argument("--source-impl", default="iptables-legacy")
     parser.add_argument("--target-impl", default="nftables")
     parser.add_argument("--report", action="store_true", help="print the table of the last run again")

@@ -303,7 +303,8 @@ def broken_flows(results, timeline):
     return broken
 
 
-def run_cell(lab, phase, fault, workdir, cut_seconds=20.0, flow_kinds=None, families=(4, 6), keep_logs=True):
+def run_cell(lab, phase, fault, workdir, cut_seconds=20.0, flow_kinds=None, families=(4,), interval=0.02,
+             keep_logs=True):
     """One phase x fault: returns the cell (outcome, holder, flows, leftovers, re-run)."""
     cell = {"phase": phase, "fault": fault, "lab": lab.name}
     os.makedirs(workdir, exist_ok=True)
@@ -317,7 +318,7 @@ def run_cell(lab, phase, fault, workdir, cut_seconds=20.0, flow_kinds=None, fami
             env["NFSTATE_CUTOVER_HOLD"] = "%s:%s" % (trigger[1], hold_path)
         injected = Fault(fault, lab, snapshots, cut_seconds)
         kwargs = {"kinds": flow_kinds} if flow_kinds else {}
-        flows = FlowSet(lab, duration=900, families=families, **kwargs).start()
+        flows = FlowSet(lab, duration=900, families=families, interval=interval, **kwargs).start()
         timeline = HolderTimeline(lab)
         timeline.start()
         try:
