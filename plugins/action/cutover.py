@@ -10,6 +10,7 @@
     check    the source has been frozen without a break since the delta
     claim    the target takes the service addresses, if it is still soon enough after the check
     release  the source gives them up; the window has closed for new connections at the claim
+    verify   the target still holds our rules and the sessions (also checked before the claim)
 Each step is timed on the controller's clock. A freeze that lapsed (the source's check says so) is
 taken again with a new delta, up to `retries` times. The delta is written to the snapshot
 directory after the window; its YANG validation is the playbook's next task.
@@ -129,6 +130,9 @@ class ActionModule(ActionBase):
             took["release"] = source.request({"op": "release", "addresses": args["addresses"],
                                               "interfaces": args["source_interfaces"]}, STEP_TIMEOUT).get("took_ms")
             mark("released")
+        # The target still holds what it took over (someone may have emptied it meanwhile): else
+        # nothing is committed and both agents undo, the source serving with its sessions intact.
+        took["verify"] = target.request({"op": "verify"}, STEP_TIMEOUT).get("took_ms")
         delta = json.loads(raw)
         took["delta"] = delta.get("took_ms")
         if args.get("delta_dest"):

@@ -188,3 +188,29 @@ def test_the_delta_is_kept_before_the_commit(tmp_path, monkeypatch):
             "source_interfaces": {}, "target_interfaces": {}, "delta_dest": str(dest)}
     result = cutover_action()._cutover(source, target, args)
     assert dest.exists() and source.ops[-2:] == ["commit", "bye"] and result["claimed"] is not None
+
+
+def test_rules_removed_after_the_delta_refuse_the_claim(side):
+    target, provider, dummy, dummy = side
+    target.apply(empty_delta())
+    provider.current = []
+    with pytest.raises(AgentError, match="not those verified"):
+        target.claim([], {}, 60000, run_addresses=lambda params: {"added": [], "timings": {}})
+
+
+def test_the_check_before_the_commit_creates_removed_sessions_again(side):
+    target, dummy, table, held = side
+    target.apply(empty_delta())
+    table.entries.clear()
+    assert target.verify() == {"recreated": len(held)}
+    assert len(table.entries) == len(held)
+
+
+def test_the_target_is_verified_after_the_release_and_before_any_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr(cutover, "is_ok", lambda raw: True)
+    source, target = FakeAgent("source"), FakeAgent("target")
+    args = {"precopy_source": "p", "precopy_target": "p", "interfaces": {}, "deadline": 120, "addresses": [],
+            "source_interfaces": {}, "target_interfaces": {}}
+    cutover_action()._cutover(source, target, args)
+    assert target.ops.index("verify") < target.ops.index("commit")
+    assert target.ops.index("claim") < target.ops.index("verify")

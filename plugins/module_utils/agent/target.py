@@ -144,6 +144,7 @@ class TargetSide(object):
         """Take the addresses, unless the source's freeze may have lapsed since the delta."""
         if self.applied_at is None:
             raise AgentError("claim before any delta was applied")
+        self.verify()
         since = (time.monotonic() - self.applied_at) * 1000
         if since >= valid_ms:
             raise AgentError("the claim came %d ms after the delta was applied, and the source's freeze was "
@@ -152,6 +153,21 @@ class TargetSide(object):
                                     count=1, interval=0.0))
         self.claimed = (addresses, interfaces)
         return {"added": len(result["added"]), "timings": result["timings"], "since_delta_ms": int(since)}
+
+    def verify(self):
+        """Before the claim and before the commit: our rules still loaded, the held sessions still
+        here (created again if someone removed them), so that this host never serves, nor stays
+        serving, without the state it took over."""
+        self._check_rules()
+        with Conntrack() as table:
+            missing = self._missing(table)
+            taken = set(id(e) for e, dummy in table.create(missing)) if missing else set()
+        for entry in missing:
+            if id(entry) in taken:
+                self.held.pop(session_key(entry), None)
+        recreated = [e for e in missing if id(e) not in taken]
+        self.created.extend(recreated)
+        return {"recreated": len(recreated)}
 
     def announce(self, addresses, interfaces, count, interval, run_addresses):
         """More rounds of announcements, after the window (a neighbour that missed the first)."""
