@@ -60,6 +60,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phases", default=",".join(faults.PHASES))
     parser.add_argument("--faults", default=",".join(faults.FAULTS))
+    parser.add_argument("--cells", default="", help="PHASE:FAULT,... instead of --phases x --faults")
     parser.add_argument("--jobs", type=int, default=1, help="cells at a time, each in its own lab")
     parser.add_argument("--cut-seconds", type=float, default=20.0, help="how long a management link stays cut")
     parser.add_argument("--families", default="4",
@@ -77,6 +78,8 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, a tmpfs)")
     plan = [(p, f) for p in args.phases.split(",") if p for f in args.faults.split(",") if f]
+    if args.cells:
+        plan = [tuple(c.split(":", 1)) for c in args.cells.split(",") if c]
     unknown = [x for pair in plan for x in pair if x not in faults.PHASES + faults.FAULTS]
     if unknown:
         raise SystemExit("unknown phase or fault: %s" % ", ".join(unknown))

@@ -174,13 +174,14 @@ class Fault:
             for family in ("ipv4", "ipv6"):
                 self.lab.run("nat-b", ["conntrack", "-F", "-f", family], check=False)
         elif self.kind == "snapshots-full":
-            with open(self.filler, "wb") as handle:
-                try:
-                    while True:
-                        handle.write(b"\0" * 65536)
-                        handle.flush()
-                except OSError:
+            fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                while os.write(fd, b"\0" * 65536):
                     pass
+            except OSError:  # ENOSPC: full
+                pass
+            finally:
+                os.close(fd)
 
     def _uncut(self):
         self.lab.run(self.cut_host, ["nft", "delete table inet %s" % CUT_TABLE], check=False)
@@ -205,7 +206,8 @@ class SnapshotFs:
         return self.path
 
     def __exit__(self, *exc):
-        subprocess.run(["umount", self.path], check=False)
+        if subprocess.run(["umount", self.path], check=False).returncode:
+            subprocess.run(["umount", "-l", self.path], check=False)  # a process still in it: detach now
         return False
 
 

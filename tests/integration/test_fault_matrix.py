@@ -34,5 +34,5 @@ def test_fault_cell(tmp_path, phase, fault, outcome):
     assert cell["run"]["outcome"] == outcome, (cell["run"], log)
     assert faults.one_holder(cell), cell["after"]
     assert not any(cell["after"]["ours"].values()), cell["after"]
-    assert not cell["broken"], cell["broken"]
+    assert not cell["broken"], (cell["broken"], cell["timeline"], log)
     assert faults.converged(cell), (cell["rerun"], log)
