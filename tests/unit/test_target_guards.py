@@ -18,21 +18,20 @@ from ansible_collections.nfstate.migration.plugins.action import cutover
 from ansible_collections.nfstate.migration.plugins.module_utils.agent import target as target_mod
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import write_document
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import RuleState
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
 from ansible_collections.nfstate.migration.tests.unit.builders import many_tcp_sessions, snapshot_document
 
 
-class Rules:
-    def __init__(self, rules):
-        self.rules = rules
-
-
 class FakeProvider:
+    """Rules read without the interfaces come back as unsupported, as a real provider lists them."""
+
     def __init__(self, rules):
         self.current = list(rules)
+        self.table = True
 
     def read_nat_rules(self, interfaces):
-        return Rules(list(self.current))
+        return RuleState([], list(self.current), self.table, self.table, None)
 
 
 class FakeTable:
@@ -92,7 +91,7 @@ def test_an_undisturbed_target_applies_without_a_dump(side):
 
 def test_rules_removed_by_someone_else_refuse_the_delta_so_nothing_is_claimed(side):
     target, provider, table, dummy = side
-    provider.current = []
+    provider.current, provider.table = [], False
     with pytest.raises(AgentError, match="not those verified before the window"):
         target.apply(empty_delta())
     with pytest.raises(AgentError, match="claim before any delta"):

@@ -58,16 +58,24 @@ class TargetSide(object):
             raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
         self.held = dict((session_key(e), e) for e in present)
         self.keep_rules = bool(keep_rules)
-        self.rules = self.provider.read_nat_rules({}).rules
+        self.rules = self._rules_now()
         return {"sessions": len(self.held)}
+
+    def _rules_now(self):
+        """Our NAT table or chains as read without the interfaces (their rules then may all be
+        listed as unsupported): what is compared is the whole reading, not only the rules."""
+        state = self.provider.read_nat_rules({})
+        return (state.rules, state.unsupported, state.installed, state.present)
 
     def _check_rules(self):
         """Someone may have removed our NAT rules since the pre-copy was verified: a target without
         them would claim the addresses and translate nothing."""
-        current = self.provider.read_nat_rules({}).rules
+        current = self._rules_now()
         if current != self.rules:
-            raise AgentError("the NAT rules on this host are not those verified before the window (%d rule(s) "
-                             "now, %d then): nothing was applied" % (len(current), len(self.rules)))
+            raise AgentError("the NAT rules on this host are not those verified before the window (%d rule(s), "
+                             "table or chains %s now; %d, %s then): not applied, not claimed" % (
+                                 len(current[0]) + len(current[1]), "present" if current[3] else "absent",
+                                 len(self.rules[0]) + len(self.rules[1]), "present" if self.rules[3] else "absent"))
 
     def _missing(self, table):
         """The held sessions no longer in the table (removed by someone else), found by a dump only
