@@ -34,7 +34,7 @@ from nfstate_lab import Lab  # noqa: E402
 
 def run_all(plan, args, workdir):
     """Runs the cells, --jobs at a time, each in lab fm<slot>; yields them as they end."""
-    slots = ["fm%d" % (i + 1) for i in range(args.jobs)]
+    slots = ["fm%d" % (i + args.first_lab) for i in range(args.jobs)]
     free = list(slots)
 
     def one(index, phase, fault):
@@ -62,6 +62,7 @@ def main():
     parser.add_argument("--faults", default=",".join(faults.FAULTS))
     parser.add_argument("--cells", default="", help="PHASE:FAULT,... instead of --phases x --faults")
     parser.add_argument("--jobs", type=int, default=1, help="cells at a time, each in its own lab")
+    parser.add_argument("--first-lab", type=int, default=1, help="labs fmN.. from this N (two runs at once)")
     parser.add_argument("--cut-seconds", type=float, default=20.0, help="how long a management link stays cut")
     parser.add_argument("--families", default="4",
                         help="address families of the lab's flows (4,6 doubles the flows' CPU on a small machine)")
