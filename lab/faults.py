@@ -378,7 +378,7 @@ def row(cell):
     after = cell["after"]
     holder = after["holder"]
     serves = holder if one_holder(cell) else "NO (%s)" % (holder or "none")
-    flows = "whole" if not cell["broken"] else "; ".join("%s: %s" % b for b in cell["broken"])
+    flows = "whole" if not cell["broken"] else "; ".join("%s: %s" % tuple(b) for b in cell["broken"])
     other = [h for h in ("nat-a", "nat-b") if h != holder]
     left = "; ".join("%s: %s" % (h, ", ".join(after["ours"].get(h) or [])) for h in other if after["ours"].get(h))
     rerun = cell["rerun"]
