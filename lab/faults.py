@@ -17,6 +17,7 @@ Used by bench/fault_matrix.py (the whole matrix) and tests/integration/test_faul
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -351,6 +352,9 @@ def run_cell(lab, phase, fault, workdir, cut_seconds=20.0, flow_kinds=None, fami
         cell["flows"] = {name: {k: r.get(k) for k in ("ok", "kind", "lost", "lost_unit", "max_gap_ms", "peers",
                                                           "errors")} for name, r in results.items()}
         cell["broken"] = broken_flows(results, cell["timeline"])
+        # The run's snapshots, reports and agent logs outlive the tmpfs (the filler stays behind).
+        shutil.copytree(snapshots, os.path.join(workdir, "kept"), ignore=shutil.ignore_patterns("filler"),
+                        dirs_exist_ok=True)
         if not keep_logs:
             for name in ("run.log", "rerun.log"):
                 if os.path.exists(os.path.join(workdir, name)):
