@@ -169,7 +169,15 @@ class Fault:
             self.timer = threading.Timer(self.cut_seconds, self._uncut)
             self.timer.start()
         elif self.kind == "controller-kill":
+            # Ansible's workers run each task in a session of their own (setsid): the whole
+            # controller dies only with them too, else a worker finishes the task it was running.
+            workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
             os.killpg(run.pid, signal.SIGKILL)
+            for pid in workers:
+                try:
+                    os.killpg(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         elif self.kind == "target-state":
             self.lab._clear_nat("nat-b")  # pylint: disable=protected-access  (the lab's own reset)
             for family in ("ipv4", "ipv6"):
