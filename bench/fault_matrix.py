@@ -45,7 +45,8 @@ def run_all(plan, args, workdir):
                 return faults.run_cell(Lab(name, source_impl=args.source_impl, target_impl=args.target_impl),
                                        phase, fault, cell_dir, cut_seconds=args.cut_seconds,
                                        families=tuple(int(f) for f in args.families.split(",")))
-            except Exception as exc:  # pylint: disable=broad-except  (one cell's failure is a row, not the end)
+            # One cell's failure is a row of the table, not the end of the run.
+            except Exception as exc:  # pylint: disable=broad-except
                 return {"phase": phase, "fault": fault, "error": "%s: %s" % (type(exc).__name__, exc)}
         finally:
             free.append(name)

@@ -130,7 +130,8 @@ class HolderTimeline(threading.Thread):
         while not self.stopping.is_set():
             try:
                 self.samples.append((time.monotonic(), self.lab.service_holder()))
-            except Exception:  # pylint: disable=broad-except  (a namespace going away at the end)
+            # A namespace going away at the end: the sample is skipped.
+            except Exception:  # pylint: disable=broad-except
                 pass
             self.stopping.wait(self.interval)
 
@@ -171,7 +172,8 @@ class Fault:
         elif self.kind == "controller-kill":
             # Ansible's workers run each task in a session of their own (setsid): the whole
             # controller dies only with them too, else a worker finishes the task it was running.
-            workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+            workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True,
+                                     check=False).stdout.split()
             os.killpg(run.pid, signal.SIGKILL)
             for pid in workers:
                 try:
@@ -179,7 +181,8 @@ class Fault:
                 except (ProcessLookupError, PermissionError):
                     pass
         elif self.kind == "target-state":
-            self.lab._clear_nat("nat-b")  # pylint: disable=protected-access  (the lab's own reset)
+            # The lab's own reset of a NAT host: every table, whoever made it.
+            self.lab._clear_nat("nat-b")  # pylint: disable=protected-access
             for family in ("ipv4", "ipv6"):
                 self.lab.run("nat-b", ["conntrack", "-F", "-f", family], check=False)
         elif self.kind == "snapshots-full":
@@ -357,8 +360,8 @@ def run_cell(lab, phase, fault, workdir, cut_seconds=20.0, flow_kinds=None, fami
         finally:
             cell["timeline"] = timeline.stop()
             results = flows.stop()
-        cell["flows"] = {name: {k: r.get(k) for k in ("ok", "kind", "lost", "lost_unit", "max_gap_ms", "peers",
-                                                          "errors")} for name, r in results.items()}
+        kept = ("ok", "kind", "lost", "lost_unit", "max_gap_ms", "peers", "errors")
+        cell["flows"] = {name: {k: r.get(k) for k in kept} for name, r in results.items()}
         cell["broken"] = broken_flows(results, cell["timeline"])
         # The run's snapshots, reports and agent logs outlive the tmpfs (the filler stays behind).
         shutil.copytree(snapshots, os.path.join(workdir, "kept"), ignore=shutil.ignore_patterns("filler"),
