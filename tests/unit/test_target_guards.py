@@ -213,3 +213,16 @@ def test_the_target_is_verified_after_the_release_and_before_any_commit(tmp_path
     cutover_action()._cutover(source, target, args)
     assert target.ops.index("verify") < target.ops.index("commit")
     assert target.ops.index("claim") < target.ops.index("verify")
+
+
+def test_an_undoing_target_gives_up_the_addresses_then_its_rules_then_every_session_made_with_them(side):
+    target, provider, table, held = side
+    target.apply(empty_delta())
+    calls = []
+    provider.remove_nat_rules = lambda state: calls.append(("rules", len(table.entries)))
+    target.claimed = ([{"address": "198.51.100.1/24", "role": "outside"}], {"outside": "out0"})
+    stray = many_tcp_sessions(8)[7]   # made after the claim by a packet that still came here
+    table.entries[session_key(stray)] = stray
+    target.undo(lambda params: calls.append((params["state"], len(table.entries))), grace=0)
+    assert calls == [("absent", 6), ("rules", 6)]
+    assert table.entries == {}

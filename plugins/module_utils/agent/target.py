@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import ipaddress
 import time
 
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack, strerror
@@ -25,8 +26,15 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     read_document,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
-from ansible_collections.nfstate.migration.plugins.module_utils.session_model import ModelError, session_key
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
+    ModelError,
+    owned_addresses,
+    session_key,
+)
 
+# Seconds an undoing target keeps its rules after giving up the addresses: the source's agent
+# announces them at the same moment, and the neighbours follow within that.
+UNDO_GRACE = 2.0
 # How many entries this namespace's table holds: a cheap sign that someone removed sessions.
 COUNT_PATH = "/proc/sys/net/netfilter/nf_conntrack_count"
 
@@ -183,19 +191,32 @@ class TargetSide(object):
                            count=count, interval=interval))
         return {}
 
-    def undo(self, run_addresses):
-        """The controller is gone before the end: leave nothing of ours active here."""
+    def undo(self, run_addresses, grace=UNDO_GRACE):
+        """The controller is gone before the end: leave nothing of ours active here.
+
+        The source's agent takes the addresses back and announces them at the same moment; until
+        the neighbours follow, packets still arrive here. So the rules stay a moment after the
+        release, and go before the sessions: a packet arriving meanwhile must not create a
+        translated session that a re-run would then find in its way."""
         if self.claimed is not None:
             addresses, interfaces = self.claimed
             run_addresses(dict(addresses=addresses, interfaces=interfaces, state="absent", announce="false",
                                count=1, interval=0.0))
-        if self.held:
-            with Conntrack() as table:
-                table.delete(list(self.held.values()))
+            time.sleep(grace)
         if not self.keep_rules:
             current = self.provider.read_nat_rules({})
             if current.present:
                 self.provider.remove_nat_rules(current)
+        with Conntrack() as table:
+            stale = list(self.held.values()) if self.held else []
+            if self.claimed is not None:
+                # And those that packets arriving after the claim made with the service's addresses.
+                owned = set(ipaddress.ip_interface(a["address"]).ip for a in self.claimed[0])
+                known = set(session_key(e) for e in stale)
+                stale += [e for e in table.dump() if session_key(e) not in known
+                          and any(ipaddress.ip_address(a) in owned for a in owned_addresses(e))]
+            if stale:
+                table.delete(stale)
 
     def close(self):
         pass
