@@ -5,8 +5,9 @@
     sudo /path/to/venv/bin/python bench/bench_load.py [--rate 1000] [--fill 0.993]
 
 In a lab (fmload: nat-a iptables-legacy, nat-b nftables):
-  1. a prober in the client opens new TCP connections through nat-a at --rate per second for the
-     whole run (bench/new_connections.py: each reset at once, so its NAT entry lives 10 s);
+  1. probers in the client (--probers processes) open new TCP connections through nat-a at --rate
+     per second in all for the whole run (bench/new_connections.py: each reset at once, so its NAT
+     entry lives 10 s);
   2. once those entries are steady, nat-a is filled with synthetic translated sessions
      (bench/lab_sessions.py, lifetime one hour) up to --fill of nf_conntrack_max. The limit is
      global and read-only inside a namespace (docs: DESIGN), so it cannot be lowered for the lab
@@ -107,10 +108,15 @@ def run(args, workdir):
         listener = started.popen("server", [HOST_PYTHON, os.path.join(HERE, "new_connections.py"), "serve", server,
                                             str(PROBE_PORT), stop], "listener", stdout=subprocess.PIPE, text=True)
         wait_ready(listener, "listener")
-        prober = started.popen("client", [HOST_PYTHON, os.path.join(HERE, "new_connections.py"), "probe", server,
-                                          str(PROBE_PORT), stop, probe_out, "--interval", str(1.0 / args.rate),
-                                          "--timeout", "0.5"], "prober", stdout=subprocess.PIPE, text=True)
-        wait_ready(prober, "prober")
+        # Several probers share the rate: one Python process does not open 1,000 connections a second here.
+        probers = []
+        for index in range(args.probers):
+            out = "%s.%d" % (probe_out, index)
+            probers.append((started.popen("client", [HOST_PYTHON, os.path.join(HERE, "new_connections.py"), "probe",
+                                                     server, str(PROBE_PORT), stop, out, "--interval",
+                                                     str(args.probers / float(args.rate)), "--timeout", "0.5"],
+                                          "prober%d" % index, stdout=subprocess.PIPE, text=True), out))
+            wait_ready(probers[-1][0], "prober")
         time.sleep(12)  # the prober's entries reach their steady number (each lives 10 s)
         steady = count(lab, "nat-a")
         fill = max(0, int(limit * args.fill) - steady)
@@ -140,7 +146,8 @@ def run(args, workdir):
             time.sleep(2)
             flow_results = flows.stop()
         open(stop, "w").close()
-        prober.wait(timeout=30)
+        for prober, dummy in probers:
+            prober.wait(timeout=30)
         sampler.stopping.set()
         sampler.join(5)
         figures["playbook"] = {"exit": code, "seconds": round(ended - begun, 1)}
@@ -151,8 +158,11 @@ def run(args, workdir):
         figures["drops"] = {h: dict((k, v - drops_before[h][k]) for k, v in kernel_drops(lab, h).items())
                             for h in ("nat-a", "nat-b")}
         figures["synthetic_on_target"] = synthetic_on(lab, "nat-b", fill)
-        with open(probe_out) as handle:
-            attempts = json.load(handle)["attempts"]
+        attempts = []
+        for dummy, out in probers:
+            with open(out) as handle:
+                attempts.extend(json.load(handle)["attempts"])
+        attempts.sort()
         during = [a for a in attempts if begun <= a[0] <= ended]
         # The window as the client saw it: the longest stretch without a new connection.
         window = new_connections.freeze_window(during)
@@ -210,6 +220,7 @@ def print_figures(f):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=1000, help="new connections per second through the source")
+    parser.add_argument("--probers", type=int, default=4, help="prober processes sharing the rate")
     parser.add_argument("--fill", type=float, default=0.993, help="share of nf_conntrack_max nat-a holds at the start")
     parser.add_argument("--report", action="store_true", help="print the figures of the last run again")
     args = parser.parse_args()
