@@ -13,10 +13,12 @@
     check    the source has been frozen without a break since the delta
     claim    the target takes the service addresses, if it is still soon enough after the check
     release  the source gives them up; the window has closed for new connections at the claim
+    verify   the target still holds our rules and the sessions (also checked before the claim)
+    crossed  every session that crossed after the pre-copy, one delta document for the snapshot directory
 Each step is timed on the controller's clock. A freeze that lapsed (the source's check says so) is
-taken again with a new delta, up to `retries` times. After the window the source sends every
-session that crossed after the pre-copy as one delta document, written to the snapshot directory;
-its YANG validation is the playbook's next task.
+taken again with a new delta, up to `retries` times. The crossed document is written before the
+commit, so that a snapshot directory that cannot take it undoes the cutover; its YANG validation is
+the playbook's next task.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -38,6 +40,22 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_relay impo
 # then the claim, travel over two channels).
 CLAIM_MARGIN_MS = 2000
 STEP_TIMEOUT = 120
+# A test hook, inert unless the controller's environment sets it (bench/fault_matrix.py, docs/faults.md):
+# NFSTATE_CUTOVER_HOLD=STEP:PATH makes the cutover create PATH once STEP (a mark: frozen, applied, claimed,
+# released, ...) is reached, and wait until PATH is removed (HOLD_LIMIT s at most), so that a fault lands there.
+HOLD_ENV = "NFSTATE_CUTOVER_HOLD"
+HOLD_LIMIT = 300
+
+
+def hold_at(step, environ=None):
+    """Wait at `step` while the hold file named by NFSTATE_CUTOVER_HOLD exists; nothing without it."""
+    name, dummy, path = (environ if environ is not None else os.environ).get(HOLD_ENV, "").partition(":")
+    if name != step or not path:
+        return
+    open(path, "w").close()
+    limit = time.monotonic() + HOLD_LIMIT
+    while os.path.exists(path) and time.monotonic() < limit:
+        time.sleep(0.02)
 
 
 def is_ok(raw):
@@ -79,6 +97,7 @@ class ActionModule(ActionBase):
 
         def mark(name):
             marks[name] = time.time()
+            hold_at(name)
 
         source.send_raw(self._line({"op": "prepare", "precopy": args["precopy_source"],
                                     "age": float(args.get("precopy_age", 0)), "alg": boolean(args.get("alg_state", True))}))
@@ -121,8 +140,17 @@ class ActionModule(ActionBase):
             took["release"] = source.request({"op": "release", "addresses": args["addresses"],
                                               "interfaces": args["source_interfaces"]}, STEP_TIMEOUT).get("took_ms")
             mark("released")
-        # Before the commit: a run that cannot keep its audit trail is undone like any other failure.
+        # The target still holds what it took over (someone may have emptied it meanwhile): else
+        # nothing is committed and both agents undo, the source serving with its sessions intact.
+        took["verify"] = target.request({"op": "verify"}, STEP_TIMEOUT).get("took_ms")
         crossed = source.request({"op": "crossed"}, STEP_TIMEOUT)
+        if args.get("delta_dest"):
+            # Kept before the commit: a snapshot directory that cannot take it (full, say) fails the
+            # cutover while the agents can still undo, rather than a migration without its audit trail.
+            try:
+                self._write(args["delta_dest"], crossed["document"])
+            except OSError as exc:
+                raise ChannelError("cannot keep the delta in the snapshot directory: %s" % exc)
         # The target holds the state (and, with a claim, serves): nothing is undone from here on.
         source.request({"op": "commit"}, STEP_TIMEOUT)
         target.request({"op": "commit"}, STEP_TIMEOUT)
@@ -134,8 +162,6 @@ class ActionModule(ActionBase):
         for agent in (source, target):
             agent.request({"op": "bye"}, STEP_TIMEOUT)
 
-        if args.get("delta_dest"):
-            self._write(args["delta_dest"], crossed["document"])
         window_end = marks.get("claimed", marks["checked"])
         return dict(
             changed=True, prepared=prepared, caught_up=caught_up, attempts=attempts, marks=marks,

@@ -133,7 +133,8 @@ def fleet_lines(entries):
     for entry in entries:
         counts[entry.get("outcome")] = counts.get(entry.get("outcome"), 0) + 1
     lines = ["%d pair(s): %s" % (len(entries), ", ".join(
-        "%d %s" % (counts[outcome], outcome) for outcome in ("migrated", "rolled back", "not attempted") if outcome in counts))]
+        "%d %s" % (counts[outcome], outcome) for outcome in ("migrated", "already migrated", "rolled back", "not attempted")
+        if outcome in counts))]
     for entry in entries:
         line = "%s -> %s: %s" % (entry.get("source"), entry.get("target"), entry.get("outcome"))
         if entry.get("freeze_window_ms") is not None:

@@ -96,7 +96,7 @@ def test_the_target_catches_up_before_the_freeze_and_the_window_carries_the_rest
                    ("source", "delta"), ("target", "apply"),  # caught up while the source serves
                    ("source", "freeze"), ("source", "delta"), ("target", "apply"), ("source", "check"),
                    ("target", "claim"), ("source", "release"),
-                   ("source", "crossed"), ("source", "commit"), ("target", "commit"), ("target", "announce"),
+                   ("target", "verify"), ("source", "crossed"), ("source", "commit"), ("target", "commit"), ("target", "announce"),
                    ("source", "bye"), ("target", "bye")]
     assert [r["added"] for r in result["caught_up"]] == [35]
     assert result["delta"]["added"] == 5

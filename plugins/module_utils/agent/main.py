@@ -85,6 +85,7 @@ class Agent(object):
         side = self.side
         return {
             "apply": lambda r: side.apply(r["document"]),
+            "verify": lambda r: side.verify(),
             "claim": lambda r: side.claim(r["addresses"], r["interfaces"], r["valid_ms"], run_addresses),
             "announce": lambda r: side.announce(r["addresses"], r["interfaces"], r.get("count", 2),
                                                 r.get("interval", 0.1), run_addresses),
