@@ -18,7 +18,7 @@ from ansible_collections.nfstate.migration.plugins.action import cutover
 from ansible_collections.nfstate.migration.plugins.module_utils.agent import target as target_mod
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import write_document
-from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import RuleState
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import EMPTY_ALG_RULES, RuleState
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
 from ansible_collections.nfstate.migration.tests.unit.builders import many_tcp_sessions, snapshot_document
 
@@ -32,6 +32,9 @@ class FakeProvider:
 
     def read_nat_rules(self, interfaces):
         return RuleState([], list(self.current), self.table, self.table, None)
+
+    def read_alg_rules(self):
+        return EMPTY_ALG_RULES
 
 
 class FakeTable:
@@ -158,6 +161,8 @@ class FakeAgent:
             return {"frozen": True, "remaining_ms": 60000, "created_since_delta": 0}
         if message["op"] == "claim":
             return {"timings": {}, "since_delta_ms": 1}
+        if message["op"] == "crossed":
+            return {"document": snapshot_document([]), "sessions": 0, "removed": 0}
         return {}
 
 
@@ -189,12 +194,14 @@ def test_the_delta_is_kept_before_the_commit(tmp_path, monkeypatch):
     assert dest.exists() and source.ops[-2:] == ["commit", "bye"] and result["claimed"] is not None
 
 
-def test_rules_removed_after_the_delta_refuse_the_claim(side):
+def test_rules_removed_after_the_delta_are_found_before_the_commit(side):
+    # The apply read them back inside this window; the verify after the release reads them again.
     target, provider, dummy, dummy = side
     target.apply(empty_delta())
     provider.current = []
+    target.claim([], {}, 60000, run_addresses=lambda params: {"added": [], "timings": {}})
     with pytest.raises(AgentError, match="not those verified"):
-        target.claim([], {}, 60000, run_addresses=lambda params: {"added": [], "timings": {}})
+        target.verify()
 
 
 def test_the_check_before_the_commit_creates_removed_sessions_again(side):
