@@ -152,9 +152,9 @@ def many_tcp_sessions(count):
     return entries
 
 
-def snapshot_document(entries, name="edge-nat"):
-    """A full snapshot document holding `entries` (indexed 1..n)."""
-    doc = new_document(name, taken_at="2026-11-26T08:00:00Z", source_host="nat-a",
+def snapshot_document(entries, name="edge-nat", taken_at="2026-11-26T08:00:00Z"):
+    """A full snapshot document holding `entries` (indexed 1..n), read at `taken_at`."""
+    doc = new_document(name, taken_at=taken_at, source_host="nat-a",
                        implementation="iptables", kind="full")
     return set_sessions(doc, entries)
 

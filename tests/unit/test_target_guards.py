@@ -17,7 +17,7 @@ from ansible.playbook.task import Task
 from ansible_collections.nfstate.migration.plugins.action import cutover
 from ansible_collections.nfstate.migration.plugins.module_utils.agent import target as target_mod
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import write_document
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import date_and_time, write_document
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import EMPTY_ALG_RULES, RuleState
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
 from ansible_collections.nfstate.migration.tests.unit.builders import many_tcp_sessions, snapshot_document
@@ -72,7 +72,8 @@ class FakeTable:
 def side(tmp_path, monkeypatch):
     held = many_tcp_sessions(5)
     path = str(tmp_path / "precopy.json")
-    write_document(snapshot_document(held), path)
+    # Read just now: the copies' lifetimes (300 s) are still ahead of them.
+    write_document(snapshot_document(held, taken_at=date_and_time()), path)
     table = FakeTable(held)
     monkeypatch.setattr(target_mod, "Conntrack", lambda: table)
     monkeypatch.setattr(target_mod, "table_count", lambda: len(table.entries))
@@ -99,6 +100,17 @@ def test_rules_removed_by_someone_else_refuse_the_delta_so_nothing_is_claimed(si
         target.apply(empty_delta())
     with pytest.raises(AgentError, match="claim before any delta"):
         target.claim([], {}, 10000, run_addresses=None)
+
+
+def test_copies_that_ran_out_by_themselves_are_not_brought_back(side):
+    target, dummy, table, held = side
+    for entry in held[:2]:
+        table.entries.pop(session_key(entry))
+        target.expiry[session_key(entry)] = 0.0  # ran out here, as on the source
+        target._expiring.append((0.0, session_key(entry)))
+    target._expiring.sort()
+    assert target.apply(empty_delta())["recreated"] == 0
+    assert set(table.entries) == set(session_key(e) for e in held[2:])
 
 
 def test_sessions_removed_by_someone_else_are_created_again_from_the_held_copies(side):

@@ -14,7 +14,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
 import errno
+import heapq
 import ipaddress
 import time
 
@@ -25,7 +27,9 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     DocumentError,
     document_sessions,
     read_document,
+    snapshot_age,
 )
+from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import EXPIRY_MARGIN
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     ModelError,
@@ -54,6 +58,8 @@ class TargetSide(object):
     def __init__(self, provider):
         self.provider = provider
         self.held = None          # session key -> entry: what the pre-copy put here, then each delta
+        self.expiry = {}          # session key -> when its copy here runs out (monotonic seconds)
+        self._expiring = []       # heap of (expiry, key): the copies that run out, soonest first
         self.created = []         # sessions this agent created (an undo deletes them)
         self.applied_at = None    # monotonic time the last delta was applied
         self.claimed = None       # (addresses, interfaces) claimed
@@ -62,10 +68,16 @@ class TargetSide(object):
 
     def prepare(self, precopy, keep_rules=False):
         try:
-            present = document_sessions(read_document(precopy)).present
+            document = read_document(precopy)
+            present = document_sessions(document).present
         except (OSError, ValueError) as exc:
             raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
         self.held = dict((session_key(e), e) for e in present)
+        # The copies were made with the snapshot's lifetimes less its age: they run out from there.
+        taken = time.monotonic() - snapshot_age(document, datetime.datetime.now(datetime.timezone.utc))
+        self.expiry = dict((key, taken + e.timeout) for key, e in self.held.items())
+        self._expiring = [(at, key) for key, at in self.expiry.items()]
+        heapq.heapify(self._expiring)
         self.keep_rules = bool(keep_rules)
         self.rules = self._rules_now()
         return {"sessions": len(self.held)}
@@ -87,13 +99,27 @@ class TargetSide(object):
                                  len(self.rules[0]) + len(self.rules[1]), "present" if self.rules[3] else "absent"))
 
     def _missing(self, table):
-        """The held sessions no longer in the table (removed by someone else), found by a dump only
-        when the table holds fewer entries than we hold."""
+        """The held sessions no longer in the table though their copy should still live (removed
+        by someone else), with the lifetime they have left; found by a dump only when the table
+        holds fewer entries than that. A copy that ran out by itself stays gone: it ended on the
+        source too, or the next delta refreshes it, and bringing it back would take a tuple that a
+        newer session may need."""
+        now = time.monotonic()
+        self._forget_expired(now)
         count = table_count()
         if count is None or count >= len(self.held):
             return []
         present = set(session_key(e) for e in table.dump())
-        return [e for key, e in self.held.items() if key not in present]
+        return [e._replace(timeout=int(self.expiry[key] - now)) for key, e in self.held.items() if key not in present]
+
+    def _forget_expired(self, now):
+        """Let go of the copies whose lifetime here has run out (within EXPIRY_MARGIN)."""
+        heap, expiry = self._expiring, self.expiry
+        while heap and heap[0][0] - now <= EXPIRY_MARGIN:
+            at, key = heapq.heappop(heap)
+            if expiry.get(key) == at:  # else a later delta gave the copy a new lifetime
+                del expiry[key]
+                self.held.pop(key, None)
 
     def apply(self, document):
         """Apply a delta document (already parsed JSON); all or nothing."""
@@ -142,11 +168,16 @@ class TargetSide(object):
             recreated = [e for e in missing if id(e) not in taken]
         for entry in delete:
             held.pop(session_key(entry), None)
+            self.expiry.pop(session_key(entry), None)
         for entry in missing:
             if id(entry) in taken:
                 held.pop(session_key(entry), None)
-        for entry in create + recreated:
-            held[session_key(entry)] = entry
+        now = time.monotonic()
+        for entry in create + refresh + recreated:
+            key = session_key(entry)
+            held[key] = entry
+            self.expiry[key] = now + entry.timeout
+            heapq.heappush(self._expiring, (self.expiry[key], key))
         self.created.extend(create + recreated)
         # After the masters, their expectations: the delta carries the source's whole table, so the
         # target's expectations of the masters it holds become exactly those.
