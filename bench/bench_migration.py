@@ -48,7 +48,7 @@ QUIET_SECONDS = 2.0
 # The playbook's tasks that bound the freeze window: new connections wait from the freeze on, until
 # the target holds the addresses.
 FREEZE_TASK = "Cut over (catch up, freeze, delta, apply, check, claim, release)"
-PRECOPY_GATHERED = "Carry the pre-copy snapshot to the target"
+PRECOPY_GATHERED = "Carry the pre-copy to the target"
 
 
 def lab_name(count, churn=0):
@@ -213,6 +213,8 @@ def run_case(count, churn, args, workdir):
         listener.wait(timeout=10)
         started.end(dump, sig=signal.SIGINT)
         case["playbook"] = {"exit": code, "seconds": round(seconds, 1)}
+        if churn and "churned" not in case:
+            raise RuntimeError("the churn never ran: no task named %r in the playbook's output" % PRECOPY_GATHERED)
         if code != 0:
             raise RuntimeError("the playbook failed (%d); see %s" % (code, os.path.join(case_dir, "ansible.log")))
         case["report"] = only_report(snapshots)

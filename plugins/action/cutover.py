@@ -4,9 +4,10 @@
 """Drive the freeze window through agents started before it: milliseconds, not module runs.
 
     prepare  both agents load the pre-copy (outside the window)
-    catch up the source's events give what changed since the pre-copy, the target applies it, while
-             the source still serves (`pre_deltas` times): the window's delta is then only what
-             changed in the last moments, whatever the churn since the pre-copy
+    catch up the source compares its table with the pre-copy (a dump: sessions older than its agent
+             make no events), the target applies the difference, while the source still serves
+             (`pre_deltas` times): the window's delta is then only what the events say changed in
+             the last moments, whatever the churn since the pre-copy
     freeze   the source stops creating sessions (the kernel lifts it at the deadline)
     delta    the source's events give what changed since the last delta
     apply    the target applies it against what it holds (the delta's text is passed on as is)
@@ -108,7 +109,8 @@ class ActionModule(ActionBase):
         caught_up = []
         for dummy in range(int(args.get("pre_deltas", 1))):
             started = time.time()
-            raw, applied = self._delta_across(source, target)
+            # The catch-up compares with a dump: sessions older than the agent make no events.
+            raw, applied = self._delta_across(source, target, full=True)
             caught_up.append(dict(self._counts(json.loads(raw), applied), ms=round((time.time() - started) * 1000, 1)))
 
         attempts = []
@@ -176,11 +178,11 @@ class ActionModule(ActionBase):
         )
 
     @staticmethod
-    def _delta_across(source, target, taken=None):
+    def _delta_across(source, target, taken=None, full=False):
         """One delta from the source applied on the target: (the delta's answer as its JSON text, the
         target's answer). The delta is passed on without being parsed: the caller reads it when it
         has the time."""
-        source.send_raw(b'{"op":"delta"}')
+        source.send_raw(b'{"op":"delta","full":true}' if full else b'{"op":"delta"}')
         raw = source.receive_raw(STEP_TIMEOUT)
         if not is_ok(raw):
             raise ChannelError("delta: %s" % json.loads(raw).get("error"))
@@ -192,7 +194,8 @@ class ActionModule(ActionBase):
 
     @staticmethod
     def _counts(delta, applied):
-        counts = dict((k, delta.get(k)) for k in ("added", "removed", "refreshed", "lost_events", "expectations_ms"))
+        counts = dict((k, delta.get(k)) for k in ("added", "removed", "refreshed", "lost_events", "full",
+                                                  "expectations_ms"))
         counts.update(expectations=delta.get("expectations", 0), alg_not_carried=delta.get("alg_not_carried", []))
         counts.update(("applied_" + k, applied.get(k, 0)) for k in APPLIED_COUNTS)
         return counts

@@ -74,7 +74,7 @@ class Agent(object):
         side = self.side
         return {
             "freeze": lambda r: side.freeze(r["interfaces"], r["deadline"]),
-            "delta": lambda r: side.delta(),
+            "delta": lambda r: side.delta(bool(r.get("full"))),
             "check": lambda r: side.check(),
             "crossed": lambda r: side.crossed(),
             "release": lambda r: side.release(r["addresses"], r["interfaces"], run_addresses),

@@ -198,10 +198,15 @@ class SourceSide(object):
         self.frozen_until = time.monotonic() + (wanted.expires_at - time.time())
         return {"expires_at": wanted.expires_at}
 
-    def delta(self):
+    def delta(self, full=False):
         """What changed since the last delta (the pre-copy at first), as a delta document (its JSON
         text travels as is); the baseline then holds it. Before the freeze it lets the target catch
-        up while this host serves; once frozen it is the window's."""
+        up while this host serves; once frozen it is the window's.
+
+        full: compare with a dump rather than the events. The kernel gives an entry its event cache
+        only when someone listens as it is created (nf_conntrack_events=2, the default), so the
+        sessions older than this agent never report their end nor their state changes: a catch-up
+        before the window finds them with a dump, at the cost of reading the table once."""
         if self.baseline is None:
             raise AgentError("no pre-copy loaded: send prepare first")
         sequence = self.log.barrier()
@@ -211,7 +216,7 @@ class SourceSide(object):
         # The expectation table is small (minutes-lived, a few per ALG session): read whole each time.
         expectations = alg_state.dump_expectations() if self.alg else []
         expectations_ms = round((time.monotonic() - started) * 1000, 2)
-        if lost:
+        if lost or full:
             added, removed, refreshed = self._full_comparison(now)
         else:
             added, removed, refreshed = self._from_events(latest, now)
@@ -225,7 +230,7 @@ class SourceSide(object):
         not_carried = []
         document = self._document(added + refreshed, removed, expectations, not_carried)
         return {"document": document, "added": len(added), "removed": len(removed), "refreshed": len(refreshed),
-                "lost_events": lost, "frozen": bool(self.frozen), "expectations": alg_state.carried(document),
+                "lost_events": lost, "full": bool(lost or full), "frozen": bool(self.frozen), "expectations": alg_state.carried(document),
                 "expectations_ms": expectations_ms, "alg_not_carried": not_carried}
 
     def _from_events(self, latest, now):
