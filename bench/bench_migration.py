@@ -271,7 +271,8 @@ def summary_table(cases):
         rows.append([case_label(case), "%d/%d" % (report["delta_sessions"], report["delta_removed"])]
                     + ["%.2f" % seconds[p] if p in seconds else "-" for p in phases]
                     + ["%.2f" % report.get("freeze_window_seconds", 0), "%.2f" % case["freeze_window"]["seconds"],
-                       "%.2f" % (case.get("syn_wait") or {}).get("seconds", 0), "%s (%s)" % (gap, flow), "%.1f" % quiet, "%.1f" % whole, "yes" if healthy else "NO"])
+                       "%.2f" % (case.get("syn_wait") or {}).get("seconds", 0), "%s (%s)" % (gap, flow),
+                       "%.1f" % quiet, "%.1f" % whole, "yes" if healthy else "NO"])
     return header, rows
 
 
