@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "lab"))
 sys.path.insert(0, HERE)
 
 import bench_results  # noqa: E402
+import faults  # noqa: E402
 import lab_sessions  # noqa: E402
 import new_connections  # noqa: E402
 from bench_migration import Started, only_report, wait_ready  # noqa: E402
@@ -60,22 +60,11 @@ def kernel_drops(lab, host):
     return totals
 
 
-class Sampler(threading.Thread):
+class Sampler(faults.Sampler):
     """Both tables' counts every `interval` seconds, on the wall clock."""
 
     def __init__(self, lab, interval=0.5):
-        threading.Thread.__init__(self, daemon=True)
-        self.lab, self.interval = lab, interval
-        self.samples = []
-        self.stopping = threading.Event()
-
-    def run(self):
-        while not self.stopping.is_set():
-            try:
-                self.samples.append((time.time(), count(self.lab, "nat-a"), count(self.lab, "nat-b")))
-            except (subprocess.CalledProcessError, ValueError, OSError):
-                pass
-            self.stopping.wait(self.interval)
+        faults.Sampler.__init__(self, lambda: (count(lab, "nat-a"), count(lab, "nat-b")), interval, clock=time.time)
 
     def at(self, moment):
         """The sample nearest a wall-clock moment."""
@@ -148,8 +137,7 @@ def run(args, workdir):
         open(stop, "w").close()
         for prober, dummy in probers:
             prober.wait(timeout=30)
-        sampler.stopping.set()
-        sampler.join(5)
+        sampler.finish()
         figures["playbook"] = {"exit": code, "seconds": round(ended - begun, 1)}
         if code:
             raise RuntimeError("the playbook failed (%d): %s" % (code, os.path.join(workdir, "ansible.log")))

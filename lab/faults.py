@@ -117,27 +117,38 @@ def host_state(lab):
     return state
 
 
-class HolderTimeline(threading.Thread):
-    """Samples which host holds the service addresses, to tell how long none (or both) did."""
+class Sampler(threading.Thread):
+    """Calls take() every `interval` seconds and keeps (clock(), value...) tuples; a sample that
+    fails is skipped (a namespace going away at the end)."""
 
-    def __init__(self, lab, interval=0.25):
+    def __init__(self, take, interval, clock=time.monotonic):
         threading.Thread.__init__(self, daemon=True)
-        self.lab, self.interval = lab, interval
+        self.take, self.interval, self.clock = take, interval, clock
         self.samples = []
         self.stopping = threading.Event()
 
     def run(self):
         while not self.stopping.is_set():
             try:
-                self.samples.append((time.monotonic(), self.lab.service_holder()))
-            # A namespace going away at the end: the sample is skipped.
+                value = self.take()
+                self.samples.append((self.clock(),) + (value if isinstance(value, tuple) else (value,)))
             except Exception:  # pylint: disable=broad-except
                 pass
             self.stopping.wait(self.interval)
 
-    def stop(self):
+    def finish(self):
         self.stopping.set()
         self.join(5)
+
+
+class HolderTimeline(Sampler):
+    """Samples which host holds the service addresses, to tell how long none (or both) did."""
+
+    def __init__(self, lab, interval=0.25):
+        Sampler.__init__(self, lab.service_holder, interval)
+
+    def stop(self):
+        self.finish()
         return self.summary()
 
     def summary(self):

@@ -132,70 +132,8 @@ IPT_OPENER = """*filter
 COMMIT
 """
 
-HELPER = r'''
-import json, socket, subprocess, sys, threading
-
-def serve(specs):
-    def loop(listener):
-        while True:
-            conn, _ = listener.accept()
-            conn.close()
-    for spec in specs:
-        addr, port = spec.rsplit(":", 1)
-        listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((addr, int(port)))
-        listener.listen(64)
-        threading.Thread(target=loop, args=(listener,), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
-
-def connect(src, dst, port, timeout):
-    sock = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.bind((src, 0))
-        sock.connect((dst, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-def probe(item):
-    kind, src, dst, port = item
-    if kind == "tcp":
-        return connect(src, dst, port, 1.5)
-    if kind == "knock":            # one SYN that the firewall drops (and learns from)
-        connect(src, dst, port, 0.3)
-        return None
-    if kind == "ping":
-        return subprocess.run(["ping", "-c1", "-W1", "-I", src, dst], capture_output=True).returncode == 0
-    if kind == "udp":              # `port` datagrams of 1000 bytes to dst:53
-        sock = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((src, 0))
-        for _ in range(port):
-            sock.sendto(b"x" * 1000, (dst, 53))
-        sock.close()
-        return None
-
-if sys.argv[1] == "serve":
-    serve(sys.argv[2:])
-else:
-    # A list of steps; each step is a list of probes run at the same time.
-    results = []
-    for step in json.loads(sys.argv[2]):
-        out = [None] * len(step)
-        def run(i, item):
-            out[i] = probe(item)
-        threads = [threading.Thread(target=run, args=(i, item)) for i, item in enumerate(step)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        results.append(out)
-    print(json.dumps(results))
-'''
+# The listeners and probes, run in the lab's namespaces.
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "firewall_probes.py")
 
 
 def sh(*args, **kwargs):
@@ -213,9 +151,7 @@ class Lab:
         self.letter = letter
         self.cli, self.fw, self.srv = ("f-%s-%s" % (letter, role) for role in ("cli", "fw", "srv"))
         self.devices = DEVICES[letter]
-        self.helper = os.path.join(tmp, "helper.py")
-        with open(self.helper, "w", encoding="utf-8") as out:
-            out.write(HELPER)
+        self.helper = HELPER
         self.procs = []
 
     def build(self):
