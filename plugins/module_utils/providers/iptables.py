@@ -248,8 +248,15 @@ class Iptables(IptablesFilter, Provider):
 
     # -- ALG rules (raw table) -----------------------------------------------------------------
 
+    def _saved_if_loaded(self, family, table):
+        """A table's save, or "" for a legacy table the kernel does not hold: reading would create
+        it, and a gather (or a dry run) must change nothing."""
+        if self.backend == "legacy" and not legacy_table_loaded(family, table):
+            return ""
+        return self.runner.save(family, table)
+
     def read_alg_rules(self):
-        tables = dict((family, alg_t.parse_save(self.runner.save(family, alg_t.TABLE))) for family in FAMILIES)
+        tables = dict((family, alg_t.parse_save(self._saved_if_loaded(family, alg_t.TABLE))) for family in FAMILIES)
         rules = []
         for family in FAMILIES:  # written the same into both families
             rules.extend(rule for rule in tables[family].rules if rule not in rules)
