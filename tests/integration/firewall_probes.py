@@ -18,7 +18,7 @@ import threading
 def serve(specs):
     def loop(listener):
         while True:
-            conn, _ = listener.accept()
+            conn, dummy = listener.accept()
             conn.close()
     for spec in specs:
         addr, port = spec.rsplit(":", 1)
@@ -52,11 +52,11 @@ def probe(item):
         connect(src, dst, port, 0.3)
         return None
     if kind == "ping":
-        return subprocess.run(["ping", "-c1", "-W1", "-I", src, dst], capture_output=True).returncode == 0
+        return subprocess.run(["ping", "-c1", "-W1", "-I", src, dst], capture_output=True, check=False).returncode == 0
     if kind == "udp":              # `port` datagrams of 1000 bytes to dst:53, or to dst:item[4]
         sock = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((src, 0))
-        for _ in range(port):
+        for dummy in range(port):
             sock.sendto(b"x" * 1000, (dst, item[4] if len(item) > 4 else 53))
         sock.close()
         return None
