@@ -35,8 +35,8 @@ fi
 echo "== pytest: unit tests"
 pytest -p no:cacheprovider -q "$@" tests/unit
 
-echo "== pytest: integration tests (three workers, one file each at a time: their labs stay apart; most of a file's time is spent waiting on SSH, sleeps and the network)"
+echo "== pytest: integration tests (two workers, one file each at a time: their labs stay apart)"
 status=0
-pytest -p no:cacheprovider -ra -n 3 --dist loadfile --durations=15 "$@" tests/integration || status=$?
+pytest -p no:cacheprovider -ra -n 2 --dist loadfile --durations=15 "$@" tests/integration || status=$?
 [ "$status" -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
 exit "$status"
