@@ -30,6 +30,7 @@ import pytest
 from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
 from ansible_collections.nfstate.migration.plugins.module_utils import alg_model
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import alg_iptables
+from ftp_client import CLIENT_CODE
 
 HOST_PYTHON = "/usr/bin/python3"
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
@@ -76,50 +77,6 @@ FTPHandler.permit_foreign_addresses = True  # active mode: the PORT address is t
 server = FTPServer((sys.argv[1], 21), FTPHandler)
 print("READY", flush=True)
 server.serve_forever()
-"""
-
-CLIENT_CODE = r"""
-import ftplib, hashlib, json, socket, sys
-ftp = ftplib.FTP(timeout=float(sys.argv[2]))
-pending = {}
-
-def fetch(data_sock):
-    data = bytearray()
-    with data_sock:
-        while True:
-            chunk = data_sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    ftp.voidresp()
-    return {"sha": hashlib.sha256(data).hexdigest(), "size": len(data)}
-
-def run(op):
-    if op["op"] == "login":
-        ftp.connect(sys.argv[1], 21)
-        return {"reply": ftp.login("user", "secret")}
-    if op["op"] == "pasv":  # a passive data port asked for, not connected to yet: the pause
-        ftp.voidcmd("TYPE I")
-        pending["address"] = ftplib.parse227(ftp.sendcmd("PASV"))
-        return {"port": pending["address"][1]}
-    if op["op"] == "fetch-pending":
-        data_sock = socket.create_connection(pending.pop("address"), timeout=ftp.timeout)
-        ftp.sendcmd("RETR data.bin")
-        return fetch(data_sock)
-    if op["op"] == "retr":  # a whole transfer, passive or active (PORT)
-        ftp.set_pasv(op["passive"])
-        ftp.voidcmd("TYPE I")
-        return fetch(ftp.transfercmd("RETR data.bin"))
-    if op["op"] == "cmd":
-        return {"reply": ftp.sendcmd(op["line"])}
-    raise ValueError(op)
-
-for line in sys.stdin:
-    try:
-        answer = run(json.loads(line))
-    except Exception as exc:
-        answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
-    print(json.dumps(answer), flush=True)
 """
 
 
