@@ -193,9 +193,7 @@ class Fault:
                     pass
         elif self.kind == "target-state":
             # The lab's own reset of a NAT host: every table, whoever made it.
-            self.lab._clear_nat("nat-b")  # pylint: disable=protected-access
-            for family in ("ipv4", "ipv6"):
-                self.lab.run("nat-b", ["conntrack", "-F", "-f", family], check=False)
+            self.lab.wipe("nat-b")
         elif self.kind == "snapshots-full":
             fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o600)
             try:

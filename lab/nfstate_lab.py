@@ -572,6 +572,12 @@ class Lab:
         if shutil.which("ipset") and self.run(host, ["ipset", "list", "-n"], check=False).stdout.strip():
             self.run(host, ["ipset", "destroy"], check=False)
 
+    def wipe(self, host):
+        """Someone else empties a NAT host: every firewall/NAT table and both conntrack tables."""
+        self._clear_nat(host)
+        for family in ("ipv4", "ipv6"):
+            self.run(host, ["conntrack", "-F", "-f", family], check=False)
+
     def _install_rules(self):
         for host in NAT_HOSTS:
             self._clear_nat(host)

@@ -95,6 +95,16 @@ def test_nftables_to_iptables(lab, tmp_path):
     assert lab.service_holder() == "nat-b"
     assert new_connection_ok(lab)
 
+    # Someone empties the target that serves: new connections fail, and a plain re-run of the same
+    # command finds the pair moved and puts the last run's NAT rules back.
+    lab.wipe("nat-b")
+    assert not new_connection_ok(lab)
+    again = migrate(lab, "nat-a", "nat-b", tmp_path)
+    assert again.returncode == 0, again.stdout[-5000:]
+    assert "NAT rules of ours: " in again.stdout and "put back from " + str(tmp_path) in again.stdout, again.stdout[-3000:]
+    assert lab.service_holder() == "nat-b"
+    assert new_connection_ok(lab)
+
 
 @pytest.mark.parametrize("two_host_lab", [dict(source_impl="iptables-legacy", target_impl="nftables")], indirect=True)
 def test_port_collision_on_target_rolls_back(lab, tmp_path):

@@ -1,0 +1,247 @@
+# -*- coding: utf-8 -*-
+# Copyright: nfstate.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the target's agent does when someone else removed its NAT rules or sessions inside the
+window (the fault matrix found both), and the cutover's test hook, which does nothing unless set.
+The kernel is faked: its table is a dict."""
+
+import json
+import os
+import threading
+import time
+from unittest.mock import MagicMock
+
+import pytest
+from ansible.playbook.task import Task
+
+from ansible_collections.nfstate.migration.plugins.action import cutover
+from ansible_collections.nfstate.migration.plugins.module_utils.agent import target as target_mod
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import date_and_time, write_document
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import EMPTY_ALG_RULES, RuleState
+from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
+from ansible_collections.nfstate.migration.tests.unit.builders import many_tcp_sessions, snapshot_document
+
+
+class FakeProvider:
+    """Rules read without the interfaces come back as unsupported, as a real provider lists them."""
+
+    def __init__(self, rules):
+        self.current = list(rules)
+        self.table = True
+
+    def read_nat_rules(self, interfaces):
+        return RuleState([], list(self.current), self.table, self.table, None)
+
+    def read_alg_rules(self):
+        return EMPTY_ALG_RULES
+
+
+class FakeTable:
+    """A conntrack table: session key -> entry."""
+
+    def __init__(self, entries):
+        self.entries = dict((session_key(e), e) for e in entries)
+        self.dumps = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def dump(self):
+        self.dumps += 1
+        return list(self.entries.values())
+
+    def update(self, entries):
+        return [(e, 0 if session_key(e) in self.entries else 2) for e in entries]
+
+    def delete(self, entries):
+        for e in entries:
+            self.entries.pop(session_key(e), None)
+        return []
+
+    def create(self, entries):
+        for e in entries:
+            self.entries[session_key(e)] = e
+        return []
+
+
+@pytest.fixture()
+def side(tmp_path, monkeypatch):
+    held = many_tcp_sessions(5)
+    path = str(tmp_path / "precopy.json")
+    # Read just now: the copies' lifetimes (300 s) are still ahead of them.
+    write_document(snapshot_document(held, taken_at=date_and_time()), path)
+    table = FakeTable(held)
+    monkeypatch.setattr(target_mod, "Conntrack", lambda: table)
+    monkeypatch.setattr(target_mod, "table_count", lambda: len(table.entries))
+    provider = FakeProvider(["snat 1", "dnat 2"])
+    target = target_mod.TargetSide(provider)
+    target.prepare(path)
+    return target, provider, table, held
+
+
+def empty_delta():
+    return snapshot_document([])
+
+
+def test_an_undisturbed_target_applies_without_a_dump(side):
+    target, dummy, table, dummy = side
+    assert target.apply(empty_delta())["recreated"] == 0
+    assert table.dumps == 0
+
+
+def test_rules_removed_by_someone_else_refuse_the_delta_so_nothing_is_claimed(side):
+    target, provider, table, dummy = side
+    provider.current, provider.table = [], False
+    with pytest.raises(AgentError, match="not those verified before the window"):
+        target.apply(empty_delta())
+    with pytest.raises(AgentError, match="claim before any delta"):
+        target.claim([], {}, 10000, run_addresses=None)
+
+
+def test_copies_that_ran_out_by_themselves_are_not_brought_back(side):
+    target, dummy, table, held = side
+    for entry in held[:2]:
+        table.entries.pop(session_key(entry))
+        target.expiry[session_key(entry)] = 0.0  # ran out here, as on the source
+        target._expiring.append((0.0, session_key(entry)))
+    target._expiring.sort()
+    assert target.apply(empty_delta())["recreated"] == 0
+    assert set(table.entries) == set(session_key(e) for e in held[2:])
+
+
+def test_sessions_removed_by_someone_else_are_created_again_from_the_held_copies(side):
+    target, dummy, table, held = side
+    for entry in held[:3]:
+        table.entries.pop(session_key(entry))
+    result = target.apply(empty_delta())
+    assert result["recreated"] == 3
+    assert set(table.entries) == set(session_key(e) for e in held)
+
+
+def test_the_hold_hook_does_nothing_unless_its_step_is_named(tmp_path):
+    path = str(tmp_path / "hold")
+    started = time.monotonic()
+    cutover.hold_at("frozen", environ={})
+    cutover.hold_at("frozen", environ={cutover.HOLD_ENV: "claimed:%s" % path})
+    assert time.monotonic() - started < 0.5 and not os.path.exists(path)
+
+
+def test_the_hold_hook_waits_at_its_step_until_the_file_is_removed(tmp_path):
+    path = str(tmp_path / "hold")
+    waiter = threading.Thread(target=cutover.hold_at, args=("frozen", {cutover.HOLD_ENV: "frozen:%s" % path}))
+    waiter.start()
+    limit = time.monotonic() + 5
+    while not os.path.exists(path) and time.monotonic() < limit:
+        time.sleep(0.01)
+    assert os.path.exists(path)
+    time.sleep(0.2)
+    assert waiter.is_alive()
+    os.unlink(path)
+    waiter.join(2)
+    assert not waiter.is_alive()
+
+
+class FakeAgent:
+    """An agent's channel that answers each op as scripted and records what was asked."""
+
+    def __init__(self, role):
+        self.role = role
+        self.ops = []
+
+    def send_raw(self, line):
+        self.ops.append(json.loads(line)["op"])
+
+    def answer(self, timeout):
+        return {"ok": True, "sessions": 0}
+
+    def receive_raw(self, timeout):
+        document = snapshot_document([])
+        return json.dumps({"ok": True, "document": document, "added": 0, "removed": 0, "refreshed": 0,
+                           "lost_events": 0, "took_ms": 1.0}, separators=(",", ":")).encode()
+
+    def request_raw(self, raw, timeout):
+        self.ops.append("apply")
+        return {"created": 0, "deleted": 0, "refreshed": 0, "sessions": 0, "removed": 0}
+
+    def request(self, message, timeout):
+        self.ops.append(message["op"])
+        if message["op"] == "check":
+            return {"frozen": True, "remaining_ms": 60000, "created_since_delta": 0}
+        if message["op"] == "claim":
+            return {"timings": {}, "since_delta_ms": 1}
+        if message["op"] == "crossed":
+            return {"document": snapshot_document([]), "sessions": 0, "removed": 0}
+        return {}
+
+
+def cutover_action():
+    task = MagicMock(Task)
+    task.args = {}
+    return cutover.ActionModule(task, MagicMock(), MagicMock(), loader=None, templar=None, shared_loader_obj=None)
+
+
+def test_a_delta_that_cannot_be_kept_fails_the_cutover_before_anything_is_committed(tmp_path, monkeypatch):
+    monkeypatch.setattr(cutover, "is_ok", lambda raw: True)
+    source, target = FakeAgent("source"), FakeAgent("target")
+    blocked = tmp_path / "full"
+    blocked.write_text("a file where the snapshot directory should be")
+    args = {"precopy_source": "p", "precopy_target": "p", "interfaces": {}, "deadline": 120, "addresses": [],
+            "source_interfaces": {}, "target_interfaces": {}, "delta_dest": str(blocked / "delta.json.gz")}
+    with pytest.raises(cutover.ChannelError, match="cannot keep the delta"):
+        cutover_action()._cutover(source, target, args)
+    assert "release" in source.ops and "commit" not in source.ops + target.ops
+
+
+def test_the_delta_is_kept_before_the_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr(cutover, "is_ok", lambda raw: True)
+    source, target = FakeAgent("source"), FakeAgent("target")
+    dest = tmp_path / "run" / "delta.json.gz"
+    args = {"precopy_source": "p", "precopy_target": "p", "interfaces": {}, "deadline": 120, "addresses": [],
+            "source_interfaces": {}, "target_interfaces": {}, "delta_dest": str(dest)}
+    result = cutover_action()._cutover(source, target, args)
+    assert dest.exists() and source.ops[-2:] == ["commit", "bye"] and result["claimed"] is not None
+
+
+def test_rules_removed_after_the_delta_are_found_before_the_commit(side):
+    # The apply read them back inside this window; the verify after the release reads them again.
+    target, provider, dummy, dummy = side
+    target.apply(empty_delta())
+    provider.current = []
+    target.claim([], {}, 60000, run_addresses=lambda params: {"added": [], "timings": {}})
+    with pytest.raises(AgentError, match="not those verified"):
+        target.verify()
+
+
+def test_the_check_before_the_commit_creates_removed_sessions_again(side):
+    target, dummy, table, held = side
+    target.apply(empty_delta())
+    table.entries.clear()
+    assert target.verify() == {"recreated": len(held)}
+    assert len(table.entries) == len(held)
+
+
+def test_the_target_is_verified_after_the_release_and_before_any_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr(cutover, "is_ok", lambda raw: True)
+    source, target = FakeAgent("source"), FakeAgent("target")
+    args = {"precopy_source": "p", "precopy_target": "p", "interfaces": {}, "deadline": 120, "addresses": [],
+            "source_interfaces": {}, "target_interfaces": {}}
+    cutover_action()._cutover(source, target, args)
+    assert target.ops.index("verify") < target.ops.index("commit")
+    assert target.ops.index("claim") < target.ops.index("verify")
+
+
+def test_an_undoing_target_gives_up_the_addresses_then_its_rules_then_every_session_made_with_them(side):
+    target, provider, table, held = side
+    target.apply(empty_delta())
+    calls = []
+    provider.remove_nat_rules = lambda state: calls.append(("rules", len(table.entries)))
+    target.claimed = ([{"address": "198.51.100.1/24", "role": "outside"}], {"outside": "out0"})
+    stray = many_tcp_sessions(8)[7]   # made after the claim by a packet that still came here
+    table.entries[session_key(stray)] = stray
+    target.undo(lambda params: calls.append((params["state"], len(table.entries))), grace=0)
+    assert calls == [("absent", 6), ("rules", 6)]
+    assert table.entries == {}
