@@ -245,3 +245,18 @@ def test_an_undoing_target_gives_up_the_addresses_then_its_rules_then_every_sess
     target.undo(lambda params: calls.append((params["state"], len(table.entries))), grace=0)
     assert calls == [("absent", 6), ("rules", 6)]
     assert table.entries == {}
+
+
+def test_an_undoing_target_keeps_its_rules_until_it_has_stopped_forwarding(side):
+    target, provider, table, held = side
+    target.apply(empty_delta())
+    started = time.monotonic()
+    removed_at = []
+    provider.remove_nat_rules = lambda state: removed_at.append(time.monotonic() - started)
+    target.claimed = ([{"address": "198.51.100.1/24", "role": "outside"}], {"outside": "out0"})
+
+    def forwarded():  # neighbours keep sending here for 0.4 s after the release
+        return int(min(time.monotonic() - started, 0.4) * 1000)
+
+    target.undo(lambda params: None, quiet=0.2, grace=5.0, forwarded=forwarded)
+    assert len(removed_at) == 1 and 0.6 <= removed_at[0] < 2.0

@@ -20,7 +20,7 @@ import heapq
 import ipaddress
 import time
 
-from ansible_collections.nfstate.migration.plugins.module_utils import alg_state
+from ansible_collections.nfstate.migration.plugins.module_utils import alg_state, drain
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack, strerror
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import describe
 from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
@@ -37,9 +37,11 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     session_key,
 )
 
-# Seconds an undoing target keeps its rules after giving up the addresses: the source's agent
-# announces them at the same moment, and the neighbours follow within that.
-UNDO_GRACE = 2.0
+# An undoing target keeps its rules after giving up the addresses until it has forwarded nothing
+# for UNDO_QUIET seconds (the neighbours follow the source's announcement; a source slow to take
+# them back, a loaded host, makes that later), UNDO_GRACE seconds at most.
+UNDO_QUIET = 1.0
+UNDO_GRACE = 15.0
 # How many entries this namespace's table holds: a cheap sign that someone removed sessions.
 COUNT_PATH = "/proc/sys/net/netfilter/nf_conntrack_count"
 
@@ -236,18 +238,21 @@ class TargetSide(object):
                            count=count, interval=interval))
         return {}
 
-    def undo(self, run_addresses, grace=UNDO_GRACE):
+    def undo(self, run_addresses, quiet=UNDO_QUIET, grace=UNDO_GRACE, forwarded=drain.forwarded_packets):
         """The controller is gone before the end: leave nothing of ours active here.
 
-        The source's agent takes the addresses back and announces them at the same moment; until
-        the neighbours follow, packets still arrive here. So the rules stay a moment after the
-        release, and go before the sessions: a packet arriving meanwhile must not create a
-        translated session that a re-run would then find in its way."""
+        The source's agent takes the addresses back and announces them; until the neighbours
+        follow, packets still arrive here, and without our NAT rules (the kernel's NAT hooks go
+        with them) they would cross untranslated: a port forward's answer reaches its peer from
+        the inside address and is reset. So the rules stay until forwarding has stopped, and go
+        before the sessions: a packet arriving meanwhile must not create a translated session that
+        a re-run would then find in its way."""
         if self.claimed is not None:
             addresses, interfaces = self.claimed
             run_addresses(dict(addresses=addresses, interfaces=interfaces, state="absent", announce="false",
                                count=1, interval=0.0))
-            time.sleep(grace)
+            if grace > 0:
+                drain.wait_quiet(forwarded, quiet, grace)
         if not self.keep_rules:
             current = self.provider.read_nat_rules({})
             if current.present:

@@ -81,13 +81,13 @@ def flows_in(labs):
         yield [stack.enter_context(FlowSet(lab, duration=FLOW_SECONDS)) for lab in labs]
 
 
-def test_four_pairs_in_one_run_one_fails_and_is_rolled_back(tmp_path):
+def test_three_pairs_in_one_run_one_fails_and_is_rolled_back(tmp_path):
     snapshots = tmp_path / "snapshots"
-    with Fleet("qf", 4) as fleet:
-        failing = fleet.labs[2]
+    with Fleet("qf", 3) as fleet:
+        failing = fleet.labs[1]
         with flows_in(fleet.labs) as flowsets:
             time.sleep(1.0)
-            take_translated_port(failing, flowsets[2])
+            take_translated_port(failing, flowsets[1])
             run = migrate_fleet(fleet, snapshots)
             time.sleep(1.0)
             results = [flows.stop() for flows in flowsets]
@@ -98,19 +98,18 @@ def test_four_pairs_in_one_run_one_fails_and_is_rolled_back(tmp_path):
     assert "translated address and port are taken" in run.stdout
     for lab, lab_results in zip(fleet.labs, results):
         assert_flows_whole(lab, lab_results)
-    assert holders == {"qf1": "nat-b", "qf2": "nat-b", "qf3": "nat-a", "qf4": "nat-b"}
+    assert holders == {"qf1": "nat-b", "qf2": "nat-a", "qf3": "nat-b"}
     assert failing_serves
 
     summary = fleet_summary(snapshots)
     assert sorted(summary) == sorted(fleet.sources)
     outcomes = {source: pair["outcome"] for source, pair in summary.items()}
-    assert outcomes == {"qf1-nat-a": "migrated", "qf2-nat-a": "migrated", "qf3-nat-a": "rolled back",
-                        "qf4-nat-a": "migrated"}
+    assert outcomes == {"qf1-nat-a": "migrated", "qf2-nat-a": "rolled back", "qf3-nat-a": "migrated"}
     assert {source: pair["target"] for source, pair in summary.items()} == {
-        "qf%d-nat-a" % i: "qf%d-nat-b" % i for i in range(1, 5)}
-    assert "translated address and port are taken" in summary["qf3-nat-a"]["failure"]
+        "qf%d-nat-a" % i: "qf%d-nat-b" % i for i in range(1, 4)}
+    assert "translated address and port are taken" in summary["qf2-nat-a"]["failure"]
 
-    # Each pair's report: in the artifacts for all four, and beside the snapshots for those that moved.
+    # Each pair's report: in the artifacts for all three, and beside the snapshots for those that moved.
     reports = run_stats(run.stdout)["nfstate_report"]
     assert {source: report["outcome"] for source, report in reports.items()} == outcomes
     for source, pair in summary.items():
