@@ -53,6 +53,16 @@ options:
     description: The NAT instance's name in the delta.
     type: str
     default: nat
+  precopy:
+    description:
+      - A target's pre-copy document on the host. Started before that document is applied, the agent then
+        removes what the apply created (its sessions, our rules unless O(keep_rules)) if it undoes before the
+        cutover's first request.
+    type: path
+  keep_rules:
+    description: A target that held NAT rules of ours before the pre-copy keeps them when it undoes.
+    type: bool
+    default: false
   work_dir:
     description: Directory on the host for the agent's zip.
     type: path

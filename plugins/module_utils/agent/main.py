@@ -136,12 +136,15 @@ def main(argv=None):
                         help="seconds without a word from the controller after which the agent undoes and ends")
     parser.add_argument("--selectors", default="{}")
     parser.add_argument("--instance-name", default="nat")
+    parser.add_argument("--precopy", default=None,
+                        help="a target's pre-copy document: an undo before the cutover removes what its apply created")
+    parser.add_argument("--keep-rules", action="store_true", help="a target that held NAT rules of ours before: keep them")
     args = parser.parse_args(argv)
     provider = provider_for(LocalHost(), args.implementation, args.iptables_backend)
     if args.role == "source":
         side = SourceSide(provider, json.loads(args.selectors), args.instance_name)
     else:
-        side = TargetSide(provider)
+        side = TargetSide(provider, args.precopy, args.keep_rules)
     agent = Agent(side, args.role, args.deadline)
     stdout = sys.stdout.buffer
     # The first line says the agent is ready (a source is subscribed to the events from here on).

@@ -57,24 +57,23 @@ def table_count(path=COUNT_PATH):
 class TargetSide(object):
     """Requests the driver sends the target's agent."""
 
-    def __init__(self, provider):
+    def __init__(self, provider, precopy=None, keep_rules=False):
         self.provider = provider
+        # Started before the pre-copy is applied, the agent knows the document and whether the host
+        # had rules of ours: an undo before the cutover's prepare removes what the apply created.
+        self.precopy = precopy
         self.held = None          # session key -> entry: what the pre-copy put here, then each delta
         self.expiry = {}          # session key -> when its copy here runs out (monotonic seconds)
         self._expiring = []       # heap of (expiry, key): the copies that run out, soonest first
         self.created = []         # sessions this agent created (an undo deletes them)
         self.applied_at = None    # monotonic time the last delta was applied
         self.claimed = None       # (addresses, interfaces) claimed
-        self.keep_rules = False
+        self.keep_rules = bool(keep_rules)
         self.rules = None         # our NAT rules as verified before the window
 
     def prepare(self, precopy, keep_rules=False):
-        try:
-            document = read_document(precopy)
-            present = document_sessions(document).present
-        except (OSError, ValueError) as exc:
-            raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
-        self.held = dict((session_key(e), e) for e in present)
+        document = self._read(precopy)
+        self.held = dict((session_key(e), e) for e in document_sessions(document).present)
         # The copies were made with the snapshot's lifetimes less its age: they run out from there.
         taken = time.monotonic() - snapshot_age(document, datetime.datetime.now(datetime.timezone.utc))
         self.expiry = dict((key, taken + e.timeout) for key, e in self.held.items())
@@ -83,6 +82,13 @@ class TargetSide(object):
         self.keep_rules = bool(keep_rules)
         self.rules = self._rules_now()
         return {"sessions": len(self.held)}
+
+    @staticmethod
+    def _read(precopy):
+        try:
+            return read_document(precopy)
+        except (OSError, ValueError) as exc:
+            raise AgentError("cannot read the pre-copy %s: %s" % (precopy, exc))
 
     def _rules_now(self):
         """Our NAT table or chains as read without the interfaces (their rules then may all be
@@ -247,6 +253,13 @@ class TargetSide(object):
         the inside address and is reset. So the rules stay until forwarding has stopped, and go
         before the sessions: a packet arriving meanwhile must not create a translated session that
         a re-run would then find in its way."""
+        if self.held is None and self.precopy:
+            # Before the cutover's prepare (the controller died between the apply and the window):
+            # the pre-copy's sessions, if the apply got that far, and our rules unless we kept some.
+            try:
+                self.held = dict((session_key(e), e) for e in document_sessions(self._read(self.precopy)).present)
+            except AgentError:
+                self.held = {}  # never uploaded: nothing was applied from it
         if self.claimed is not None:
             addresses, interfaces = self.claimed
             run_addresses(dict(addresses=addresses, interfaces=interfaces, state="absent", announce="false",

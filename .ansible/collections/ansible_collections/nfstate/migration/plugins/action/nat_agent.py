@@ -22,6 +22,7 @@ import tempfile
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_bytes
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_bundle import agent_zip
@@ -46,6 +47,10 @@ def agent_command(interpreter, zip_path, args):
     argv = [interpreter, "-u", zip_path, "--role", args["role"], "--implementation", args["implementation"],
             "--iptables-backend", args.get("iptables_backend") or "auto", "--deadline", str(args["deadline"]),
             "--selectors", json.dumps(args.get("selectors") or {}), "--instance-name", args.get("instance_name", "nat")]
+    if args.get("precopy"):
+        argv += ["--precopy", args["precopy"]]
+    if boolean(args.get("keep_rules", False)):
+        argv.append("--keep-rules")
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
@@ -64,7 +69,7 @@ class ActionModule(ActionBase):
 
     TRANSFERS_FILES = True
     _VALID_ARGS = frozenset(("role", "implementation", "iptables_backend", "deadline", "selectors",
-                             "instance_name", "work_dir", "socket_dir"))
+                             "instance_name", "work_dir", "socket_dir", "precopy", "keep_rules"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)

@@ -22,5 +22,8 @@ def test_the_addresses_move_back_before_the_target_is_emptied():
     assert addresses < unapply < names.index("Unfreeze the source")
     block = tasks[addresses]["block"]
     steps = [(t["ansible.builtin.include_role"]["tasks_from"], t["ansible.builtin.include_role"]["apply"]["delegate_to"])
+             if "ansible.builtin.include_role" in t else (t["vars"]["nfstate_step"], t["vars"]["nfstate_host"])
              for t in block]
-    assert steps == [("claim", "{{ nfstate_source }}"), ("release", "{{ nfstate_target }}")]
+    # The target drains (keeps its rules while its neighbours still send to it) before it is emptied.
+    assert steps == [("claim", "{{ nfstate_source }}"), ("release", "{{ nfstate_target }}"),
+                     ("drain", "{{ nfstate_target }}")]

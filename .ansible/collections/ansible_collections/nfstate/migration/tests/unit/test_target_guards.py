@@ -260,3 +260,29 @@ def test_an_undoing_target_keeps_its_rules_until_it_has_stopped_forwarding(side)
 
     target.undo(lambda params: None, quiet=0.2, grace=5.0, forwarded=forwarded)
     assert len(removed_at) == 1 and 0.6 <= removed_at[0] < 2.0
+
+
+
+@pytest.mark.parametrize("keep_rules", [False, True])
+def test_a_target_that_undoes_before_the_cutover_removes_what_the_precopy_apply_created(side, tmp_path, keep_rules):
+    """Started before the apply, never prepared: the controller gone between the apply and the window."""
+    dummy, provider, table, held = side
+    path = str(tmp_path / "applied.json")
+    write_document(snapshot_document(held, taken_at=date_and_time()), path)
+    own = many_tcp_sessions(8)[7]   # a session of the host's own, not in the pre-copy
+    table.entries[session_key(own)] = own
+    removed = []
+    provider.remove_nat_rules = lambda state: removed.append("rules")
+    early = target_mod.TargetSide(provider, precopy=path, keep_rules=keep_rules)
+    early.undo(lambda params: None)
+    assert list(table.entries) == [session_key(own)]
+    assert removed == ([] if keep_rules else ["rules"])
+
+
+def test_a_target_whose_precopy_never_arrived_undoes_without_failing(side, tmp_path):
+    dummy, provider, table, held = side
+    removed = []
+    provider.remove_nat_rules = lambda state: removed.append("rules")
+    early = target_mod.TargetSide(provider, precopy=str(tmp_path / "never-uploaded.json.gz"))
+    early.undo(lambda params: None)
+    assert len(table.entries) == len(held) and removed == ["rules"]
