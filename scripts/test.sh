@@ -33,10 +33,10 @@ if ls roles/*/tasks playbooks/*.yml >/dev/null 2>&1; then
 fi
 
 echo "== pytest: unit tests"
-pytest -p no:cacheprovider -q "$@" tests/unit
+pytest -p no:cacheprovider -q -n 2 "$@" tests/unit
 
 echo "== pytest: integration tests (two workers, one file each at a time: their labs stay apart)"
 status=0
-pytest -p no:cacheprovider -ra -n 2 --dist loadfile --durations=15 "$@" tests/integration || status=$?
+pytest -p no:cacheprovider -ra -n 2 --dist loadfile --durations=30 "$@" tests/integration || status=$?
 [ "$status" -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
 exit "$status"
