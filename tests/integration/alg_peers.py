@@ -87,7 +87,7 @@ def run(op):
                 answer, _ = sock.recvfrom(1024)
                 if struct.unpack("!HH", answer[:4]) != (4, number):
                     return {"error": "bad ack %r" % answer}
-        return {"blocks": len(blocks)}
+            return {"blocks": len(blocks), "port": sock.getsockname()[1]}
     if name == "sip-wait-invite":
         sock = state["listen-5060"]
         packet, sender = sock.recvfrom(4096)
