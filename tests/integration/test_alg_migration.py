@@ -105,14 +105,18 @@ class Peers(object):
             handle.write(self.payload)
         self.procs = []
         self.server_ip = lab.addresses["server"][4]
-        server = self._spawn("server", SERVER_CODE, self.server_ip, self.tmp)
-        assert read_line(server, 10).strip() == "READY"
-        self.ftp_client = self.new_client()
-        self.udp_server = self._peer("server", "server", self.server_ip)
-        self.tftp = self._peer("client", "client", lab.addresses["client"][4])
-        self.sip = self._peer("client", "client", lab.addresses["client"][4])
-        for peer in (self.udp_server, self.tftp, self.sip):
-            assert "ready" in peer.answer()
+        try:
+            server = self._spawn("server", SERVER_CODE, self.server_ip, self.tmp)
+            assert read_line(server, 10).strip() == "READY"
+            self.ftp_client = self.new_client()
+            self.udp_server = self._peer("server", "server", self.server_ip)
+            self.tftp = self._peer("client", "client", lab.addresses["client"][4])
+            self.sip = self._peer("client", "client", lab.addresses["client"][4])
+            for peer in (self.udp_server, self.tftp, self.sip):
+                assert "ready" in peer.answer()
+        except BaseException:
+            self.close()  # the fixture never gets an object to close
+            raise
 
     def new_client(self):
         return self._peer("client", None, self.server_ip)
@@ -383,7 +387,9 @@ def test_control_without_alg_state_loses_data_answer_and_media(lab, peers, tmp_p
     assert "dport=%d" % port in expectations_on(lab, "nat-a")
     control = migrate(lab, "nat-a", "nat-b", tmp_path, "-e", "nfstate_alg_state=false")
     assert control["expectations"] == {"pre-copy": 0, "delta": 0}
-    assert expectation_table(lab, "nat-b") == [] and "helper=ftp" not in ftp_sessions(lab, "nat-b")
+    # The sessions moved, without their helpers and expectations.
+    assert expectation_table(lab, "nat-b") == []
+    assert "helper=" not in lab.run("nat-b", ["conntrack", "-L"]).stdout
     # All three wait side by side: each ends at its own socket's timeout.
     peers.sip.send("rtp-receive", port=16392)
     assert peers.udp_server("rtp-send", sport=40000, to=lab.addresses["external"][4], port=media_port, data="lost") == {}
