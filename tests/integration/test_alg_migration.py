@@ -178,7 +178,9 @@ class Peers(object):
             got.append(self.sip.answer())
         return got
 
-    def media_sent_as_on_the_source(self):
+    def media_as_sent(self):
+        """What the client reads of media() when only the destination was translated, as on the
+        source: the data, from the server's address and the port it sent from."""
         return [{"data": "media %d" % offset, "from": [self.server_ip, 40000 + offset]} for offset in (0, 1)]
 
     def close(self):
@@ -319,9 +321,9 @@ def assert_tftp_and_media_through(peers, call):
     sent, received = peers.tftp_transfer()
     assert "error" not in sent, sent
     assert received == dict(peers.whole(), **{"from": [peers.server_ip, sent["port"]]}), received
-    assert peers.media(call) == peers.media_sent_as_on_the_source()
+    assert peers.media(call) == peers.media_as_sent()
     offer = peers.sip_call(call["sport"], call["rtp"] + 2)  # rewritten, on the same master
-    assert peers.media(offer) == peers.media_sent_as_on_the_source()  # and its expectations used
+    assert peers.media(offer) == peers.media_as_sent()  # and its expectations used
 
 
 def test_ftp_tftp_and_sip_move_there_and_back(lab, peers, tmp_path):
