@@ -48,6 +48,12 @@ def lab_name():
 
 
 @pytest.fixture
+def netns_prefix(request):
+    """The prefix of the namespaces a test file names itself (namespace_prefix of its module)."""
+    return namespace_prefix(request.module.__name__)
+
+
+@pytest.fixture
 def netns_lab(request):
     """Namespaces for one test (labs.Namespaces), removed with every process started in them."""
     from labs import Namespaces

@@ -13,12 +13,10 @@ Kernel calls run in a thread that entered the namespace (setns), so nothing touc
 namespace's tables.
 """
 
-import ctypes
 import errno
 import hashlib
 import json
 import os
-import select
 import shutil
 import socket
 import struct
@@ -65,7 +63,9 @@ from ansible_collections.nfstate.migration.plugins.module_utils.netlink import (
     pack_nla,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.templates import alg_iptables, alg_nftables
+from alg_peers import UDP_PEER_CODE, Peer, read_line
 from ftp_client import CLIENT_CODE
+from netns_call import in_netns
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -82,7 +82,6 @@ pytestmark = [
     pytest.mark.skipif(not _have_pyftpdlib(), reason="needs python3-pyftpdlib"),
 ]
 
-PREFIX = "a%d-" % os.getpid()
 CLIENT, SERVER, GATEWAY, NAT_ADDR = "192.0.2.2", "198.51.100.9", "192.0.2.1", "198.51.100.1"
 TIMEOUT = 8  # seconds a client operation may take before it counts as failed
 PAYLOAD_SIZE = 200000
@@ -175,31 +174,6 @@ def exp_create(expectations):
 
 # --- running in a namespace ---------------------------------------------------------------------
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(ns, fn, *args):
-    """fn(*args) in a thread that entered network namespace ns (the thread ends with the call)."""
-    result = {}
-
-    def target():
-        try:
-            with open("/run/netns/" + ns) as handle:
-                if _LIBC.setns(handle.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns into %s" % ns)
-            result["value"] = fn(*args)
-        except BaseException as exc:  # handed to the caller's thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def sh(*argv, **kwargs):
     proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30, **kwargs)
     assert proc.returncode == 0, "%s: %s" % (" ".join(argv), proc.stderr)
@@ -227,118 +201,6 @@ print("READY", flush=True)
 server.serve_forever()
 """
 
-UDP_PEER_CODE = r"""
-import hashlib, json, socket, struct, sys
-role, address, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-state = {}
-
-def udp(port):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((address, port))
-    sock.settimeout(timeout)
-    return sock
-
-INVITE_SDP = ("v=0\r\no=alice 2890844526 2890844526 IN IP4 {me}\r\ns=-\r\nc=IN IP4 {me}\r\nt=0 0\r\n"
-              "m=audio {rtp} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
-INVITE = ("INVITE sip:bob@{peer} SIP/2.0\r\nVia: SIP/2.0/UDP {me}:5060;branch=z9hG4bK776asdhds\r\n"
-          "Max-Forwards: 70\r\nTo: <sip:bob@{peer}>\r\nFrom: <sip:alice@{me}>;tag=1928301774\r\n"
-          "Call-ID: a84b4c76e66710@{me}\r\nCSeq: 314159 INVITE\r\nContact: <sip:alice@{me}:5060>\r\n"
-          "Content-Type: application/sdp\r\nContent-Length: {length}\r\n\r\n{sdp}")
-
-def run(op):
-    name = op["op"]
-    # the client
-    if name == "tftp-rrq":  # a read request; the answer will come from another port
-        sock = state["tftp"] = udp(0)
-        sock.sendto(b"\0\x01data.bin\0octet\0", (op["server"], 69))
-        return {"port": sock.getsockname()[1]}
-    if name == "tftp-receive":
-        sock, data, block = state["tftp"], bytearray(), 1
-        while True:
-            packet, sender = sock.recvfrom(1024)
-            opcode, number = struct.unpack("!HH", packet[:4])
-            if opcode != 3 or number != block:
-                continue
-            data += packet[4:]
-            sock.sendto(struct.pack("!HH", 4, number), sender)
-            if len(packet) - 4 < 512:
-                return {"sha": hashlib.sha256(data).hexdigest(), "size": len(data), "from": list(sender)}
-            block += 1
-    if name == "sip-invite":  # signalling from 5060, media expected on op["rtp"]
-        state["media"] = udp(op["rtp"])
-        sdp = INVITE_SDP.format(me=address, rtp=op["rtp"])
-        udp(5060).sendto(INVITE.format(me=address, peer=op["server"], length=len(sdp), sdp=sdp).encode(), (op["server"], 5060))
-        return {}
-    if name == "rtp-receive":
-        packet, sender = state["media"].recvfrom(2048)
-        return {"data": packet.decode(), "from": list(sender)}
-    # the server
-    if name == "tftp-wait-rrq":
-        sock = state["listen-69"]
-        packet, state["client"] = sock.recvfrom(1024)
-        return {"request": packet[2:].split(b"\0")[0].decode(), "client": list(state["client"])}
-    if name == "tftp-send":  # from a port of its own, as TFTP servers do
-        sock, payload = udp(0), open(op["file"], "rb").read()
-        blocks = [payload[i:i + 512] for i in range(0, len(payload) + 1, 512)]
-        for number, block in enumerate(blocks, 1):
-            sock.sendto(struct.pack("!HH", 3, number) + block, state["client"])
-            answer, _ = sock.recvfrom(1024)
-            if struct.unpack("!HH", answer[:4]) != (4, number):
-                return {"error": "bad ack %r" % answer}
-        return {"blocks": len(blocks)}
-    if name == "sip-wait-invite":
-        sock = state["listen-5060"]
-        packet, sender = sock.recvfrom(4096)
-        lines = packet.decode().split("\r\n")
-        return {"from": list(sender), "c": [l for l in lines if l.startswith("c=")],
-                "m": [l for l in lines if l.startswith("m=")]}
-    if name == "rtp-send":
-        udp(op["sport"]).sendto(op["data"].encode(), (op["to"], op["port"]))
-        return {}
-    raise ValueError(op)
-
-if role == "server":  # listening before any request is sent
-    state["listen-69"], state["listen-5060"] = udp(69), udp(5060)
-print(json.dumps({"ready": role}), flush=True)
-for line in sys.stdin:
-    try:
-        answer = run(json.loads(line))
-    except Exception as exc:
-        answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
-    print(json.dumps(answer), flush=True)
-"""
-
-
-def read_line(proc, timeout):
-    ready = select.select([proc.stdout], [], [], timeout)[0]
-    if not ready:
-        raise AssertionError("no answer within %s s" % timeout)
-    line = proc.stdout.readline()
-    if not line:
-        with open(proc.log) as log:
-            raise AssertionError("process ended: %s" % log.read())
-    return line
-
-
-class Client(object):
-    def __init__(self, proc):
-        self.proc = proc
-
-    def __call__(self, op, **args):
-        self.send(op, **args)
-        return self.answer()
-
-    def send(self, op, **args):
-        """Start a step without waiting for its end."""
-        args["op"] = op
-        self.proc.stdin.write(json.dumps(args) + "\n")
-        self.proc.stdin.flush()
-
-    def answer(self):
-        # The peers' own socket timeouts end a failing step; this one only guards against a hang.
-        return json.loads(read_line(self.proc, 4 * TIMEOUT + 10))
-
-
 # --- the lab --------------------------------------------------------------------------------------
 
 NAT_RULES = {
@@ -362,7 +224,8 @@ ALGS = [{"name": "ftp", "transport-protocol": 6, "dst-transport-port": {"start-p
 class Lab(object):
     """cli -- [brin] -- nat1/nat2 -- [brout] -- srv; the bridges live in a namespace of their own."""
 
-    def __init__(self, source, target):
+    def __init__(self, prefix, source, target):
+        self.prefix = prefix
         self.names = []
         self.procs = []
         self.kinds = {"nat1": source, "nat2": target}
@@ -370,7 +233,7 @@ class Lab(object):
         self.payload = os.urandom(PAYLOAD_SIZE)
 
     def ns(self, short):
-        return PREFIX + short
+        return self.prefix + short
 
     def build(self):
         for short in ("sw", "cli", "nat1", "nat2", "srv"):
@@ -403,9 +266,9 @@ class Lab(object):
         self.lock = threading.Lock()
         self.reader = threading.Thread(target=self._collect, daemon=True)
         self.reader.start()
-        self.client = Client(self.spawn("cli", CLIENT_CODE, SERVER, str(TIMEOUT)))
-        self.udp_client = Client(self.spawn("cli", UDP_PEER_CODE, "client", CLIENT, str(TIMEOUT)))
-        self.udp_server = Client(self.spawn("srv", UDP_PEER_CODE, "server", SERVER, str(TIMEOUT)))
+        self.client = self.peer("cli", CLIENT_CODE, SERVER, str(TIMEOUT))
+        self.udp_client = self.peer("cli", UDP_PEER_CODE, "client", CLIENT, str(TIMEOUT))
+        self.udp_server = self.peer("srv", UDP_PEER_CODE, "server", SERVER, str(TIMEOUT))
         for peer in (self.udp_client, self.udp_server):
             assert "ready" in peer.answer()
 
@@ -451,6 +314,11 @@ class Lab(object):
         self.procs.append(proc)
         return proc
 
+    def peer(self, short, code, *args):
+        proc = self.spawn(short, code, *args)
+        # The peers' own socket timeouts end a failing step; this one only guards against a hang.
+        return Peer(proc, 4 * TIMEOUT + 10, proc.log)
+
     def _collect(self):
         for line in self.server.stdout:
             if line.startswith("RECV "):
@@ -482,11 +350,11 @@ class Lab(object):
 
 
 @pytest.fixture
-def make_lab():
+def make_lab(netns_prefix):
     labs = []
 
     def make(source, target):
-        lab = Lab(source, target)
+        lab = Lab(netns_prefix, source, target)
         labs.append(lab)
         lab.build()
         return lab
@@ -696,13 +564,16 @@ def test_sip_call_media_expectations_move_with_their_binding(make_lab, source, t
     lab.udp_client.send("rtp-receive")
     assert lab.udp_server("rtp-send", sport=40000, to=NAT_ADDR, port=media_port, data="rtp 1") == {}
     assert lab.udp_client.answer() == {"data": "rtp 1", "from": [SERVER, 40000]}
+    lab.udp_client.send("rtp-receive", port=16385)  # RTCP, through the other expectation
+    assert lab.udp_server("rtp-send", sport=40001, to=NAT_ADDR, port=media_port + 1, data="rtcp 1") == {}
+    assert lab.udp_client.answer() == {"data": "rtcp 1", "from": [SERVER, 40001]}
 
 
 # --- the kernel's rules, on synthetic entries -------------------------------------------------------
 
 @pytest.fixture
-def solo_ns():
-    name = PREFIX + "solo"
+def solo_ns(netns_prefix):
+    name = netns_prefix + "solo"
     sh("ip", "netns", "add", name)
     try:
         sh("ip", "netns", "exec", name, "nft", "-f", "-", input=NAT_RULES["nft"])
