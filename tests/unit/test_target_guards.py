@@ -206,12 +206,23 @@ def test_the_delta_is_kept_before_the_commit(tmp_path, monkeypatch):
     assert dest.exists() and source.ops[-2:] == ["commit", "bye"] and result["claimed"] is not None
 
 
-def test_rules_removed_after_the_delta_are_found_before_the_commit(side):
-    # The apply read them back inside this window; the verify after the release reads them again.
+def test_rules_removed_between_the_delta_and_the_claim_refuse_the_claim(side):
+    # The fault matrix's delta x target-state: emptied right after the apply, the target claimed
+    # and the flows crossed it untranslated until the verify refused.
     target, provider, dummy, dummy = side
     target.apply(empty_delta())
     provider.current = []
+    claimed = []
+    with pytest.raises(AgentError, match="not those verified"):
+        target.claim([], {}, 60000, run_addresses=lambda params: claimed.append(params))
+    assert claimed == [] and target.claimed is None
+
+
+def test_rules_removed_after_the_claim_are_found_before_the_commit(side):
+    target, provider, dummy, dummy = side
+    target.apply(empty_delta())
     target.claim([], {}, 60000, run_addresses=lambda params: {"added": [], "timings": {}})
+    provider.current = []
     with pytest.raises(AgentError, match="not those verified"):
         target.verify()
 

@@ -208,8 +208,10 @@ class TargetSide(object):
         """Take the addresses, unless the source's freeze may have lapsed since the delta."""
         if self.applied_at is None:
             raise AgentError("claim before any delta was applied")
-        # The rules were read back by the apply a few milliseconds ago, inside this window: here
-        # only the sessions (a count, then a dump if some are missing); verify reads both later.
+        # Our rules again (a few milliseconds: one read of our own table or chains), then the
+        # sessions (a count, then a dump if some are missing): a target emptied since the apply must
+        # not take the addresses, or the flows would cross it untranslated until the verify.
+        self._check_rules()
         self._restore_missing()
         since = (time.monotonic() - self.applied_at) * 1000
         if since >= valid_ms:
