@@ -116,8 +116,11 @@ class ActionModule(ActionBase):
         attempts = []
         for attempt in range(int(args.get("retries", 2)) + 1):
             mark("freeze_sent")
-            took["freeze"] = source.request({"op": "freeze", "interfaces": args["interfaces"],
-                                             "deadline": int(args["deadline"])}, STEP_TIMEOUT).get("took_ms")
+            freeze = {"op": "freeze", "interfaces": args["interfaces"], "deadline": int(args["deadline"])}
+            if args.get("claim", True):
+                # What the source announces again if it undoes after the target's claim.
+                freeze.update(addresses=args["addresses"], service_interfaces=args["source_interfaces"])
+            took["freeze"] = source.request(freeze, STEP_TIMEOUT).get("took_ms")
             mark("frozen")
             raw, applied = self._delta_across(source, target, lambda: mark("delta_taken"))
             mark("applied")

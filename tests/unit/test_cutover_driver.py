@@ -138,3 +138,12 @@ def test_the_catch_up_rounds_are_a_setting(tmp_path, rounds):
     assert len(result["caught_up"]) == rounds
     first_freeze = log.index(("source", "freeze"))
     assert log[:first_freeze].count(("source", "delta")) == rounds
+
+
+def test_the_freeze_tells_the_source_which_addresses_to_announce_again_if_it_undoes(tmp_path):
+    result, log, source, target = run(tmp_path, {}, {}, claim=True)
+    freeze = [json.loads(line) for line in source.lines if json.loads(line)["op"] == "freeze"]
+    assert freeze and "service_interfaces" in freeze[0] and freeze[0]["addresses"] == []
+    dummy, dummy, source, dummy = run(tmp_path, {}, {}, claim=False)
+    freeze = [json.loads(line) for line in source.lines if json.loads(line)["op"] == "freeze"]
+    assert "addresses" not in freeze[0]

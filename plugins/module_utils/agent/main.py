@@ -73,7 +73,8 @@ class Agent(object):
     def _source_ops(self):
         side = self.side
         return {
-            "freeze": lambda r: side.freeze(r["interfaces"], r["deadline"]),
+            "freeze": lambda r: side.freeze(r["interfaces"], r["deadline"],
+                                            (r["addresses"], r["service_interfaces"]) if r.get("addresses") else None),
             "delta": lambda r: side.delta(bool(r.get("full"))),
             "check": lambda r: side.check(),
             "crossed": lambda r: side.crossed(),

@@ -162,6 +162,7 @@ class SourceSide(object):
         self.frozen_until = None     # monotonic time the kernel lifts it
         self.delta_at = None         # event sequence of the last delta taken while frozen
         self.released = None         # the addresses given up (to take back on an undo)
+        self.service = None          # the service addresses this host holds, as the freeze was told
         self.alg = True              # carry the ALG state (helpers, sequence adjustment, expectations)
 
     # -- before the window ------------------------------------------------------------------
@@ -185,7 +186,8 @@ class SourceSide(object):
 
     # -- the window -------------------------------------------------------------------------
 
-    def freeze(self, interfaces, deadline):
+    def freeze(self, interfaces, deadline, service=None):
+        """service: (addresses, interfaces) of the service, which the target may claim from here on."""
         devices = interface_devices(interfaces)
         now = time.time()
         wanted = Freeze(devices, expiry_for(deadline, now))
@@ -195,6 +197,7 @@ class SourceSide(object):
             self.provider.unfreeze()
             raise AgentError("the freeze read back does not match what was written: removed it again")
         self.frozen = wanted
+        self.service = service
         self.frozen_until = time.monotonic() + (wanted.expires_at - time.time())
         return {"expires_at": wanted.expires_at}
 
@@ -351,8 +354,11 @@ class SourceSide(object):
 
     def undo(self, run_addresses):
         """The controller is gone before the end: serve again as before (addresses back, no freeze)."""
-        if self.released is not None:
-            addresses, interfaces = self.released
+        # Announced even if never released: the controller may have died between the target's
+        # claim (its announcement turned the neighbours) and this host's release.
+        back = self.released or (self.service if self.frozen is not None else None)
+        if back is not None:
+            addresses, interfaces = back
             run_addresses(dict(addresses=addresses, interfaces=interfaces, state="present", announce="always",
                                count=3, interval=0.1))
         if self.frozen is not None:
