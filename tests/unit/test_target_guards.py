@@ -5,6 +5,7 @@
 window (the fault matrix found both), and the cutover's test hook, which does nothing unless set.
 The kernel is faked: its table is a dict."""
 
+import errno
 import json
 import os
 import threading
@@ -17,7 +18,8 @@ from ansible.playbook.task import Task
 from ansible_collections.nfstate.migration.plugins.action import cutover
 from ansible_collections.nfstate.migration.plugins.module_utils.agent import target as target_mod
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
-from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import date_and_time, write_document
+from ansible_collections.nfstate.migration.plugins.module_utils.nat_document import (
+    build_document, date_and_time, instance, removed_mapping, set_mapping_entries, write_document)
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import EMPTY_ALG_RULES, RuleState
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import session_key
 from ansible_collections.nfstate.migration.tests.unit.builders import many_tcp_sessions, snapshot_document
@@ -296,3 +298,37 @@ def test_a_target_whose_precopy_never_arrived_undoes_without_failing(side, tmp_p
     early = target_mod.TargetSide(provider, precopy=str(tmp_path / "never-uploaded.json.gz"))
     early.undo(lambda params: None)
     assert len(table.entries) == len(held) and removed == ["rules"]
+
+
+class StrictTable(FakeTable):
+    """A create refused with EEXIST when either tuple is taken, as the kernel does."""
+
+    def create(self, entries):
+        failures = []
+        for e in entries:
+            if session_key(e) in self.entries or any(o.reply == e.reply for o in self.entries.values()):
+                failures.append((e, errno.EEXIST))
+            else:
+                self.entries[session_key(e)] = e
+        return failures
+
+
+def test_a_copy_in_its_last_seconds_is_still_deleted_when_a_newer_session_takes_its_tuple(side, monkeypatch):
+    """bench/bench_load.py at 1,000 new connections a second: the copy was forgotten up to 2 s before
+    the kernel let it go, so the delta that ended it deleted nothing and the newer session with its
+    tuple was refused (EEXIST) and the cutover failed."""
+    target, dummy, table, held = side
+    strict = StrictTable(held)
+    monkeypatch.setattr(target_mod, "Conntrack", lambda: strict)
+    monkeypatch.setattr(target_mod, "table_count", lambda: len(strict.entries))
+    old = held[0]
+    key = session_key(old)
+    target.expiry[key] = time.monotonic() + 1.0   # one second left here
+    target._expiring.append((target.expiry[key], key))
+    target._expiring.sort()
+    target.apply(empty_delta())                   # an earlier delta (the catch-up) comes and goes
+    newer = old._replace(reply=old.reply._replace(dst="198.51.100.99"))  # same client port, new binding
+    document = build_document([newer], "edge-nat", kind="delta")
+    set_mapping_entries(document, instance(document)["mapping-table"]["mapping-entry"] + [removed_mapping(old, 2)])
+    result = target.apply(document)
+    assert result["created"] == 1 and strict.entries[key] == newer

@@ -118,12 +118,16 @@ class TargetSide(object):
         if count is None or count >= len(self.held):
             return []
         present = set(session_key(e) for e in table.dump())
-        return [e._replace(timeout=int(self.expiry[key] - now)) for key, e in self.held.items() if key not in present]
+        return [e._replace(timeout=int(self.expiry[key] - now)) for key, e in self.held.items()
+                if key not in present and self.expiry[key] - now > EXPIRY_MARGIN]
 
     def _forget_expired(self, now):
-        """Let go of the copies whose lifetime here has run out (within EXPIRY_MARGIN)."""
+        """Let go of the copies whose lifetime here ran out EXPIRY_MARGIN seconds ago or more. Not
+        sooner: a copy the kernel still holds must stay known, so that a delta that ends it, or
+        that brings a newer session with its tuple, deletes it before creating (under churn a
+        client's port and the NAT's translated port come round again within seconds)."""
         heap, expiry = self._expiring, self.expiry
-        while heap and heap[0][0] - now <= EXPIRY_MARGIN:
+        while heap and now - heap[0][0] >= EXPIRY_MARGIN:
             at, key = heapq.heappop(heap)
             if expiry.get(key) == at:  # else a later delta gave the copy a new lifetime
                 del expiry[key]
