@@ -44,6 +44,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.baseline import Baseline
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import SourceFirewall
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     select,
@@ -143,6 +144,31 @@ def _sequence(state):
     return None if state is None else (state.seq_adj_orig, state.seq_adj_reply)
 
 
+class _Beside(object):
+    """A call run in a thread of its own; result() waits for it and raises what it raised."""
+
+    def __init__(self, call, *args):
+        self._outcome = None
+        self._thread = threading.Thread(target=self._run, args=(call,) + args, name="firewall-read")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self, call, *args):
+        try:
+            self._outcome = (True, call(*args))
+        except Exception as exc:  # pylint: disable=broad-except
+            self._outcome = (False, exc)
+
+    def result(self, timeout=60.0):
+        self._thread.join(timeout)
+        if self._outcome is None:
+            raise AgentError("the firewall's read did not return within %ss" % timeout)
+        done, value = self._outcome
+        if not done:
+            raise AgentError("reading the firewall's learned state: %s" % value)
+        return value
+
+
 class SourceSide(object):
     """Requests the driver sends the source's agent."""
 
@@ -163,11 +189,13 @@ class SourceSide(object):
         self.delta_at = None         # event sequence of the last delta taken while frozen
         self.released = None         # the addresses given up (to take back on an undo)
         self.alg = True              # carry the ALG state (helpers, sequence adjustment, expectations)
+        self.firewall = None         # SourceFirewall: the firewall's learned state crosses too
 
     # -- before the window ------------------------------------------------------------------
 
-    def prepare(self, precopy, age=0.0, alg=True):
-        """Load the pre-copy this agent's events are compared with (read before the window)."""
+    def prepare(self, precopy, age=0.0, alg=True, firewall=None):
+        """Load the pre-copy this agent's events are compared with (read before the window).
+        firewall: {interfaces} when the firewall's learned state crosses too."""
         self.alg = bool(alg)
         try:
             document = read_document(precopy)
@@ -181,6 +209,8 @@ class SourceSide(object):
         age = max(float(age or 0), snapshot_age(document, datetime.datetime.now(datetime.timezone.utc)))
         self.baseline = Baseline(present, time.monotonic() - age)
         self.baseline_at = 0
+        if firewall is not None:
+            self.firewall = SourceFirewall(self.provider, firewall.get("interfaces"), document)
         return {"sessions": len(self.baseline)}
 
     # -- the window -------------------------------------------------------------------------
@@ -209,6 +239,8 @@ class SourceSide(object):
         before the window finds them with a dump, at the cost of reading the table once."""
         if self.baseline is None:
             raise AgentError("no pre-copy loaded: send prepare first")
+        # The firewall is read beside the sessions (its programs run while this thread works).
+        learned = _Beside(self.firewall.delta, bool(self.frozen)) if self.firewall is not None else None
         sequence = self.log.barrier()
         latest, lost = self.log.snapshot()
         now = time.monotonic()
@@ -229,9 +261,14 @@ class SourceSide(object):
             self.delta_at = sequence
         not_carried = []
         document = self._document(added + refreshed, removed, expectations, not_carried)
+        firewall = None
+        if learned is not None:
+            fw_document, firewall = learned.result()
+            if fw_document:
+                document.update(fw_document)
         return {"document": document, "added": len(added), "removed": len(removed), "refreshed": len(refreshed),
                 "lost_events": lost, "full": bool(lost or full), "frozen": bool(self.frozen), "expectations": alg_state.carried(document),
-                "expectations_ms": expectations_ms, "alg_not_carried": not_carried}
+                "expectations_ms": expectations_ms, "alg_not_carried": not_carried, "firewall": firewall}
 
     def _from_events(self, latest, now):
         baseline, since = self.baseline, self.baseline_at
@@ -321,6 +358,8 @@ class SourceSide(object):
         (what the run's snapshot directory keeps, and what an undo on the target must remove)."""
         present, removed = self.baseline.crossed_sessions()
         document = self._document(present, removed, self.expectations)
+        if self.firewall is not None and self.firewall.document:
+            document.update(self.firewall.document)
         return {"document": document, "sessions": len(present), "removed": len(removed),
                 "expectations": alg_state.carried(document)}
 

@@ -30,6 +30,9 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import EXPIRY_MARGIN
+from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import ProviderError
+from ansible_collections.nfstate.migration.plugins.module_utils.resources.common import ResourceError
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import TargetFirewall
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     ModelError,
@@ -65,8 +68,10 @@ class TargetSide(object):
         self.claimed = None       # (addresses, interfaces) claimed
         self.keep_rules = False
         self.rules = None         # our NAT rules as verified before the window
+        self.firewall = None      # TargetFirewall: the firewall's learned state crosses too
 
-    def prepare(self, precopy, keep_rules=False):
+    def prepare(self, precopy, keep_rules=False, firewall=None):
+        """firewall: {interfaces, recent_as_sets} when the firewall's learned state crosses too."""
         try:
             document = read_document(precopy)
             present = document_sessions(document).present
@@ -80,6 +85,8 @@ class TargetSide(object):
         heapq.heapify(self._expiring)
         self.keep_rules = bool(keep_rules)
         self.rules = self._rules_now()
+        if firewall is not None:
+            self.firewall = TargetFirewall(self.provider, firewall.get("interfaces"), firewall.get("recent_as_sets", True))
         return {"sessions": len(self.held)}
 
     def _rules_now(self):
@@ -121,8 +128,9 @@ class TargetSide(object):
                 del expiry[key]
                 self.held.pop(key, None)
 
-    def apply(self, document):
-        """Apply a delta document (already parsed JSON); all or nothing."""
+    def apply(self, document, frozen=False):
+        """Apply a delta document (already parsed JSON); all or nothing for its sessions, then its
+        firewall part (whole before the freeze, only the members that changed once `frozen`)."""
         if self.held is None:
             raise AgentError("no pre-copy loaded: send prepare first")
         try:
@@ -185,9 +193,16 @@ class TargetSide(object):
         masters = [e.orig for e in held.values() if e.alg is not None and e.alg.helper]
         if sessions.expectations or masters:
             expected = alg_state.apply_expectations(sessions.expectations, held_masters=masters)
+        firewall = None
+        if self.firewall is not None:
+            try:
+                firewall = self.firewall.apply(document, frozen)
+            except (ProviderError, ResourceError, ValueError) as exc:
+                raise AgentError("the firewall's learned state was not applied: %s" % exc)
         self.applied_at = time.monotonic()
         result = {"created": len(create), "deleted": len(delete), "refreshed": len(refresh),
-                  "sessions": len(sessions.present), "removed": len(sessions.removed), "recreated": len(recreated)}
+                  "sessions": len(sessions.present), "removed": len(sessions.removed), "recreated": len(recreated),
+                  "firewall": firewall}
         result.update(expected)
         return result
 
