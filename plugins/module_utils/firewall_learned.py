@@ -69,8 +69,10 @@ def _recent_hits(recent):
     return sorted((e.address, len(e.ages)) for e in recent.entries)
 
 
-def _element_counts(fwset):
-    return sorted((e.address, e.packets, e.bytes) for e in fwset.elements)
+def _counts_differ(held, current):
+    """Whether an element both sets hold counted packets since (members aside)."""
+    before = dict((e.address, (e.packets, e.bytes)) for e in held.elements)
+    return any(e.address in before and before[e.address] != (e.packets, e.bytes) for e in current.elements)
 
 
 def learned_changes(held, current, elapsed, tolerance=LIFETIME_TOLERANCE, margin=EXPIRY_MARGIN):
@@ -87,8 +89,7 @@ def learned_changes(held, current, elapsed, tolerance=LIFETIME_TOLERANCE, margin
     recent = tuple(r.name for r in current.recent_lists
                    if r.name not in held_recent or _recent_hits(held_recent[r.name]) != _recent_hits(r))
     counts = (held.quotas != current.quotas or held.counters != current.counters
-              or any(s.name in held_sets and _element_counts(held_sets[s.name]) != _element_counts(s)
-                     for s in current.sets))
+              or any(s.name in held_sets and _counts_differ(held_sets[s.name], s) for s in current.sets))
     return LearnedChanges(elements, recent, bool(counts))
 
 

@@ -70,6 +70,8 @@ class SourceFirewall(object):
         changes = learned_changes(self.held, current, now - self.held_at)
         counts = summary(changes)
         counts.update(read="whole" if whole else "members")
+        # A whole read compared with what the target holds: the target is caught up, sent or not.
+        self.caught_up = self.caught_up or whole
         if not (members_changed(changes) or (whole and changes.counts)):
             return None, counts
         document = document_of(current, date_and_time())
@@ -77,7 +79,6 @@ class SourceFirewall(object):
             return None, counts     # our firewall is gone from the source: nothing to carry
         self.document = document
         self.held, self.held_at = current, now
-        self.caught_up = self.caught_up or whole
         return self.document, counts
 
 

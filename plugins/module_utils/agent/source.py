@@ -190,6 +190,7 @@ class SourceSide(object):
         self.released = None         # the addresses given up (to take back on an undo)
         self.alg = True              # carry the ALG state (helpers, sequence adjustment, expectations)
         self.firewall = None         # SourceFirewall: the firewall's learned state crosses too
+        self.learned = None          # its read once frozen, begun by the freeze (_Beside)
 
     # -- before the window ------------------------------------------------------------------
 
@@ -220,13 +221,26 @@ class SourceSide(object):
         now = time.time()
         wanted = Freeze(devices, expiry_for(deadline, now))
         self.provider.freeze(wanted, now)
+        # The freeze holds new connections from here: the firewall's members are read now, beside
+        # the freeze's read-back, and the window's delta takes the result.
+        self.learned = _Beside(self.firewall.delta, True) if self.firewall is not None else None
         state = self.provider.read_freeze(time.time())
         if not (state.intact and state.active == wanted):
             self.provider.unfreeze()
+            self._drop_learned()
             raise AgentError("the freeze read back does not match what was written: removed it again")
         self.frozen = wanted
         self.frozen_until = time.monotonic() + (wanted.expires_at - time.time())
         return {"expires_at": wanted.expires_at}
+
+    def _drop_learned(self):
+        """Wait for a read begun by a freeze that did not hold, and forget it."""
+        learned, self.learned = self.learned, None
+        if learned is not None:
+            try:
+                learned.result()
+            except AgentError:
+                pass
 
     def delta(self, full=False):
         """What changed since the last delta (the pre-copy at first), as a delta document (its JSON
@@ -240,7 +254,9 @@ class SourceSide(object):
         if self.baseline is None:
             raise AgentError("no pre-copy loaded: send prepare first")
         # The firewall is read beside the sessions (its programs run while this thread works).
-        learned = _Beside(self.firewall.delta, bool(self.frozen)) if self.firewall is not None else None
+        learned, self.learned = self.learned, None
+        if learned is None and self.firewall is not None:
+            learned = _Beside(self.firewall.delta, bool(self.frozen))
         sequence = self.log.barrier()
         latest, lost = self.log.snapshot()
         now = time.monotonic()
