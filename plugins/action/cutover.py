@@ -46,16 +46,26 @@ STEP_TIMEOUT = 120
 # A test hook, inert unless the controller's environment sets it (bench/fault_matrix.py, docs/faults.md):
 # NFSTATE_CUTOVER_HOLD=STEP:PATH makes the cutover create PATH once STEP (a mark: freeze_sent, frozen, applied,
 # claimed, released, ...; or `prepared`, after the agents loaded the pre-copy and before the catch-up) is
-# reached, and wait until PATH is removed (HOLD_LIMIT s at most), so that a fault lands there. A mark is
-# taken when the hold ends: a hold at freeze_sent is not counted in the window.
+# reached, and wait until PATH is removed (HOLD_LIMIT s at most), so that a fault lands there; several
+# STEP:PATH separated by commas hold at each. A mark is taken when its hold ends: a hold at freeze_sent
+# is not counted in the window.
 HOLD_ENV = "NFSTATE_CUTOVER_HOLD"
 HOLD_LIMIT = 300
 
 
+def hold_path(step, environ=None):
+    """The hold file NFSTATE_CUTOVER_HOLD names for `step` (STEP:PATH, several separated by commas), or None."""
+    for spec in (environ if environ is not None else os.environ).get(HOLD_ENV, "").split(","):
+        name, dummy, path = spec.partition(":")
+        if name == step and path:
+            return path
+    return None
+
+
 def hold_at(step, environ=None):
     """Wait at `step` while the hold file named by NFSTATE_CUTOVER_HOLD exists; nothing without it."""
-    name, dummy, path = (environ if environ is not None else os.environ).get(HOLD_ENV, "").partition(":")
-    if name != step or not path:
+    path = hold_path(step, environ)
+    if path is None:
         return
     open(path, "w").close()
     limit = time.monotonic() + HOLD_LIMIT

@@ -11,15 +11,16 @@ connections. Real packets teach it. Then
      (nftables): every flow keeps going, the blocklisted addresses are still refused with about the
      lifetime they had left, the quota is used as much, the knock started on nat-a completes on
      nat-b, and a list of new-connection probes gets the answers it got on nat-a. The run is held
-     once the catch-up is done, just before the freeze (NFSTATE_CUTOVER_HOLD=freeze_sent): two more
-     addresses (IPv4, IPv6) trip the trap then, and the window's delta must carry them; datagrams to
-     a multicast group and a broadcast address make entries that are nat-a's own and must stay;
+     twice (NFSTATE_CUTOVER_HOLD): before its catch-up (`prepared`), when another address trips the
+     trap and the quota is used further, which the catch-up must carry; and after it, just before
+     the freeze (`freeze_sent`), when two more addresses (IPv4, IPv6) trip the trap, which only the
+     window's delta can carry, and datagrams to a multicast group and a broadcast address make
+     entries that are nat-a's own and must stay;
   2. the way back, the control: the same run without the firewall's sessions (selectors
      forwarded: false). The translated flows still move (their sessions are the NAT's); the
      untranslated ones die at the firewall's drop policy, so the first run's survival is no accident.
      The learned state is back on iptables (ipsets) all the same, with what the packet path wrote
-     on nat-b after the pre-copy (held at `prepared`, before the catch-up): another blocklisted
-     address and more of the quota.
+     on nat-b while this run was held at the same two steps.
 The snapshots of the first run hold none of nat-a's own connections (its sshd management session).
 """
 
@@ -44,9 +45,11 @@ ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbo
 HOST_PYTHON = "/usr/bin/python3"
 CLIENT, SERVER, CLIENT6 = "192.0.2.10", "203.0.113.20", "2001:db8:1::10"
 SCANNER, KNOCKER, SCANNER6 = "203.0.113.66", "203.0.113.77", "2001:db8:2::66"
-# Blocklisted after the pre-copy: in the first run's hold (after its catch-up), in the way back's
-# (before its catch-up).
-LATE, LATE6, BACK = "203.0.113.88", "2001:db8:2::88", "203.0.113.99"
+# Blocklisted after the pre-copy, while a run is held: before its catch-up (EARLY, BACK) or after it,
+# just before the freeze (LATE, LATE6, BACK6).
+EARLY, LATE, LATE6 = "203.0.113.55", "203.0.113.88", "2001:db8:2::88"
+BACK, BACK6 = "203.0.113.99", "2001:db8:2::99"
+QUOTA_MORE = 25              # datagrams through the quota while a run is held before its catch-up
 # Datagrams the host takes for itself (never forwarded): their entries are nat-a's own.
 HOST_ONLY = ("224.0.0.1", "192.0.2.255")
 QUOTA_LIMIT, QUOTA_DATAGRAMS = 200000, 100
@@ -143,46 +146,45 @@ def lab(lab_name):
         # The server reaches the client's own addresses through whichever host holds the service.
         built.run("server", ["ip", "route", "replace", "192.0.2.0/24", "via", built.addresses["external"][4]])
         built.run("server", ["ip", "-6", "route", "replace", "2001:db8:1::/64", "via", built.addresses["external"][6]])
-        for address in (SCANNER, KNOCKER, LATE, BACK):
+        for address in (SCANNER, KNOCKER, EARLY, LATE, BACK):
             built.run("server", ["ip", "addr", "replace", address + "/24", "dev", "eth0"])
-        for address in (SCANNER6, LATE6):
+        for address in (SCANNER6, LATE6, BACK6):
             built.run("server", ["ip", "addr", "replace", address + "/64", "dev", "eth0", "nodad"])
         yield built
 
 
-def migrate(lab, source, target, snapshots, *extra, hold=None, at_hold=None):
-    """One run of the playbook; with `hold` (a cutover step) `at_hold()` is called while the
-    cutover waits there. (the run, its seconds, at_hold's return value)"""
+def migrate(lab, source, target, snapshots, *extra, holds=None):
+    """One run of the playbook. `holds`: {cutover step: call}, each call made while the cutover
+    waits at its step (NFSTATE_CUTOVER_HOLD). (the run, its seconds, {step: what its call returned})"""
     argv = [ANSIBLE_PLAYBOOK, "nfstate.migration.migrate_nat", "-e", "nfstate_source=%s" % source,
             "-e", "nfstate_target=%s" % target, "-e", "nfstate_snapshot_dir=%s" % snapshots,
             "-e", json.dumps({"nfstate_functions": ["nat", "firewall"]}),
             # The lab's flows speak every 10 ms: half a second without a packet says the neighbours switched.
             "-e", "nfstate_release_quiet=0.5"] + list(extra)
-    env = dict(lab.env)
-    hold_path = os.path.join(str(snapshots) + ".hold")
-    if hold:
-        env["NFSTATE_CUTOVER_HOLD"] = "%s:%s" % (hold, hold_path)
+    holds = holds or {}
+    paths = dict((step, "%s.%s.hold" % (snapshots, step)) for step in holds)
+    env = dict(lab.env, NFSTATE_CUTOVER_HOLD=",".join("%s:%s" % item for item in sorted(paths.items())))
     started = time.monotonic()
-    seen = None
+    seen = {}
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
-            if hold:
-                while not os.path.exists(hold_path) and proc.poll() is None and time.monotonic() - started < 400:
-                    time.sleep(0.05)
-                if os.path.exists(hold_path):
-                    try:
-                        seen = at_hold()
-                    finally:
-                        os.unlink(hold_path)
-            proc.wait(timeout=400 - (time.monotonic() - started))
+            while len(seen) < len(holds) and proc.poll() is None and time.monotonic() - started < 400:
+                for step, path in paths.items():
+                    if step not in seen and os.path.exists(path):
+                        try:
+                            seen[step] = holds[step]()
+                        finally:
+                            os.unlink(path)
+                time.sleep(0.05)
+            proc.wait(timeout=max(1, 400 - (time.monotonic() - started)))
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
         out.seek(0)
         run = subprocess.CompletedProcess(argv, proc.returncode, out.read(), "")
-    assert not hold or seen is not None, "the run never reached the hold at %s:\n%s" % (hold, run.stdout[-6000:])
+    assert sorted(seen) == sorted(holds), "the run did not reach every hold (%s):\n%s" % (sorted(holds), run.stdout[-6000:])
     return run, time.monotonic() - started, seen
 
 
@@ -294,27 +296,37 @@ def test_nat_and_firewall_move_together_and_back_without_the_firewalls_sessions(
             assert list(left) == [SCANNER] and 3500 < left[SCANNER][0] <= 3600
             assert list(left6) == [SCANNER6] and 3500 < left6[SCANNER6][0] <= 3600
 
+            def before_the_catch_up():
+                # After the pre-copy, while the source serves: the catch-up carries these, whole.
+                probes.steps("server", [[["knock", EARLY, CLIENT, 23]]])
+                probes.steps("client", [[["udp", CLIENT, SERVER, QUOTA_MORE, 5353]]])
+                return quota_rule_bytes(lab, "nat-a")
+
             def after_the_catch_up():
-                # Long after the pre-copy, once the catch-up is done: only the window can carry these.
+                # Once the catch-up is done, just before the freeze: only the window can carry these.
                 probes.steps("server", [[["knock", LATE, CLIENT, 23], ["knock", LATE6, CLIENT6, 23]]])
                 lab.run("client", [HOST_PYTHON, "-c", SEND_HOST_ONLY])
                 held = lab.run("nat-a", ["conntrack", "-L", "-p", "udp", "--dport", "5353"]).stdout
                 return (lifetimes(blocklist_ipset(lab, "nat-a")), lifetimes(blocklist_ipset(lab, "nat-a", "block6")),
                         [address for address in HOST_ONLY if "dst=%s " % address in held])
 
-            there, there_s, (late, late6, host_only) = migrate(lab, "nat-a", "nat-b", tmp_path / "there",
-                                                               hold="freeze_sent", at_hold=after_the_catch_up)
+            there, there_s, seen = migrate(lab, "nat-a", "nat-b", tmp_path / "there",
+                                           holds={"prepared": before_the_catch_up, "freeze_sent": after_the_catch_up})
             assert there.returncode == 0, there.stdout[-6000:]
             assert lab.service_holder() == "nat-b"
             moved = progress(flows)
             assert all(moved.values()), (moved, format_results(flows.results()))
             assert all(flows.results()[name]["in_order"] for name in ("tcp4", "tcpu4", "tcp6", "tcpu6"))
 
-            # The learned state, read from nftables on the target: what the pre-copy carried and
-            # what the packet path wrote after the catch-up, each with about the lifetime it had left.
-            assert set(late) == {SCANNER, LATE} and set(late6) == {SCANNER6, LATE6}
-            assert_lifetimes(dict(late, **left), blocklist_nft(lab, "nat-b"))
-            assert_lifetimes(dict(late6, **left6), blocklist_nft(lab, "nat-b", "block6"))
+            # The learned state, read from nftables on the target: what the pre-copy carried and what
+            # the packet path wrote after it, before and after the catch-up, each with about the
+            # lifetime it had left.
+            late, late6, host_only = seen["freeze_sent"]
+            assert set(late) == {SCANNER, EARLY, LATE} and set(late6) == {SCANNER6, LATE6}
+            assert_lifetimes(late, blocklist_nft(lab, "nat-b"))
+            assert_lifetimes(late6, blocklist_nft(lab, "nat-b", "block6"))
+            used = seen["prepared"]
+            assert (QUOTA_DATAGRAMS + QUOTA_MORE) * 1028 <= used < QUOTA_LIMIT
             (quota,) = nft_objects(lab, "nat-b", "quota")
             assert (quota["bytes"], quota["used"]) == (QUOTA_LIMIT, used)
             assert probes.answers() == on_source
@@ -333,29 +345,33 @@ def test_nat_and_firewall_move_together_and_back_without_the_firewalls_sessions(
             assert [e for e in entries["precopy"] + entries["delta"] if lab.mgmt_address("nat-a") in ends(e)] == []
 
             # The control: back to iptables without the firewall's (untranslated) sessions; the
-            # packet path writes on nat-b after the pre-copy, before the catch-up.
-            left = lifetimes(blocklist_nft(lab, "nat-b"))
-            left6 = lifetimes(blocklist_nft(lab, "nat-b", "block6"))
+            # packet path writes on nat-b after the pre-copy, before and after the catch-up.
 
-            def before_the_catch_up():
+            def before_the_way_back():
                 probes.steps("server", [[["knock", BACK, CLIENT, 23]]])
-                probes.steps("client", [[["udp", CLIENT, SERVER, QUOTA_DATAGRAMS // 2, 5353]]])
+                probes.steps("client", [[["udp", CLIENT, SERVER, QUOTA_MORE, 5353]]])
                 (now_used,) = [q["used"] for q in nft_objects(lab, "nat-b", "quota")]
-                return lifetimes(blocklist_nft(lab, "nat-b")), now_used
+                return now_used
 
-            back, back_s, (back_left, used) = migrate(
+            def just_before_the_way_back():
+                probes.steps("server", [[["knock", BACK6, CLIENT6, 23]]])
+                return lifetimes(blocklist_nft(lab, "nat-b")), lifetimes(blocklist_nft(lab, "nat-b", "block6"))
+
+            back, back_s, seen = migrate(
                 lab, "nat-b", "nat-a", tmp_path / "back", "-e", json.dumps({"nfstate_selectors": {"forwarded": False}}),
-                hold="prepared", at_hold=before_the_catch_up)
+                holds={"prepared": before_the_way_back, "freeze_sent": just_before_the_way_back})
             assert back.returncode == 0, back.stdout[-6000:]
             assert lab.service_holder() == "nat-a"
             time.sleep(1.0)
             after = progress(flows)
             assert [name for name in TRANSLATED if after[name]] == list(TRANSLATED), format_results(flows.results())
             assert [name for name in UNTRANSLATED if after[name]] == [], format_results(flows.results())
-            assert set(back_left) == {SCANNER, LATE, BACK}
-            assert_lifetimes(dict(left, **back_left), blocklist_ipset(lab, "nat-a"))
-            assert_lifetimes(left6, blocklist_ipset(lab, "nat-a", "block6"))
-            assert QUOTA_DATAGRAMS * 3 // 2 * 1028 <= used < QUOTA_LIMIT
+            back_left, back_left6 = seen["freeze_sent"]
+            assert set(back_left) == {SCANNER, EARLY, LATE, BACK} and set(back_left6) == {SCANNER6, LATE6, BACK6}
+            assert_lifetimes(back_left, blocklist_ipset(lab, "nat-a"))
+            assert_lifetimes(back_left6, blocklist_ipset(lab, "nat-a", "block6"))
+            used = seen["prepared"]
+            assert (QUOTA_DATAGRAMS + 2 * QUOTA_MORE) * 1028 <= used < QUOTA_LIMIT
             assert quota_rule_bytes(lab, "nat-a") == used
             assert probes.answers() == on_source
             results = flows.stop()
