@@ -24,8 +24,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import threading
 import time
 
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_learned import (
     learned_changes,
     members_changed,
@@ -39,6 +41,31 @@ from ansible_collections.nfstate.migration.plugins.module_utils.resources.firewa
     for_implementation,
     wanted_firewall,
 )
+
+
+class Beside(object):
+    """A call run in a thread of its own; result() waits for it and raises what it raised."""
+
+    def __init__(self, call, *args):
+        self._outcome = None
+        self._thread = threading.Thread(target=self._run, args=(call,) + args, name="firewall")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self, call, *args):
+        try:
+            self._outcome = (True, call(*args))
+        except Exception as exc:  # pylint: disable=broad-except
+            self._outcome = (False, exc)
+
+    def result(self, timeout=60.0):
+        self._thread.join(timeout)
+        if self._outcome is None:
+            raise AgentError("the firewall's learned state: no answer within %ss" % timeout)
+        done, value = self._outcome
+        if not done:
+            raise AgentError("the firewall's learned state: %s" % value)
+        return value
 
 
 class SourceFirewall(object):

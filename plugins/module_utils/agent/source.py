@@ -44,7 +44,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.baseline import Baseline
-from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import SourceFirewall
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import Beside, SourceFirewall
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     select,
@@ -144,31 +144,6 @@ def _sequence(state):
     return None if state is None else (state.seq_adj_orig, state.seq_adj_reply)
 
 
-class _Beside(object):
-    """A call run in a thread of its own; result() waits for it and raises what it raised."""
-
-    def __init__(self, call, *args):
-        self._outcome = None
-        self._thread = threading.Thread(target=self._run, args=(call,) + args, name="firewall-read")
-        self._thread.daemon = True
-        self._thread.start()
-
-    def _run(self, call, *args):
-        try:
-            self._outcome = (True, call(*args))
-        except Exception as exc:  # pylint: disable=broad-except
-            self._outcome = (False, exc)
-
-    def result(self, timeout=60.0):
-        self._thread.join(timeout)
-        if self._outcome is None:
-            raise AgentError("the firewall's read did not return within %ss" % timeout)
-        done, value = self._outcome
-        if not done:
-            raise AgentError("reading the firewall's learned state: %s" % value)
-        return value
-
-
 class SourceSide(object):
     """Requests the driver sends the source's agent."""
 
@@ -190,7 +165,7 @@ class SourceSide(object):
         self.released = None         # the addresses given up (to take back on an undo)
         self.alg = True              # carry the ALG state (helpers, sequence adjustment, expectations)
         self.firewall = None         # SourceFirewall: the firewall's learned state crosses too
-        self.learned = None          # its read once frozen, begun by the freeze (_Beside)
+        self.learned = None          # its read once frozen, begun by the freeze (Beside)
 
     # -- before the window ------------------------------------------------------------------
 
@@ -223,7 +198,7 @@ class SourceSide(object):
         self.provider.freeze(wanted, now)
         # The freeze holds new connections from here: the firewall's members are read now, beside
         # the freeze's read-back, and the window's delta takes the result.
-        self.learned = _Beside(self.firewall.delta, True) if self.firewall is not None else None
+        self.learned = Beside(self.firewall.delta, True) if self.firewall is not None else None
         state = self.provider.read_freeze(time.time())
         if not (state.intact and state.active == wanted):
             self.provider.unfreeze()
@@ -256,7 +231,7 @@ class SourceSide(object):
         # The firewall is read beside the sessions (its programs run while this thread works).
         learned, self.learned = self.learned, None
         if learned is None and self.firewall is not None:
-            learned = _Beside(self.firewall.delta, bool(self.frozen))
+            learned = Beside(self.firewall.delta, bool(self.frozen))
         sequence = self.log.barrier()
         latest, lost = self.log.snapshot()
         now = time.monotonic()

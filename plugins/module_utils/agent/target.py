@@ -30,9 +30,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import EXPIRY_MARGIN
-from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import ProviderError
-from ansible_collections.nfstate.migration.plugins.module_utils.resources.common import ResourceError
-from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import TargetFirewall
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import Beside, TargetFirewall
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     ModelError,
@@ -129,14 +127,36 @@ class TargetSide(object):
                 self.held.pop(key, None)
 
     def apply(self, document, frozen=False):
-        """Apply a delta document (already parsed JSON); all or nothing for its sessions, then its
-        firewall part (whole before the freeze, only the members that changed once `frozen`)."""
+        """Apply a delta document (already parsed JSON); all or nothing for its sessions, and its
+        firewall part (whole before the freeze, after the sessions; only the members that changed
+        once `frozen`, beside them)."""
         if self.held is None:
             raise AgentError("no pre-copy loaded: send prepare first")
         try:
             sessions = document_sessions(document)
         except (DocumentError, ModelError) as exc:
             raise AgentError("the delta is not a valid state document, nothing was applied: %s" % exc)
+        if self.firewall is None:
+            return dict(self._apply_sessions(sessions), firewall=None)
+        if not frozen:
+            result = self._apply_sessions(sessions)
+            result["firewall"] = Beside(self.firewall.apply, document, False).result()
+            return result
+        # In the window the members are written beside the sessions (one program run while they are
+        # created; it shares nothing with them, not even a libnftables context).
+        firewall = Beside(self.firewall.apply, document, True)
+        try:
+            result = self._apply_sessions(sessions)
+        except Exception:
+            try:
+                firewall.result()
+            except AgentError:
+                pass
+            raise
+        result["firewall"] = firewall.result()
+        return result
+
+    def _apply_sessions(self, sessions):
         self._check_rules()
         held = self.held
         create, delete, refresh = [], [], []
@@ -193,16 +213,9 @@ class TargetSide(object):
         masters = [e.orig for e in held.values() if e.alg is not None and e.alg.helper]
         if sessions.expectations or masters:
             expected = alg_state.apply_expectations(sessions.expectations, held_masters=masters)
-        firewall = None
-        if self.firewall is not None:
-            try:
-                firewall = self.firewall.apply(document, frozen)
-            except (ProviderError, ResourceError, ValueError) as exc:
-                raise AgentError("the firewall's learned state was not applied: %s" % exc)
         self.applied_at = time.monotonic()
         result = {"created": len(create), "deleted": len(delete), "refreshed": len(refresh),
-                  "sessions": len(sessions.present), "removed": len(sessions.removed), "recreated": len(recreated),
-                  "firewall": firewall}
+                  "sessions": len(sessions.present), "removed": len(sessions.removed), "recreated": len(recreated)}
         result.update(expected)
         return result
 
