@@ -153,7 +153,9 @@ delta:
     - C(expectations) the ALG expectations it carried, C(expectations_ms) what reading the source's expectation table took,
       C(alg_not_carried) the ALG state it could not carry, with the reason.
     - With O(firewall), C(firewall) what the source's read found changed (set elements added, removed, refreshed, recent
-      lists, counts) and C(applied_firewall) what the target wrote (C(written) V(whole) or V(members)), when it changed.
+      lists, counts, C(read) V(whole) or V(members), C(ms) the read's own time) and C(applied_firewall) what the target
+      wrote (C(written) V(whole) or V(members), C(ms) the write's own time), when it changed. Inside the window both run
+      beside other work (the freeze's read-back, the sessions' creation).
   returned: success
   type: dict
   sample: {"added": 12, "removed": 3, "refreshed": 2, "lost_events": false, "expectations": 1, "expectations_ms": 0.4,

@@ -87,6 +87,7 @@ class SourceFirewall(object):
 
     def delta(self, frozen):
         """(the firewall's document if it must cross, else None; counts for the report)."""
+        started = time.monotonic()
         whole = not frozen or not self.caught_up
         if whole:
             current = self.provider.read_firewall(self.interfaces, True).firewall
@@ -96,7 +97,7 @@ class SourceFirewall(object):
         now = time.monotonic()
         changes = learned_changes(self.held, current, now - self.held_at)
         counts = summary(changes)
-        counts.update(read="whole" if whole else "members")
+        counts.update(read="whole" if whole else "members", ms=round((now - started) * 1000, 2))
         # A whole read compared with what the target holds: the target is caught up, sent or not.
         self.caught_up = self.caught_up or whole
         if not (members_changed(changes) or (whole and changes.counts)):
@@ -124,6 +125,7 @@ class TargetFirewall(object):
         its changed members alone inside the window."""
         if ROOT not in document:
             return None
+        started = time.monotonic()
         wanted = for_implementation(self.provider, wanted_firewall(document, None), {"recent_as_sets": self.recent_as_sets})
         now = time.monotonic()
         changes = learned_changes(self.held, wanted, now - self.held_at)
@@ -134,5 +136,6 @@ class TargetFirewall(object):
             steps = self.provider.write_firewall(wanted, self.interfaces, current)
         self.held, self.held_at = wanted, time.monotonic()
         result = summary(changes)
-        result.update(written="members" if frozen else "whole", steps=len(steps))
+        result.update(written="members" if frozen else "whole", steps=len(steps),
+                      ms=round((self.held_at - started) * 1000, 2))
         return result
