@@ -89,7 +89,7 @@ options:
   firewall:
     description:
       - Carry the stateful firewall's learned state in the deltas too (set members with their remaining lifetime, quota
-        use, counters, recent lists): whole in the catch-up before the freeze, and inside the window the members that
+        use, counters, recent lists). The catch-up before the freeze carries it whole; inside the window, the members that
         changed since, read once the source is frozen (docs/firewall.md).
       - Needs O(source_interfaces) and O(target_interfaces).
     type: bool
