@@ -54,8 +54,9 @@ QUOTA_MORE = 25              # datagrams through the quota while a run is held b
 HOST_ONLY = ("224.0.0.1", "192.0.2.255")
 QUOTA_LIMIT, QUOTA_DATAGRAMS = 200000, 100
 LIFETIME_SLACK = 10.0        # seconds: two reads of a lifetime on two hosts, taken apart on a busy machine
-TRANSLATED = ("tcp4", "udp4", "ping4", "tcp6", "udp6", "ping6")
-UNTRANSLATED = ("tcpu4", "udpu4", "pingu4", "tcpu6", "udpu6", "pingu6")
+# IPv6: one translated and one untranslated TCP stream (a flow costs the shared machine a core's share).
+TRANSLATED = ("tcp4", "udp4", "ping4", "tcp6")
+UNTRANSLATED = ("tcpu4", "udpu4", "pingu4", "tcpu6")
 
 # The knock's stages last longer than a migration takes on a busy machine (minutes, when several
 # labs share two cores): the knock must still be under way on the target.
@@ -276,7 +277,8 @@ def test_nat_and_firewall_move_together_and_back_without_the_firewalls_sessions(
     try:
         probes.serve("client", ["%s:%d" % (CLIENT, port) for port in (22, 25, 80)])
         probes.serve("server", ["%s:%d" % (SERVER, port) for port in (5003, 5005)])
-        with FlowSet(lab, kinds=("tcp", "udp", "ping", "tcpu", "udpu", "pingu"), families=(4, 6), duration=900) as flows:
+        with FlowSet(lab, kinds=("tcp", "udp", "ping", "tcpu", "udpu", "pingu"), families=(4, 6), duration=900,
+                     only=TRANSLATED + UNTRANSLATED) as flows:
             # The firewall comes after the flows: they are established when its drop policy arrives.
             lab.run("nat-a", ["ipset", "restore"], input_text=IPSETS)
             lab.run("nat-a", ["iptables-legacy-restore", "--noflush"],

@@ -223,3 +223,36 @@ def test_the_target_writes_whole_before_the_freeze_and_members_inside_it():
 def test_directed_broadcast(address, prefixlen, broadcast):
     from ansible_collections.nfstate.migration.plugins.module_utils.forwarded import directed_broadcast
     assert directed_broadcast(address, prefixlen) == broadcast
+
+
+def test_the_nftables_member_batch_is_one_transaction():
+    from ansible_collections.nfstate.migration.plugins.module_utils import nft_elements as ne
+    from ansible_collections.nfstate.migration.plugins.module_utils.netlink import NLMSGHDR, iter_attrs
+    fw = firewall(blocklist(element("203.0.113.88", 3599.25, 3, 180), element("203.0.113.67", 3600.0), counters=True),
+                  FirewallSet("block6", "ipv6", None, False, (element("2001:db8:2::88", None),)))
+    changes = {"blocklist": SetChange((fw.sets[0].elements[0],), ("203.0.113.70",), (fw.sets[0].elements[1],)),
+               "block6": SetChange((fw.sets[1].elements[0],), (), ())}
+    messages = ne.member_batch(fw, changes, "nfstate_filter")
+    types = [NLMSGHDR.unpack_from(m)[1] for m in messages]
+    sub = ne.NFNL_SUBSYS_NFTABLES << 8
+    # Deletes before adds in each set, all between one batch's begin and end.
+    assert types == [ne.NFNL_MSG_BATCH_BEGIN, sub | ne.NFT_MSG_DELSETELEM, sub | ne.NFT_MSG_NEWSETELEM,
+                     sub | ne.NFT_MSG_NEWSETELEM, ne.NFNL_MSG_BATCH_END]
+
+    def elements(message):
+        attrs = dict((t, message[o:o + n]) for t, o, n in iter_attrs(message, 20, len(message)))
+        assert attrs[ne.NFTA_SET_ELEM_LIST_TABLE] == b"nfstate_filter\0"
+        found = []
+        items = attrs[ne.NFTA_SET_ELEM_LIST_ELEMENTS]
+        for dummy, o, n in iter_attrs(items, 0, len(items)):
+            elem = dict((t, items[eo:eo + en]) for t, eo, en in iter_attrs(items, o, o + n))
+            key = elem[ne.NFTA_SET_ELEM_KEY][4:]
+            found.append((key, ne._BE64.unpack(elem[ne.NFTA_SET_ELEM_EXPIRATION])[0] if ne.NFTA_SET_ELEM_EXPIRATION in elem else None,
+                          ne.NFTA_SET_ELEM_EXPR in elem))
+        return attrs[ne.NFTA_SET_ELEM_LIST_SET], found
+
+    assert elements(messages[1]) == (b"blocklist\0", [(bytes([203, 0, 113, 70]), None, False), (bytes([203, 0, 113, 67]), None, False)])
+    assert elements(messages[2]) == (b"blocklist\0", [(bytes([203, 0, 113, 88]), 3599250, True), (bytes([203, 0, 113, 67]), 3600000, False)])
+    name, found = elements(messages[3])
+    assert name == b"block6\0" and len(found[0][0]) == 16 and found[0][1:] == (None, False)
+    assert ne.member_batch(fw, {}, "nfstate_filter") == []

@@ -17,7 +17,9 @@ __metaclass__ = type
 import json
 
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_learned import with_members
+from ansible_collections.nfstate.migration.plugins.module_utils import nft_elements
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import Unsupported
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import NetlinkError
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import (
     FirewallState,
     ProviderError,
@@ -70,11 +72,16 @@ class NftablesFilter(object):
 
     def write_members(self, firewall, changes, check=False):
         """Only the members that changed (firewall_learned.LearnedChanges), `firewall` holding
-        them: one `nft -f` script, one transaction."""
+        them, in one transaction: over nfnetlink (nft_elements: no program run, no cache read),
+        else as an `nft -f` script. The steps are the script either way (what `commands` shows)."""
         script = filter_t.render_members(firewall, changes.elements)
         steps = [("text", None, script)] if script else []
         if script and not check:
-            self._nft_text(["-f", "-"], script)
+            try:
+                nft_elements.send_batch(nft_elements.member_batch(firewall, changes.elements, filter_t.TABLE_NAME))
+            except (NetlinkError, OSError):
+                # A kernel that refuses our batch (an older one, say) gets it from nft itself.
+                self._nft_text(["-f", "-"], script)
         return steps
 
     def render_firewall(self, firewall, interfaces, current=None):
