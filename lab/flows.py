@@ -572,11 +572,13 @@ class FlowSet:
         results = flows.stop()            # {name: merged result}; FlowSet.healthy(results)
     """
 
-    def __init__(self, lab, kinds=KINDS, families=(4, 6), duration=120.0, rate=128 * 1024, interval=0.01):
+    def __init__(self, lab, kinds=KINDS, families=(4, 6), duration=120.0, rate=128 * 1024, interval=0.01, only=None):
         self.lab = lab
         self.dir = os.path.join(lab.workdir, "flows")
         self.kinds = tuple(kinds)
         self.families = tuple(int(f) for f in families)
+        # The flows to run of kinds x families, by name ("tcp4", "tcpu6"): None runs them all.
+        self.only = None if only is None else frozenset(only)
         self.duration = float(duration)
         self.rate = int(rate)
         self.interval = float(interval)
@@ -659,6 +661,8 @@ class FlowSet:
         plan = []
         for kind in self.kinds:
             for family in self.families:
+                if self.only is not None and "%s%d" % (kind, family) not in self.only:
+                    continue
                 for side, role, worker, address, port in _flow_endpoints(self.lab, kind, family):
                     ep = {"flow": "%s%d" % (kind, family), "kind": kind, "family": family, "side": side,
                           "role": role, "pid": None}

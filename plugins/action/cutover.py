@@ -7,9 +7,11 @@
     catch up the source compares its table with the pre-copy (a dump: sessions older than its agent
              make no events), the target applies the difference, while the source still serves
              (`pre_deltas` times): the window's delta is then only what the events say changed in
-             the last moments, whatever the churn since the pre-copy
+             the last moments, whatever the churn since the pre-copy. With `firewall`, the
+             firewall's learned state crosses whole too (agent/firewall.py)
     freeze   the source stops creating sessions (the kernel lifts it at the deadline)
-    delta    the source's events give what changed since the last delta
+    delta    the source's events give what changed since the last delta (with `firewall`, the
+             members of its sets and recent lists that changed, read once frozen)
     apply    the target applies it against what it holds (the delta's text is passed on as is)
     check    the source has been frozen without a break since the delta
     claim    the target takes the service addresses, if it is still soon enough after the check
@@ -42,16 +44,28 @@ from ansible_collections.nfstate.migration.plugins.plugin_utils.agent_relay impo
 CLAIM_MARGIN_MS = 2000
 STEP_TIMEOUT = 120
 # A test hook, inert unless the controller's environment sets it (bench/fault_matrix.py, docs/faults.md):
-# NFSTATE_CUTOVER_HOLD=STEP:PATH makes the cutover create PATH once STEP (a mark: frozen, applied, claimed,
-# released, ...) is reached, and wait until PATH is removed (HOLD_LIMIT s at most), so that a fault lands there.
+# NFSTATE_CUTOVER_HOLD=STEP:PATH makes the cutover create PATH once STEP (a mark: freeze_sent, frozen, applied,
+# claimed, released, ...; or `prepared`, after the agents loaded the pre-copy and before the catch-up) is
+# reached, and wait until PATH is removed (HOLD_LIMIT s at most), so that a fault lands there; several
+# STEP:PATH separated by commas hold at each. A mark is taken when its hold ends: a hold at freeze_sent
+# is not counted in the window.
 HOLD_ENV = "NFSTATE_CUTOVER_HOLD"
 HOLD_LIMIT = 300
 
 
+def hold_path(step, environ=None):
+    """The hold file NFSTATE_CUTOVER_HOLD names for `step` (STEP:PATH, several separated by commas), or None."""
+    for spec in (environ if environ is not None else os.environ).get(HOLD_ENV, "").split(","):
+        name, dummy, path = spec.partition(":")
+        if name == step and path:
+            return path
+    return None
+
+
 def hold_at(step, environ=None):
     """Wait at `step` while the hold file named by NFSTATE_CUTOVER_HOLD exists; nothing without it."""
-    name, dummy, path = (environ if environ is not None else os.environ).get(HOLD_ENV, "").partition(":")
-    if name != step or not path:
+    path = hold_path(step, environ)
+    if path is None:
         return
     open(path, "w").close()
     limit = time.monotonic() + HOLD_LIMIT
@@ -73,7 +87,8 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("source_socket", "target_socket", "precopy_source", "precopy_target", "interfaces",
                              "deadline", "addresses", "source_interfaces", "target_interfaces", "claim",
-                             "delta_dest", "retries", "keep_target_rules", "precopy_age", "pre_deltas", "alg_state"))
+                             "delta_dest", "retries", "keep_target_rules", "precopy_age", "pre_deltas", "alg_state",
+                             "firewall", "recent_as_sets"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -97,14 +112,21 @@ class ActionModule(ActionBase):
         took = {}   # ms each step took on its agent (the rest of a part is the channel)
 
         def mark(name):
-            marks[name] = time.time()
             hold_at(name)
+            marks[name] = time.time()
 
-        source.send_raw(self._line({"op": "prepare", "precopy": args["precopy_source"],
-                                    "age": float(args.get("precopy_age", 0)), "alg": boolean(args.get("alg_state", True))}))
-        target.send_raw(self._line({"op": "prepare", "precopy": args["precopy_target"],
-                                    "keep_rules": bool(args.get("keep_target_rules"))}))
+        source_prepare = {"op": "prepare", "precopy": args["precopy_source"], "age": float(args.get("precopy_age", 0)),
+                          "alg": boolean(args.get("alg_state", True))}
+        target_prepare = {"op": "prepare", "precopy": args["precopy_target"], "keep_rules": bool(args.get("keep_target_rules"))}
+        if boolean(args.get("firewall", False)):
+            # The firewall's learned state crosses in every delta, as the sessions do.
+            source_prepare["firewall"] = {"interfaces": args.get("source_interfaces") or args["interfaces"]}
+            target_prepare["firewall"] = {"interfaces": args.get("target_interfaces") or {},
+                                          "recent_as_sets": boolean(args.get("recent_as_sets", True))}
+        source.send_raw(self._line(source_prepare))
+        target.send_raw(self._line(target_prepare))
         prepared = {"source": source.answer(STEP_TIMEOUT)["sessions"], "target": target.answer(STEP_TIMEOUT)["sessions"]}
+        hold_at("prepared")
 
         caught_up = []
         for dummy in range(int(args.get("pre_deltas", 1))):
@@ -200,6 +222,8 @@ class ActionModule(ActionBase):
         counts = dict((k, delta.get(k)) for k in ("added", "removed", "refreshed", "lost_events", "full",
                                                   "expectations_ms"))
         counts.update(expectations=delta.get("expectations", 0), alg_not_carried=delta.get("alg_not_carried", []))
+        if delta.get("firewall") is not None:
+            counts.update(firewall=delta["firewall"], applied_firewall=applied.get("firewall"))
         counts.update(("applied_" + k, applied.get(k, 0)) for k in APPLIED_COUNTS)
         return counts
 

@@ -659,6 +659,30 @@ def _address_matcher(prefixes):
     return matches
 
 
+def never_forwarded(address):
+    """Whether a packet to `address` is always delivered to the host rather than forwarded: a
+    multicast group (224.0.0.0/4, ff00::/8) or the limited broadcast. A router forwards neither
+    (multicast routing aside, which this collection does not model), so an entry with such an
+    end is the host's own, like one with an address of the host. Text tests, not ipaddress: this
+    runs for every entry of a dump."""
+    if ":" in address:
+        head = address.split(":", 1)[0]
+        return len(head) == 4 and head[:2].lower() == "ff"
+    if address == "255.255.255.255":
+        return True
+    first = address.split(".", 1)[0]
+    return first.isdigit() and 224 <= int(first) <= 239
+
+
+def forwarded_ends(orig, local_addresses):
+    """Whether an untranslated entry's original tuple can be a flow forwarded through the host:
+    neither end an address of the host (`local_addresses`, its directed broadcasts included),
+    nor a destination that is never forwarded. The reply tuple of an untranslated entry is the
+    original's inverse, so the original alone decides."""
+    return (orig.src not in local_addresses and orig.dst not in local_addresses
+            and not never_forwarded(orig.dst) and not never_forwarded(orig.src))
+
+
 def wants_forwarded(selectors):
     """Whether the selectors take the firewall's untranslated forwarded sessions too (then the
     caller reads every entry, not only translated ones, and gives select the host's addresses)."""
@@ -671,8 +695,9 @@ def select(entries, selectors, local_addresses=()):
     selectors: {addresses: [prefixes], zone: int, mark: int, mark_mask: int, forwarded: bool},
     each optional. `addresses` matches the addresses the NAT owns in a session (see
     owned_addresses), so an untranslated entry never matches it. An empty selector keeps every
-    entry. With `forwarded`, an untranslated entry is kept when neither end is one of
-    `local_addresses` (the host's own connections stay) and its zone and mark match.
+    entry. With `forwarded`, an untranslated entry is kept when its ends are those of a flow
+    forwarded through the host (forwarded_ends: the host's own connections stay) and its zone
+    and mark match.
     """
     selectors = selectors or {}
     if not isinstance(selectors, dict):
@@ -718,7 +743,7 @@ def select(entries, selectors, local_addresses=()):
 
         def keep(entry):
             if translation(entry) == (None, None):
-                return entry.orig.src not in local and entry.orig.dst not in local and all(test(entry) for test in tests)
+                return forwarded_ends(entry.orig, local) and all(test(entry) for test in tests)
             return all(test(entry) for test in tests) and (owned is None or owned(entry))
         return [entry for entry in entries if keep(entry)]
     if owned is not None:

@@ -86,6 +86,18 @@ options:
         V(false) moves the sessions alone, as a model without ALG state would (a control run).
     type: bool
     default: true
+  firewall:
+    description:
+      - Carry the stateful firewall's learned state in the deltas too (set members with their remaining lifetime, quota
+        use, counters, recent lists). The catch-up before the freeze carries it whole; inside the window, the members that
+        changed since, read once the source is frozen (docs/firewall.md).
+      - Needs O(source_interfaces) and O(target_interfaces).
+    type: bool
+    default: false
+  recent_as_sets:
+    description: On an nftables target, recent lists become sets (as the firewall module's option of that name).
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: none
@@ -140,6 +152,10 @@ delta:
     - What the delta held (added, removed, refreshed), and whether events were lost (then the source compared its whole table).
     - C(expectations) the ALG expectations it carried, C(expectations_ms) what reading the source's expectation table took,
       C(alg_not_carried) the ALG state it could not carry, with the reason.
+    - With O(firewall), C(firewall) what the source's read found changed (set elements added, removed, refreshed, recent
+      lists, counts, C(read) V(whole) or V(members), C(ms) the read's own time) and C(applied_firewall) what the target
+      wrote (C(written) V(whole) or V(members), C(ms) the write's own time), when it changed. Inside the window both run
+      beside other work (the freeze's read-back, the sessions' creation).
   returned: success
   type: dict
   sample: {"added": 12, "removed": 3, "refreshed": 2, "lost_events": false, "expectations": 1, "expectations_ms": 0.4,

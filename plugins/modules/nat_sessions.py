@@ -136,8 +136,9 @@ options:
       forwarded:
         description:
           - Also the untranslated sessions forwarded through the host, the stateful firewall's
-            (M(nfstate.migration.firewall)). Neither end of such a session is an address of the host,
-            so its own connections stay out. Their zone and mark selectors apply, not O(selectors.addresses).
+            (M(nfstate.migration.firewall)). Neither end of such a session is an address of the host (its
+            directed broadcasts included), a multicast group or the limited broadcast, so its own connections
+            stay out. Their zone and mark selectors apply, not O(selectors.addresses).
           - They are carried flagged C(nfstate-firewall:forwarded), so that a target whose forward policy
             is drop lets their packets through as established.
         type: bool

@@ -1,6 +1,7 @@
 """A stateful edge firewall and its learned state move between nftables and iptables+ipset, both ways.
 
-Two labs of namespaces (created and removed here, prefix f-), each
+Two labs of namespaces (created and removed here, named after NFSTATE_TEST_PREFIX and the pytest
+worker), each
 
     client 198.51.100.2 (+ .66 scanner, .77 knocker)  --(outside) FW (inside)--  server 192.0.2.2
            2001:db8:2::2                                 .1 / ::1   .1 / ::1           2001:db8:1::2
@@ -16,6 +17,7 @@ same list of probes is tried against both firewalls and must be accepted or refu
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -144,12 +146,16 @@ def sh(*args, **kwargs):
     return out
 
 
+# Everything this file creates carries the run's prefix (conftest.py's convention) and the worker.
+NAME_PREFIX = "%sfs%s-" % (os.environ.get("NFSTATE_TEST_PREFIX", "t"), re.sub(r"\D", "", os.environ.get("PYTEST_XDIST_WORKER", "")))
+
+
 class Lab:
     """client -- firewall -- server, one lab per letter."""
 
     def __init__(self, tmp, letter):
         self.letter = letter
-        self.cli, self.fw, self.srv = ("f-%s-%s" % (letter, role) for role in ("cli", "fw", "srv"))
+        self.cli, self.fw, self.srv = ("%s%s-%s" % (NAME_PREFIX, letter, role) for role in ("cli", "fw", "srv"))
         self.devices = DEVICES[letter]
         self.helper = HELPER
         self.procs = []
@@ -248,7 +254,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def labs():
-    tmp = tempfile.mkdtemp(prefix="f-firewall-")
+    tmp = tempfile.mkdtemp(prefix=NAME_PREFIX + "firewall-")
     built = [Lab(tmp, "a"), Lab(tmp, "b")]
     try:
         for lab in built:

@@ -11,7 +11,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     DocumentError, build_document, document_sessions, instance,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
-    FORWARDED, ModelError, select, split_supported, wants_forwarded,
+    FORWARDED, ModelError, forwarded_ends, never_forwarded, select, split_supported, wants_forwarded,
 )
 
 SEEN = IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
@@ -43,6 +43,24 @@ def test_forwarded_keeps_flows_through_the_host_and_never_its_own():
     assert select(ALL, {"forwarded": True, "addresses": ["203.0.113.0/24"]}, HOST) == [THROUGH, ZONED]
     with pytest.raises(ModelError, match="forwarded"):
         select(ALL, {"forwarded": "yes"}, HOST)
+
+
+@pytest.mark.parametrize("address, host_only", [
+    ("224.0.0.1", True), ("239.255.255.250", True), ("255.255.255.255", True), ("ff02::fb", True), ("FF05::1:3", True),
+    ("223.255.255.255", False), ("240.0.0.1", False), ("192.0.2.255", False), ("ff::1", False), ("2001:db8::ff", False),
+    ("fe80::1", False)])
+def test_multicast_and_the_limited_broadcast_are_never_forwarded(address, host_only):
+    assert never_forwarded(address) is host_only
+
+
+def test_what_the_host_takes_for_itself_is_its_own():
+    # A directed broadcast is among the host's addresses (forwarded.local_addresses adds it).
+    host = HOST | {"192.0.2.255"}
+    mdns = udp("192.0.2.2", "224.0.0.251", 5353, 5353, "224.0.0.251", "192.0.2.2", 5353, 5353)
+    broadcast = udp("192.0.2.2", "192.0.2.255", 4000, 5353, "192.0.2.255", "192.0.2.2", 5353, 4000)
+    dhcp = udp("0.0.0.0", "255.255.255.255", 68, 67, "255.255.255.255", "0.0.0.0", 67, 68)
+    assert select([THROUGH, mdns, broadcast, dhcp], {"forwarded": True}, host) == [THROUGH]
+    assert forwarded_ends(THROUGH.orig, host) and not forwarded_ends(OWN_IN.orig, host)
 
 
 def test_a_forwarded_session_travels_flagged_and_comes_back():

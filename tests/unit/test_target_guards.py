@@ -132,6 +132,11 @@ def test_the_hold_hook_does_nothing_unless_its_step_is_named(tmp_path):
     assert time.monotonic() - started < 0.5 and not os.path.exists(path)
 
 
+def test_the_hold_hook_names_several_steps():
+    environ = {cutover.HOLD_ENV: "prepared:/tmp/a,freeze_sent:/tmp/b"}
+    assert [cutover.hold_path(step, environ) for step in ("prepared", "freeze_sent", "frozen")] == ["/tmp/a", "/tmp/b", None]
+
+
 def test_the_hold_hook_waits_at_its_step_until_the_file_is_removed(tmp_path):
     path = str(tmp_path / "hold")
     waiter = threading.Thread(target=cutover.hold_at, args=("frozen", {cutover.HOLD_ENV: "frozen:%s" % path}))

@@ -57,8 +57,9 @@ class Agent(object):
             return answer(role=self.role, pid=os.getpid())
         if op == "prepare":
             if self.role == "source":
-                return answer(**side.prepare(request["precopy"], request.get("age", 0.0), request.get("alg", True)))
-            return answer(**side.prepare(request["precopy"], request.get("keep_rules", False)))
+                return answer(**side.prepare(request["precopy"], request.get("age", 0.0), request.get("alg", True),
+                                             request.get("firewall")))
+            return answer(**side.prepare(request["precopy"], request.get("keep_rules", False), request.get("firewall")))
         if op == "commit":
             self.committed = True
             return answer()
@@ -85,7 +86,7 @@ class Agent(object):
     def _target_ops(self):
         side = self.side
         return {
-            "apply": lambda r: side.apply(r["document"]),
+            "apply": lambda r: side.apply(r["document"], bool(r.get("frozen"))),
             "verify": lambda r: side.verify(),
             "claim": lambda r: side.claim(r["addresses"], r["interfaces"], r["valid_ms"], run_addresses),
             "announce": lambda r: side.announce(r["addresses"], r["interfaces"], r.get("count", 2),

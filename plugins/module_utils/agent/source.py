@@ -44,6 +44,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.baseline import Baseline
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import Beside, SourceFirewall
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     select,
@@ -164,11 +165,14 @@ class SourceSide(object):
         self.released = None         # the addresses given up (to take back on an undo)
         self.service = None          # the service addresses this host holds, as the freeze was told
         self.alg = True              # carry the ALG state (helpers, sequence adjustment, expectations)
+        self.firewall = None         # SourceFirewall: the firewall's learned state crosses too
+        self.learned = None          # its read once frozen, begun by the freeze (Beside)
 
     # -- before the window ------------------------------------------------------------------
 
-    def prepare(self, precopy, age=0.0, alg=True):
-        """Load the pre-copy this agent's events are compared with (read before the window)."""
+    def prepare(self, precopy, age=0.0, alg=True, firewall=None):
+        """Load the pre-copy this agent's events are compared with (read before the window).
+        firewall: {interfaces} when the firewall's learned state crosses too."""
         self.alg = bool(alg)
         try:
             document = read_document(precopy)
@@ -182,6 +186,8 @@ class SourceSide(object):
         age = max(float(age or 0), snapshot_age(document, datetime.datetime.now(datetime.timezone.utc)))
         self.baseline = Baseline(present, time.monotonic() - age)
         self.baseline_at = 0
+        if firewall is not None:
+            self.firewall = SourceFirewall(self.provider, firewall.get("interfaces"), document)
         return {"sessions": len(self.baseline)}
 
     # -- the window -------------------------------------------------------------------------
@@ -192,14 +198,27 @@ class SourceSide(object):
         now = time.time()
         wanted = Freeze(devices, expiry_for(deadline, now))
         self.provider.freeze(wanted, now)
+        # The freeze holds new connections from here: the firewall's members are read now, beside
+        # the freeze's read-back, and the window's delta takes the result.
+        self.learned = Beside(self.firewall.delta, True) if self.firewall is not None else None
         state = self.provider.read_freeze(time.time())
         if not (state.intact and state.active == wanted):
             self.provider.unfreeze()
+            self._drop_learned()
             raise AgentError("the freeze read back does not match what was written: removed it again")
         self.frozen = wanted
         self.service = service
         self.frozen_until = time.monotonic() + (wanted.expires_at - time.time())
         return {"expires_at": wanted.expires_at}
+
+    def _drop_learned(self):
+        """Wait for a read begun by a freeze that did not hold, and forget it."""
+        learned, self.learned = self.learned, None
+        if learned is not None:
+            try:
+                learned.result()
+            except AgentError:
+                pass
 
     def delta(self, full=False):
         """What changed since the last delta (the pre-copy at first), as a delta document (its JSON
@@ -212,6 +231,10 @@ class SourceSide(object):
         before the window finds them with a dump, at the cost of reading the table once."""
         if self.baseline is None:
             raise AgentError("no pre-copy loaded: send prepare first")
+        # The firewall is read beside the sessions (its programs run while this thread works).
+        learned, self.learned = self.learned, None
+        if learned is None and self.firewall is not None:
+            learned = Beside(self.firewall.delta, bool(self.frozen))
         sequence = self.log.barrier()
         latest, lost = self.log.snapshot()
         now = time.monotonic()
@@ -232,9 +255,14 @@ class SourceSide(object):
             self.delta_at = sequence
         not_carried = []
         document = self._document(added + refreshed, removed, expectations, not_carried)
+        firewall = None
+        if learned is not None:
+            fw_document, firewall = learned.result()
+            if fw_document:
+                document.update(fw_document)
         return {"document": document, "added": len(added), "removed": len(removed), "refreshed": len(refreshed),
                 "lost_events": lost, "full": bool(lost or full), "frozen": bool(self.frozen), "expectations": alg_state.carried(document),
-                "expectations_ms": expectations_ms, "alg_not_carried": not_carried}
+                "expectations_ms": expectations_ms, "alg_not_carried": not_carried, "firewall": firewall}
 
     def _from_events(self, latest, now):
         baseline, since = self.baseline, self.baseline_at
@@ -324,6 +352,8 @@ class SourceSide(object):
         (what the run's snapshot directory keeps, and what an undo on the target must remove)."""
         present, removed = self.baseline.crossed_sessions()
         document = self._document(present, removed, self.expectations)
+        if self.firewall is not None and self.firewall.document:
+            document.update(self.firewall.document)
         return {"document": document, "sessions": len(present), "removed": len(removed),
                 "expectations": alg_state.carried(document)}
 

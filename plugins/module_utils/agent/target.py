@@ -30,6 +30,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.nat_document imp
     snapshot_age,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.lifetimes import EXPIRY_MARGIN
+from ansible_collections.nfstate.migration.plugins.module_utils.agent.firewall import Beside, TargetFirewall
 from ansible_collections.nfstate.migration.plugins.module_utils.agent.protocol import AgentError
 from ansible_collections.nfstate.migration.plugins.module_utils.session_model import (
     ModelError,
@@ -70,8 +71,10 @@ class TargetSide(object):
         self.claimed = None       # (addresses, interfaces) claimed
         self.keep_rules = bool(keep_rules)
         self.rules = None         # our NAT rules as verified before the window
+        self.firewall = None      # TargetFirewall: the firewall's learned state crosses too
 
-    def prepare(self, precopy, keep_rules=False):
+    def prepare(self, precopy, keep_rules=False, firewall=None):
+        """firewall: {interfaces, recent_as_sets} when the firewall's learned state crosses too."""
         document = self._read(precopy)
         self.held = dict((session_key(e), e) for e in document_sessions(document).present)
         # The copies were made with the snapshot's lifetimes less its age: they run out from there.
@@ -81,6 +84,8 @@ class TargetSide(object):
         heapq.heapify(self._expiring)
         self.keep_rules = bool(keep_rules)
         self.rules = self._rules_now()
+        if firewall is not None:
+            self.firewall = TargetFirewall(self.provider, firewall.get("interfaces"), firewall.get("recent_as_sets", True))
         return {"sessions": len(self.held)}
 
     @staticmethod
@@ -133,14 +138,37 @@ class TargetSide(object):
                 del expiry[key]
                 self.held.pop(key, None)
 
-    def apply(self, document):
-        """Apply a delta document (already parsed JSON); all or nothing."""
+    def apply(self, document, frozen=False):
+        """Apply a delta document (already parsed JSON); all or nothing for its sessions, and its
+        firewall part (whole before the freeze, after the sessions; only the members that changed
+        once `frozen`, beside them)."""
         if self.held is None:
             raise AgentError("no pre-copy loaded: send prepare first")
         try:
             sessions = document_sessions(document)
         except (DocumentError, ModelError) as exc:
             raise AgentError("the delta is not a valid state document, nothing was applied: %s" % exc)
+        if self.firewall is None:
+            return dict(self._apply_sessions(sessions), firewall=None)
+        if not frozen:
+            result = self._apply_sessions(sessions)
+            result["firewall"] = Beside(self.firewall.apply, document, False).result()
+            return result
+        # In the window the members are written beside the sessions (one program run while they are
+        # created; it shares nothing with them, not even a libnftables context).
+        firewall = Beside(self.firewall.apply, document, True)
+        try:
+            result = self._apply_sessions(sessions)
+        except Exception:
+            try:
+                firewall.result()
+            except AgentError:
+                pass
+            raise
+        result["firewall"] = firewall.result()
+        return result
+
+    def _apply_sessions(self, sessions):
         self._check_rules()
         held = self.held
         create, delete, refresh = [], [], []

@@ -21,6 +21,7 @@ import os
 import re
 import time
 
+from ansible_collections.nfstate.migration.plugins.module_utils.firewall_learned import with_members
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import FAMILIES, Unsupported
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import (
     FirewallState,
@@ -138,7 +139,34 @@ class IptablesFilter(object):
         clock = self.kernel_clock() if any(recent_files.values()) else None
         return self._state(saves, self._ipset_save(), recent_files, interfaces, clock, skip_unsupported)
 
+    def read_members(self, firewall, hz=None):
+        """`firewall` (as read_firewall gave it) with its sets' elements and its recent lists'
+        entries read again, rules and counters left as they were: one `ipset save` and the lists'
+        files, what the cutover's window can afford. `hz`: the kernel's, measured before."""
+        sets, dummy = filter_t.parse_ipset_save(self._ipset_save())
+        files = self._recent_files([r.name for r in firewall.recent_lists])
+        recents = {}
+        if any(files.values()):
+            now = filter_t.parse_jiffies(_read(TIMER_LIST))
+            hz = hz or self.kernel_clock()[1]
+            recents = dict((name, filter_t.parse_recent(name, text, now, hz)) for name, text in files.items() if text)
+        return with_members(firewall, dict((s.name, s.elements) for s in sets), recents)
+
     # -- writing --------------------------------------------------------------------------------
+
+    def write_members(self, firewall, changes, check=False):
+        """Only the members that changed (firewall_learned.LearnedChanges), `firewall` holding
+        them: one `ipset -exist restore`, and the recent lists that differ written again."""
+        steps = []
+        text = filter_t.render_ipset_members(firewall, changes.elements)
+        if text:
+            steps.append(("ipset", "exist", text))
+        lists = tuple(r for r in firewall.recent_lists if r.name in changes.recent_lists)
+        for name, lines in sorted(filter_t.render_recent(firewall._replace(recent_lists=lists)).items()):
+            steps.append(("recent", name, "\n".join(lines) + "\n"))
+        if not check:
+            self._run_steps(steps)
+        return steps
 
     def render_firewall(self, firewall, interfaces, current=None):
         """The steps [(kind, where, text)] that make the host hold exactly `firewall`."""
@@ -201,7 +229,7 @@ class IptablesFilter(object):
     def _run_steps(self, steps):
         for kind, where, text in steps:
             if kind == "ipset":
-                self._run([program(self.host, "ipset"), "restore"], text)
+                self._run([program(self.host, "ipset")] + (["-exist"] if where == "exist" else []) + ["restore"], text)
             elif kind == "restore":
                 restore = program(self.host, filter_t.PROGRAMS[(self.backend, where)][1])
                 self._run([restore, "--wait", "--noflush", "--counters"], text)
@@ -234,7 +262,7 @@ class IptablesFilter(object):
         lines = []
         for kind, where, text in steps or ():
             if kind == "ipset":
-                lines.append("# ipset restore")
+                lines.append("# ipset -exist restore" if where == "exist" else "# ipset restore")
             elif kind == "restore":
                 # Rendering without a host does not detect the backend: name the family's tool only.
                 name = filter_t.PROGRAMS[(self._backend, where)][1] if self._backend else \

@@ -16,7 +16,10 @@ __metaclass__ = type
 
 import json
 
+from ansible_collections.nfstate.migration.plugins.module_utils.firewall_learned import with_members
+from ansible_collections.nfstate.migration.plugins.module_utils import nft_elements
 from ansible_collections.nfstate.migration.plugins.module_utils.firewall_model import Unsupported
+from ansible_collections.nfstate.migration.plugins.module_utils.netlink import NetlinkError
 from ansible_collections.nfstate.migration.plugins.module_utils.providers.base import (
     FirewallState,
     ProviderError,
@@ -60,6 +63,26 @@ class NftablesFilter(object):
         exists = any("table" in item for item in listing.get("nftables", []))
         text = self._nft_text(filter_t.list_text_args()) if exists else None
         return self._state(listing, interfaces, text, skip_unsupported)
+
+    def read_members(self, firewall, hz=None):
+        """`firewall` (as read_firewall gave it) with its sets' elements read again from one text
+        listing of our table, rules and named objects left as they were (the cutover's window)."""
+        elements = filter_t.parse_elements_text(self._nft_text(filter_t.list_text_args()))
+        return with_members(firewall, dict((name, tuple(found.values())) for name, found in elements.items()), {})
+
+    def write_members(self, firewall, changes, check=False):
+        """Only the members that changed (firewall_learned.LearnedChanges), `firewall` holding
+        them, in one transaction: over nfnetlink (nft_elements: no program run, no cache read),
+        else as an `nft -f` script. The steps are the script either way (what `commands` shows)."""
+        script = filter_t.render_members(firewall, changes.elements)
+        steps = [("text", None, script)] if script else []
+        if script and not check:
+            try:
+                nft_elements.send_batch(nft_elements.member_batch(firewall, changes.elements, filter_t.TABLE_NAME))
+            except (NetlinkError, OSError):
+                # A kernel that refuses our batch (an older one, say) gets it from nft itself.
+                self._nft_text(["-f", "-"], script)
+        return steps
 
     def render_firewall(self, firewall, interfaces, current=None):
         """The steps [(kind, where, payload)]: the table's JSON transaction, then the elements."""

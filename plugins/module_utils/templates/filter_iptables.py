@@ -143,17 +143,35 @@ def render_ipset(firewall):
             opts += ["maxelem", str(set_size(fwset))]
         lines.append("create %s hash:ip %s -exist" % (name, " ".join(opts)))
         lines.append("flush %s" % name)
-        for element in fwset.elements:
-            words = ["add", name, element.address]
-            if element.remaining is not None:
-                if element.remaining < 1:
-                    continue      # ipset counts whole seconds, and 0 would mean "never expires"
-                words += ["timeout", str(int(round(element.remaining)))]
-            elif fwset.timeout is not None:
-                words += ["timeout", "0"]
-            if fwset.counters and element.packets is not None:
-                words += ["packets", str(element.packets), "bytes", str(element.bytes)]
-            lines.append(" ".join(words))
+        lines.extend(line for line in (_add_line(fwset, e) for e in fwset.elements) if line)
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _add_line(fwset, element):
+    """The `add` line of one element ("" for one whose lifetime ran out)."""
+    words = ["add", SET_PREFIX + fwset.name, element.address]
+    if element.remaining is not None:
+        if element.remaining < 1:
+            return ""      # ipset counts whole seconds, and 0 would mean "never expires"
+        words += ["timeout", str(int(round(element.remaining)))]
+    elif fwset.timeout is not None:
+        words += ["timeout", "0"]
+    if fwset.counters and element.packets is not None:
+        words += ["packets", str(element.packets), "bytes", str(element.bytes)]
+    return " ".join(words)
+
+
+def render_ipset_members(firewall, elements):
+    """`ipset -exist restore` input changing only members: `elements` is {set name: SetChange}
+    (firewall_learned). An element added again gets its new lifetime (-exist updates it); a
+    removed one that is gone already is no error (-exist)."""
+    lines = []
+    for fwset in firewall.sets:
+        change = elements.get(fwset.name)
+        if change is None:
+            continue
+        lines.extend("del %s%s %s" % (SET_PREFIX, fwset.name, address) for address in change.removed)
+        lines.extend(line for line in (_add_line(fwset, e) for e in change.added + change.refreshed) if line)
     return "\n".join(lines) + ("\n" if lines else "")
 
 

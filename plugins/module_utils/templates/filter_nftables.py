@@ -598,6 +598,24 @@ def render_elements(firewall):
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def render_members(firewall, elements):
+    """The `nft -f` script (one transaction) changing only members: `elements` is {set name:
+    SetChange} (firewall_learned). A refreshed element is deleted and added with its new
+    lifetime (adding an element that exists changes nothing); "" when nothing changes."""
+    lines = []
+    for fwset in firewall.sets:
+        change = elements.get(fwset.name)
+        if change is None:
+            continue
+        gone = list(change.removed) + [e.address for e in change.refreshed]
+        if gone:
+            lines.append("delete element %s %s %s { %s }" % (TABLE_FAMILY, TABLE_NAME, fwset.name, ", ".join(gone)))
+        fresh = change.added + change.refreshed
+        if fresh:
+            lines.append(render_elements(Firewall(sets=(fwset._replace(elements=fresh),))).rstrip("\n"))
+    return "\n".join(line for line in lines if line) + ("\n" if any(lines) else "")
+
+
 def delete_commands():
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, {"delete": {"table": {"family": TABLE_FAMILY, "name": TABLE_NAME}}}]}
 
