@@ -337,3 +337,31 @@ def test_a_copy_in_its_last_seconds_is_still_deleted_when_a_newer_session_takes_
     set_mapping_entries(document, instance(document)["mapping-table"]["mapping-entry"] + [removed_mapping(old, 2)])
     result = target.apply(document)
     assert result["created"] == 1 and strict.entries[key] == newer
+
+
+def test_a_new_session_whose_translated_port_a_held_copy_still_has_takes_it_over(side, monkeypatch):
+    """The source's NAT, its port pool in use to the last port, gives an ended session's port to the
+    next one at once; the copy here lives a moment longer and the delta does not end it yet."""
+    target, dummy, table, held = side
+    strict = StrictTable(held)
+    monkeypatch.setattr(target_mod, "Conntrack", lambda: strict)
+    monkeypatch.setattr(target_mod, "table_count", lambda: len(strict.entries))
+    old = held[0]
+    newer = old._replace(orig=old.orig._replace(sport=old.orig.sport + 30000))  # another client port, same binding
+    result = target.apply(build_document([newer], "edge-nat", kind="delta"))
+    assert result["created"] == 1 and result["deleted"] == 1
+    assert session_key(old) not in strict.entries and strict.entries[session_key(newer)] == newer
+    assert session_key(old) not in target.held
+
+
+def test_a_create_refused_by_a_tuple_nobody_here_holds_still_fails_the_delta(side, monkeypatch):
+    target, dummy, table, held = side
+    strict = StrictTable(held)
+    monkeypatch.setattr(target_mod, "Conntrack", lambda: strict)
+    monkeypatch.setattr(target_mod, "table_count", lambda: len(strict.entries))
+    foreign = many_tcp_sessions(9)[8]
+    strict.entries[session_key(foreign)] = foreign   # the host's own, not a copy of ours
+    intruder = foreign._replace(orig=foreign.orig._replace(sport=foreign.orig.sport + 30000))
+    with pytest.raises(AgentError, match="refused to create"):
+        target.apply(build_document([intruder], "edge-nat", kind="delta"))
+    assert strict.entries[session_key(foreign)] == foreign

@@ -126,6 +126,21 @@ class TargetSide(object):
         return [e._replace(timeout=int(self.expiry[key] - now)) for key, e in self.held.items()
                 if key not in present and self.expiry[key] - now > EXPIRY_MARGIN]
 
+    def _over_stale_copies(self, table, failures, delete):
+        """Creates refused because a copy held here still has the new session's translated tuple:
+        on the source that session ended and the NAT gave its port to the newer one at once (a
+        pool in use to the last port), while its copy here lives a moment longer (lifetimes cross
+        in whole seconds) and its end is not in the delta yet. Those copies go (added to `delete`),
+        the refused creates are tried again, and what is refused then stays refused."""
+        taken = dict((e.reply, e) for e, code in failures if code == errno.EEXIST)
+        wanted = set(session_key(e) for e in taken.values())
+        stale = [e for key, e in self.held.items() if key not in wanted and e.reply in taken] if taken else []
+        if not stale:
+            return failures
+        table.delete(stale)
+        delete.extend(stale)
+        return table.create([e for e, dummy in failures])
+
     def _forget_expired(self, now):
         """Let go of the copies whose lifetime here ran out EXPIRY_MARGIN seconds ago or more. Not
         sooner: a copy the kernel still holds must stay known, so that a delta that ends it, or
@@ -199,6 +214,8 @@ class TargetSide(object):
             # is created again from the source's current one, never dropped.
             create.extend(e for e, code in updated if code == errno.ENOENT)
             failures = table.create(create)
+            if failures:
+                failures = self._over_stale_copies(table, failures, delete)
             if failures:
                 done = [e for e in create if e not in set(f[0] for f in failures)]
                 table.delete(done)
