@@ -221,7 +221,7 @@ def test_rules_removed_between_the_delta_and_the_claim_refuse_the_claim(side):
     provider.current = []
     claimed = []
     with pytest.raises(AgentError, match="not those verified"):
-        target.claim([], {}, 60000, run_addresses=lambda params: claimed.append(params))
+        target.claim([], {}, 60000, run_addresses=claimed.append)
     assert claimed == [] and target.claimed is None
 
 
