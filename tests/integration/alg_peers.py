@@ -23,6 +23,16 @@ out"} instead of hanging.
 import json
 import select
 
+# The end of every scripted peer: one JSON answer per JSON operation read, run by its run().
+ANSWER_EACH_LINE = r"""
+for line in sys.stdin:
+    try:
+        answer = run(json.loads(line))
+    except Exception as exc:
+        answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    print(json.dumps(answer), flush=True)
+"""
+
 UDP_PEER_CODE = r"""
 import hashlib, json, socket, struct, sys
 role, address, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -103,13 +113,7 @@ def run(op):
 if role == "server":  # listening before any request is sent
     state["listen-69"], state["listen-5060"] = udp(69), udp(5060)
 print(json.dumps({"ready": role}), flush=True)
-for line in sys.stdin:
-    try:
-        answer = run(json.loads(line))
-    except Exception as exc:
-        answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
-    print(json.dumps(answer), flush=True)
-"""
+""" + ANSWER_EACH_LINE
 
 
 def read_line(proc, timeout, log=None):

@@ -4,6 +4,8 @@
 CLIENT_CODE SERVER TIMEOUT): it reads one JSON operation per line (login, pasv, fetch-pending, port
 and retr...) and answers each with one JSON line, so that a test can pause a session mid-way."""
 
+from alg_peers import ANSWER_EACH_LINE
+
 CLIENT_CODE = r"""
 import ftplib, hashlib, json, socket, sys
 ftp = ftplib.FTP(timeout=float(sys.argv[2]))
@@ -41,10 +43,4 @@ def run(op):
         return {"reply": ftp.sendcmd(op["line"])}
     raise ValueError(op)
 
-for line in sys.stdin:
-    try:
-        answer = run(json.loads(line))
-    except Exception as exc:
-        answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
-    print(json.dumps(answer), flush=True)
-"""
+""" + ANSWER_EACH_LINE

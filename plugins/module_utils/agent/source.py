@@ -144,6 +144,23 @@ def _sequence(state):
     return None if state is None else (state.seq_adj_orig, state.seq_adj_reply)
 
 
+def without_ended_twins(table, entries):
+    """A dump of a busy table is not one moment: a session that ended while the dump went on can be
+    listed beside the newer one to which the NAT gave its translated tuple at once (a port pool in
+    use to the last port); no target could hold both. The kernel says which is still there: the
+    others are left out (their end reaches the target with a later delta)."""
+    first, twins = {}, {}
+    for entry in entries:
+        other = first.setdefault(entry.reply, entry)
+        if other is not entry:
+            twins[id(other)], twins[id(entry)] = other, entry
+    if not twins:
+        return entries
+    looked = list(twins.values())
+    gone = set(id(before) for before, now in zip(looked, table.get(looked)) if now is None or now.reply != before.reply)
+    return [e for e in entries if id(e) not in gone]
+
+
 class SourceSide(object):
     """Requests the driver sends the source's agent."""
 
@@ -306,6 +323,7 @@ class SourceSide(object):
         with Conntrack() as table:
             entries, dummy = split_supported(select(table.dump(translated_only=not wants_forwarded(self.selectors)),
                                                     self.selectors, self.local))
+            entries = without_ended_twins(table, entries)
         if not self.alg:
             entries = alg_state.gathered(entries, False)[0]
         return self.baseline.compare(entries, now)

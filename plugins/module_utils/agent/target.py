@@ -120,7 +120,7 @@ class TargetSide(object):
         now = time.monotonic()
         self._forget_expired(now)
         count = table_count()
-        if count is None or count >= len(self.held):
+        if count is None or count >= self._surely_alive(now):
             return []
         present = set(session_key(e) for e in table.dump())
         return [e._replace(timeout=int(self.expiry[key] - now)) for key, e in self.held.items()
@@ -133,13 +133,34 @@ class TargetSide(object):
         in whole seconds) and its end is not in the delta yet. Those copies go (added to `delete`),
         the refused creates are tried again, and what is refused then stays refused."""
         taken = dict((e.reply, e) for e, code in failures if code == errno.EEXIST)
-        wanted = set(session_key(e) for e in taken.values())
-        stale = [e for key, e in self.held.items() if key not in wanted and e.reply in taken] if taken else []
-        if not stale:
+        if not taken:
             return failures
-        table.delete(stale)
-        delete.extend(stale)
+        wanted = set(session_key(e) for e in taken.values())
+        stale = [e for key, e in self.held.items() if key not in wanted and e.reply in taken]
+        if stale:
+            table.delete(stale)
+            delete.extend(stale)
+        # An entry that ran out here but is not reaped yet (the kernel's collector goes through a
+        # big table slowly) still blocks a create, and no dump shows it; a lookup of its tuple,
+        # either direction's, reaps it.
+        refused = list(taken.values())
+        table.get(refused + [e._replace(orig=e.reply) for e in refused])
         return table.create([e for e, dummy in failures])
+
+    def _surely_alive(self, now):
+        """How many held copies the kernel must still have: all but those within EXPIRY_MARGIN of
+        their end (still known, so that a delta can end them, but maybe gone). The heap's smallest
+        items are walked, not the whole heap: a few thousand under churn, whatever the table."""
+        heap, expiry, held, limit = self._expiring, self.expiry, self.held, now + EXPIRY_MARGIN
+        ending, stack = 0, [0]
+        while stack:
+            i = stack.pop()
+            if i < len(heap) and heap[i][0] <= limit:
+                at, key = heap[i]
+                if expiry.get(key) == at and key in held:
+                    ending += 1
+                stack.extend((2 * i + 1, 2 * i + 2))
+        return len(held) - ending
 
     def _forget_expired(self, now):
         """Let go of the copies whose lifetime here ran out EXPIRY_MARGIN seconds ago or more. Not
@@ -219,7 +240,8 @@ class TargetSide(object):
             if failures:
                 done = [e for e in create if e not in set(f[0] for f in failures)]
                 table.delete(done)
-                raise AgentError(self._refusal("create", failures) + " (those created were deleted again)")
+                raise AgentError(self._refusal("create", failures) + self._holders(table, failures)
+                                 + " (those created were deleted again)")
             # Best effort, after the delta: a copy whose tuple a newer session holds has ended anyway.
             taken = set(id(e) for e, dummy in table.create(missing))
             recreated = [e for e in missing if id(e) not in taken]
@@ -252,6 +274,25 @@ class TargetSide(object):
     def _refusal(verb, failures):
         shown = "; ".join("%s: %s" % (describe(e), strerror(code)) for e, code in failures[:10])
         return "the kernel refused to %s %d session(s): %s" % (verb, len(failures), shown)
+
+    def _holders(self, table, failures):
+        """For creates refused with EEXIST: which entries here hold their tuples, and whether they
+        are copies of ours (one dump, on the way to a failure only)."""
+        taken = [e for e, code in failures if code == errno.EEXIST][:10]
+        if not taken:
+            return ""
+        by_tuple = {}
+        for entry in table.dump():
+            by_tuple[entry.orig] = by_tuple[entry.reply] = entry
+        held = self.held or {}
+        found = []
+        for wanted in taken:
+            holder = by_tuple.get(wanted.orig) or by_tuple.get(wanted.reply)
+            if holder is not None:
+                mine = held.get(session_key(holder))
+                found.append("%s is held here by %s (%s)" % (describe(wanted), describe(holder),
+                                                              "a copy of ours" if mine is not None else "not a copy of ours"))
+        return ("; " + "; ".join(found)) if found else ""
 
     def claim(self, addresses, interfaces, valid_ms, run_addresses):
         """Take the addresses, unless the source's freeze may have lapsed since the delta."""
