@@ -289,9 +289,8 @@ class TargetSide(object):
         for wanted in taken:
             holder = by_tuple.get(wanted.orig) or by_tuple.get(wanted.reply)
             if holder is not None:
-                mine = held.get(session_key(holder))
-                found.append("%s is held here by %s (%s)" % (describe(wanted), describe(holder),
-                                                              "a copy of ours" if mine is not None else "not a copy of ours"))
+                whose = "a copy of ours" if held.get(session_key(holder)) is not None else "not a copy of ours"
+                found.append("%s is held here by %s (%s)" % (describe(wanted), describe(holder), whose))
         return ("; " + "; ".join(found)) if found else ""
 
     def claim(self, addresses, interfaces, valid_ms, run_addresses):
