@@ -45,4 +45,3 @@ def test_before_the_freeze_nothing_is_announced():
     side = bare_source(service=(ADDRESSES, INTERFACES))
     assert undo(side) == []
     side.provider.unfreeze.assert_not_called()
-
