@@ -922,3 +922,20 @@ def strerror(code):
         errno.EINVAL: "the entry is not valid for the kernel",
     }.get(code)
     return "%s (%s)" % (os.strerror(code), meaning) if meaning else os.strerror(code)
+
+
+def without_ended_twins(table, entries):
+    """A dump of a busy table is not one moment: a session that ended while the dump went on can be
+    listed beside the newer one to which the NAT gave its translated tuple at once (a port pool in
+    use to the last port); no target could hold both. The kernel says which is still there: the
+    others are left out (their end reaches the target with a later delta)."""
+    first, twins = {}, {}
+    for entry in entries:
+        other = first.setdefault(entry.reply, entry)
+        if other is not entry:
+            twins[id(other)], twins[id(entry)] = other, entry
+    if not twins:
+        return entries
+    looked = list(twins.values())
+    gone = set(id(before) for before, now in zip(looked, table.get(looked)) if now is None or now.reply != before.reply)
+    return [e for e in entries if id(e) not in gone]

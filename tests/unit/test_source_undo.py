@@ -45,28 +45,3 @@ def test_before_the_freeze_nothing_is_announced():
     side = bare_source(service=(ADDRESSES, INTERFACES))
     assert undo(side) == []
     side.provider.unfreeze.assert_not_called()
-
-
-class TableNow(object):
-    """What the kernel holds now, looked up by original tuple."""
-
-    def __init__(self, entries):
-        self.now = dict((e.orig, e) for e in entries)
-        self.looked = []
-
-    def get(self, entries):
-        self.looked.extend(entries)
-        return [self.now.get(e.orig) for e in entries]
-
-
-def test_a_dump_that_lists_an_ended_session_beside_the_one_that_took_its_port_keeps_the_newer():
-    from ansible_collections.nfstate.migration.plugins.module_utils.agent.source import without_ended_twins
-    from ansible_collections.nfstate.migration.tests.unit.builders import many_tcp_sessions
-    sessions = many_tcp_sessions(4)
-    ended = sessions[1]
-    newer = ended._replace(orig=ended.orig._replace(sport=ended.orig.sport + 30000))  # its translated tuple
-    table = TableNow(sessions[:1] + sessions[2:] + [newer])
-    kept = without_ended_twins(table, sessions + [newer])
-    assert kept == sessions[:1] + sessions[2:] + [newer]
-    assert sorted(e.orig.sport for e in table.looked) == sorted([ended.orig.sport, newer.orig.sport])
-    assert without_ended_twins(table, sessions) == sessions  # no twins: no lookup

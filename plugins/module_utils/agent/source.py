@@ -24,7 +24,7 @@ import threading
 import time
 
 from ansible_collections.nfstate.migration.plugins.module_utils import alg_model, alg_state
-from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack
+from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import Conntrack, without_ended_twins
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import IPS_CONFIRMED
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_events import (
     DESTROY,
@@ -142,23 +142,6 @@ class EventLog(object):
 def _sequence(state):
     """The sequence adjustment of an ALG state (None when it has none)."""
     return None if state is None else (state.seq_adj_orig, state.seq_adj_reply)
-
-
-def without_ended_twins(table, entries):
-    """A dump of a busy table is not one moment: a session that ended while the dump went on can be
-    listed beside the newer one to which the NAT gave its translated tuple at once (a port pool in
-    use to the last port); no target could hold both. The kernel says which is still there: the
-    others are left out (their end reaches the target with a later delta)."""
-    first, twins = {}, {}
-    for entry in entries:
-        other = first.setdefault(entry.reply, entry)
-        if other is not entry:
-            twins[id(other)], twins[id(entry)] = other, entry
-    if not twins:
-        return entries
-    looked = list(twins.values())
-    gone = set(id(before) for before, now in zip(looked, table.get(looked)) if now is None or now.reply != before.reply)
-    return [e for e in entries if id(e) not in gone]
 
 
 class SourceSide(object):

@@ -21,6 +21,7 @@ from ansible_collections.nfstate.migration.plugins.module_utils.conntrack import
     conntrack_count,
     conntrack_max,
     strerror,
+    without_ended_twins,
 )
 from ansible_collections.nfstate.migration.plugins.module_utils.conntrack_entry import (
     PROTOCOL_NAMES,
@@ -75,6 +76,7 @@ def gather_sessions(selectors, instance_name, dest=None, check_mode=False, base=
     with Conntrack() as conntrack:
         # With `forwarded` the firewall's untranslated sessions count too.
         entries = _selected(conntrack.dump(translated_only=not wants_forwarded(selectors)), selectors)
+        entries = without_ended_twins(conntrack, entries)
     read_at = datetime.datetime.now(datetime.timezone.utc)
     # A session that cannot be re-created elsewhere is listed with its reason, never emitted.
     entries, unsupported = split_supported(entries)
