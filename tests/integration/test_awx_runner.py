@@ -16,9 +16,11 @@ import time
 
 import ansible_runner
 import pytest
+
+from helpers import assert_flows_whole
 import yaml
 
-from ansible_collections.nfstate.migration.lab.flows import FlowSet, format_results, new_connection_ok
+from ansible_collections.nfstate.migration.lab.flows import FlowSet, new_connection_ok
 from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -96,7 +98,7 @@ def test_migration_through_ansible_runner(tmp_path):
             results = flows.stop()
         assert runner.status == "successful" and runner.rc == 0, stdout_tail(runner)
         assert lab.service_holder() == "nat-b"
-        assert FlowSet.healthy(results), format_results(results)[:4000]
+        assert_flows_whole(results)
         assert new_connection_ok(lab)
 
     with open(os.path.join(runner.config.artifact_dir, "status")) as handle:

@@ -14,8 +14,10 @@ import time
 
 import pytest
 
+import helpers
+
 from ansible_collections.nfstate.migration.lab.fleet import Fleet
-from ansible_collections.nfstate.migration.lab.flows import FlowSet, format_results, new_connection_ok
+from ansible_collections.nfstate.migration.lab.flows import FlowSet, new_connection_ok
 from ansible_collections.nfstate.migration.lab.nfstate_lab import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -64,9 +66,7 @@ def take_translated_port(lab, flows):
 
 
 def assert_flows_whole(lab, results):
-    assert FlowSet.healthy(results), "%s:\n%s" % (lab.name, format_results(results)[:4000])
-    for name, result in results.items():
-        assert len(result["peers"]) == 1, (lab.name, name, result["peers"])
+    helpers.assert_flows_whole(results, lab.name)
 
 
 def udp_lifetime(lab, seconds):
