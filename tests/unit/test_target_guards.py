@@ -414,20 +414,3 @@ def test_copies_near_their_end_do_not_make_every_check_dump_the_table(side):
     target.apply(empty_delta())
     assert table.dumps == 0
     assert target._surely_alive(time.monotonic()) == len(held) - 2
-
-
-def test_a_claim_announces_twice_more_unless_an_undo_comes_first(side):
-    target, dummy, table, held = side
-    target.apply(empty_delta())
-    calls = []
-    target.claim([], {}, 60000, run_addresses=lambda params: calls.append(params["announce"]) or {"added": [], "timings": {}})
-    time.sleep(0.5)
-    assert calls == ["true", "always", "always"]
-    other = target_mod.TargetSide(target.provider)
-    other.held, other.applied_at, other.rules = {}, time.monotonic(), target.rules
-    later = []
-    other.claim([], {}, 60000, run_addresses=lambda params: later.append(params["state"]) or {"added": [], "timings": {}})
-    other.provider.remove_nat_rules = lambda state: None
-    other.undo(lambda params: later.append(params["state"]), grace=0)
-    time.sleep(0.4)
-    assert later == ["present", "absent"]

@@ -18,7 +18,6 @@ import datetime
 import errno
 import heapq
 import ipaddress
-import threading
 import time
 
 from ansible_collections.nfstate.migration.plugins.module_utils import alg_state, drain
@@ -39,10 +38,6 @@ from ansible_collections.nfstate.migration.plugins.module_utils.session_model im
     session_key,
 )
 
-# RFC 4861 7.2.6: a node may send up to MAX_NEIGHBOR_ADVERTISEMENT (3) unsolicited advertisements,
-# since one can be lost. The claim answers after its first round; two more follow from a thread,
-# this many seconds after it (an undo stops them).
-FOLLOW_UP_ANNOUNCEMENTS = (0.05, 0.25)
 # An undoing target keeps its rules after giving up the addresses until it has forwarded nothing
 # for UNDO_QUIET seconds (the neighbours follow the source's announcement; a source slow to take
 # them back, a loaded host, makes that later), UNDO_GRACE seconds at most.
@@ -60,6 +55,11 @@ def table_count(path=COUNT_PATH):
         return None
 
 
+def held_copies(document):
+    """session key -> entry: the sessions a document puts on this host."""
+    return dict((session_key(e), e) for e in document_sessions(document).present)
+
+
 class TargetSide(object):
     """Requests the driver sends the target's agent."""
 
@@ -75,15 +75,13 @@ class TargetSide(object):
         self.applied_at = None    # monotonic time the last delta was applied
         self.claimed = None       # (addresses, interfaces) claimed
         self.keep_rules = bool(keep_rules)
-        self._announcing = threading.Lock()   # held by a follow-up round; an undo takes it to stop them
-        self.undoing = False
         self.rules = None         # our NAT rules as verified before the window
         self.firewall = None      # TargetFirewall: the firewall's learned state crosses too
 
     def prepare(self, precopy, keep_rules=False, firewall=None):
         """firewall: {interfaces, recent_as_sets} when the firewall's learned state crosses too."""
         document = self._read(precopy)
-        self.held = dict((session_key(e), e) for e in document_sessions(document).present)
+        self.held = held_copies(document)
         # The copies were made with the snapshot's lifetimes less its age: they run out from there.
         taken = time.monotonic() - snapshot_age(document, datetime.datetime.now(datetime.timezone.utc))
         self.expiry = dict((key, taken + e.timeout) for key, e in self.held.items())
@@ -316,24 +314,7 @@ class TargetSide(object):
         result = run_addresses(dict(addresses=addresses, interfaces=interfaces, state="present", announce="true",
                                     count=1, interval=0.0))
         self.claimed = (addresses, interfaces)
-        follow_up = threading.Thread(target=self._announce_again, args=(addresses, interfaces, run_addresses),
-                                     name="announce-again")
-        follow_up.daemon = True
-        follow_up.start()
         return {"added": len(result["added"]), "timings": result["timings"], "since_delta_ms": int(since)}
-
-    def _announce_again(self, addresses, interfaces, run_addresses, rounds=FOLLOW_UP_ANNOUNCEMENTS):
-        started = time.monotonic()
-        for at in rounds:
-            time.sleep(max(0.0, started + at - time.monotonic()))
-            with self._announcing:
-                if self.undoing:
-                    return
-                try:
-                    run_addresses(dict(addresses=addresses, interfaces=interfaces, state="present",
-                                       announce="always", count=1, interval=0.0))
-                except Exception:  # pylint: disable=broad-except
-                    return  # the first round went out; these are only a second chance
 
     def verify(self):
         """Before the claim and before the commit: our rules still loaded, the held sessions still
@@ -368,13 +349,11 @@ class TargetSide(object):
         the inside address and is reset. So the rules stay until forwarding has stopped, and go
         before the sessions: a packet arriving meanwhile must not create a translated session that
         a re-run would then find in its way."""
-        with self._announcing:
-            self.undoing = True
         if self.held is None and self.precopy:
             # Before the cutover's prepare (the controller died between the apply and the window):
             # the pre-copy's sessions, if the apply got that far, and our rules unless we kept some.
             try:
-                self.held = dict((session_key(e), e) for e in document_sessions(self._read(self.precopy)).present)
+                self.held = held_copies(self._read(self.precopy))
             except AgentError:
                 self.held = {}  # never uploaded: nothing was applied from it
         if self.claimed is not None:
